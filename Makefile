@@ -1,0 +1,59 @@
+# Thin wrapper around CMake and the test scripts; see README.md.
+BUILD   ?= build
+PREFIX  ?= /usr/local
+JOBS    ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: all deps build check demo install clean kernel kernel-debug kernel-check kernel-stress kernel-bench help
+
+all: build
+
+help:
+	@echo "make build          configure and build (installs missing Debian packages first)"
+	@echo "make check          run every test (unit, integration with the host KSM, kernel in QEMU)"
+	@echo "make demo           several processes holding the same data, merged under upm; prints a table"
+	@echo "make install        install to \$$DESTDIR\$$PREFIX (PREFIX=$(PREFIX))"
+	@echo "make kernel         build the test kernel (cached); prints the bzImage path last"
+	@echo "make kernel-debug   the same with KASAN, lockdep and DEBUG_VM"
+	@echo "make kernel-check   boot the test kernel in QEMU and run the kernel tests"
+	@echo "make kernel-stress  stress run on the debug kernel"
+	@echo "make kernel-bench   MADV_UPM vs ksmd benchmark in one guest boot"
+
+deps:
+	@packaging/install-deps.sh --check build test workloads 2>/dev/null || packaging/install-deps.sh build test workloads
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_INSTALL_PREFIX=$(PREFIX) $(CMAKE_FLAGS)
+
+build: deps $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+check: build
+	@packaging/install-deps.sh --check kernel 2>/dev/null || packaging/install-deps.sh kernel
+	cd $(BUILD) && ctest --output-on-failure --timeout 3600
+
+demo: build
+	test/demo/demo.sh --build $(BUILD)
+
+install: build
+	DESTDIR=$(DESTDIR) cmake --install $(BUILD) --prefix $(PREFIX)
+
+clean:
+	rm -rf $(BUILD)
+
+kernel:
+	@packaging/install-deps.sh --check kernel 2>/dev/null || packaging/install-deps.sh kernel
+	test/kernel/build.sh
+
+kernel-debug:
+	@packaging/install-deps.sh --check kernel 2>/dev/null || packaging/install-deps.sh kernel
+	test/kernel/build.sh --debug
+
+kernel-check:
+	test/kernel/run.sh
+
+kernel-stress:
+	test/kernel/run.sh --debug --stress 180
+
+kernel-bench:
+	test/kernel/run.sh --bench

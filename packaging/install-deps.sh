@@ -1,0 +1,63 @@
+#!/bin/bash
+# Installs the Debian packages upm needs, and only those that are missing.
+#
+#   packaging/install-deps.sh [--check] [GROUP...]
+#
+# Groups: build (compilers and libraries), test (what `make check` runs:
+# python3-pytest, node, runc, crun, ...), kernel (the test kernel and its
+# QEMU harness), workloads (python3-torch, numpy for demos and benchmarks),
+# all (every group; the default).  --check only reports what is missing and
+# exits 1 if anything is.
+set -euo pipefail
+
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
+
+declare -A GROUPS_PKGS=(
+  [build]="build-essential cmake pkg-config git nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev catch2 libseccomp-dev"
+  [test]="python3 python3-pytest python3-jsonschema nodejs coreutils procps util-linux runc crun busybox-static jq"
+  [kernel]="linux-source-6.1 bc bison flex libelf-dev libssl-dev cpio xz-utils rsync kmod libnuma-dev qemu-system-x86 busybox-static"
+  [workloads]="python3-numpy python3-torch"
+)
+
+check_only=0
+groups=()
+for arg in "$@"; do
+  case "$arg" in
+    -h|--help) usage; exit 0 ;;
+    --check) check_only=1 ;;
+    all) groups+=(build test kernel workloads) ;;
+    build|test|kernel|workloads) groups+=("$arg") ;;
+    *) echo "install-deps: unknown group \`$arg\` (want build, test, kernel, workloads or all)" >&2; exit 2 ;;
+  esac
+done
+[ ${#groups[@]} -eq 0 ] && groups=(build test kernel workloads)
+
+wanted=()
+for g in "${groups[@]}"; do
+  for p in ${GROUPS_PKGS[$g]}; do wanted+=("$p"); done
+done
+
+missing=()
+for p in $(printf '%s\n' "${wanted[@]}" | sort -u); do
+  # nodejs may come from another origin; any installed node is fine
+  if [ "$p" = nodejs ] && command -v node >/dev/null 2>&1; then continue; fi
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+  [ "$status" = installed ] || missing+=("$p")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$check_only" = 1 ]; then
+  echo "install-deps: missing packages: ${missing[*]}" >&2
+  exit 1
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "install-deps: missing packages: ${missing[*]}; run \`sudo $0 ${groups[*]}\`" >&2
+  exit 1
+fi
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+# An old or empty package list makes apt-get fail to find packages.
+apt-get update -q >&2 || echo "install-deps: apt-get update failed; trying with the current lists" >&2
+apt-get install -y -q --no-install-recommends "${missing[@]}" >&2

@@ -1,0 +1,40 @@
+// Backends: how advice reaches the kernel.
+//
+//   upm      madvise(MADV_UPM): synchronous merge (kernel with CONFIG_UPM)
+//   ksm      madvise(MADV_MERGEABLE): ksmd merges in the background
+//   ksm-process  prctl(PR_SET_MEMORY_MERGE, 1) (kernel >= 6.4): the whole
+//            process is mergeable, used when the policy selects everything
+//            anonymous; regions are still advised with MADV_MERGEABLE
+//   none     no backend: the reason says why
+// Detection probes the running kernel once per process with a tiny private
+// anonymous mapping; it never throws and never blocks.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+#include "upm/policy.hpp"
+
+namespace upm {
+
+enum class BackendKind { upm, ksm, ksm_process, none };
+std::string_view to_string(BackendKind k);
+
+struct BackendInfo {
+    BackendKind kind = BackendKind::none;
+    std::string reason;     // why this backend was chosen / why none
+};
+
+bool kernel_has_madv_upm();         // probe: madvise(MADV_UPM) on a scratch page
+bool kernel_has_ksm();              // probe: madvise(MADV_MERGEABLE) on a scratch page
+bool kernel_has_memory_merge_prctl();  // probe: prctl(PR_GET_MEMORY_MERGE)
+
+// Picks the backend for a policy.  `everything_anonymous` is true when the
+// policy advises heap+anonymous+stack with no path filters.
+BackendInfo select_backend(BackendChoice choice, bool everything_anonymous);
+
+// Advises one page-aligned range; returns 0 or an errno value.
+int advise_range(BackendKind kind, void* addr, std::size_t len);
+
+}  // namespace upm

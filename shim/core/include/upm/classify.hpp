@@ -1,0 +1,44 @@
+// Region classes and the classifier: which regions a policy may advise.
+//
+// Classes (see docs/policy.md):
+//   heap       [heap] and private anonymous read-write mappings of allocators
+//              and interpreters (not stacks, not .bss)
+//   anonymous  every other private anonymous mapping that holds data
+//              (read-only or executable anonymous, named anonymous)
+//   libdata    data of loaded objects: private writable file mappings (.data),
+//              their relocated read-only part (RELRO, the r--p mapping of the
+//              same file right before it) and the anonymous .bss right after it
+//   rodata     private read-only, non-executable file mappings (e.g. model files
+//              mapped MAP_PRIVATE) that are not RELRO
+//   stack      [stack] and thread stacks (anonymous rw mapping right above a
+//              PROT_NONE guard)
+// Never advised, whatever the policy says (class `never` with a reason):
+// shared mappings, device files, [vdso]/[vvar]/[vsyscall]/[uprobes],
+// executable file text, PROT_NONE reservations.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "upm/maps.hpp"
+
+namespace upm {
+
+enum class RegionClass { heap, anonymous, libdata, rodata, stack, text, never };
+
+std::string_view to_string(RegionClass c);
+// Parses "heap", "anonymous", "libdata", "rodata", "stack"; false otherwise.
+bool parse_region_class(std::string_view name, RegionClass& out);
+
+struct Classified {
+    Region region;
+    RegionClass cls = RegionClass::never;
+    std::string why;        // short reason for the class, e.g. "shared mapping"
+};
+
+// Classifies every region; uses neighbours (guard pages, RELRO, .bss).
+std::vector<Classified> classify(const std::vector<Region>& regions);
+
+}  // namespace upm

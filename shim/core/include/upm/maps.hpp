@@ -1,0 +1,41 @@
+// /proc/PID/maps parsing.
+//
+// One line of maps becomes one Region.  The parser is strict about the
+// fixed fields and lenient about the path (which may contain spaces and
+// suffixes such as " (deleted)").  Input is bounded by the caller.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "upm/result.hpp"
+
+namespace upm {
+
+struct Region {
+    std::uintptr_t start = 0;
+    std::uintptr_t end = 0;
+    bool read = false, write = false, exec = false;
+    bool shared = false;            // 's' in the perms field, else private ('p')
+    std::uint64_t offset = 0;
+    unsigned dev_major = 0, dev_minor = 0;
+    std::uint64_t inode = 0;
+    std::string path;               // "" for anonymous, "[heap]", "/usr/lib/..."
+
+    std::uint64_t size() const { return end - start; }
+    bool anonymous() const { return inode == 0 && (path.empty() || path.rfind("[anon", 0) == 0); }
+    bool pseudo() const { return !path.empty() && path.front() == '['; }  // [heap], [stack], [vdso]...
+};
+
+// Parses the whole text of a maps file.  Fails (with the 1-based line
+// number in the message) on the first malformed line.
+Result<std::vector<Region>> parse_maps(std::string_view text);
+
+// Reads and parses /proc/<pid>/maps (pid 0 = self), at most 64 MiB.
+Result<std::vector<Region>> read_maps(pid_t pid);
+
+}  // namespace upm

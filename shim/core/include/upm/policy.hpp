@@ -1,0 +1,85 @@
+// Policies: which regions to advise, when, with which backend.
+//
+// The format is JSON (comments allowed) validated against
+// config/policy.schema.json; parse_policy() implements the same rules and
+// reports every problem with its location (JSON pointer, and line:column for
+// syntax errors) and a fix.  decide() applies a policy to classified regions.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "upm/classify.hpp"
+#include "upm/result.hpp"
+
+namespace upm {
+
+enum class BackendChoice { automatic, upm, ksm };
+enum class FailMode { open, closed };
+
+struct Triggers {
+    bool at_start = true;                       // advise right after start-up
+    bool after_dlopen = true;                   // advise after every dlopen()
+    std::vector<std::chrono::milliseconds> delays;  // re-advise this long after start
+    std::chrono::milliseconds periodic_interval{0}; // re-advise this often (0 = never)...
+    std::chrono::milliseconds periodic_duration{0}; // ...during this long after start (0 = forever)
+    int signal = 0;                             // re-advise on this signal (0 = none)
+};
+
+struct Policy {
+    std::string name;                           // file stem or "default"
+    std::set<RegionClass> classes;              // classes to advise
+    std::vector<std::string> include;           // path globs; empty = all paths
+    std::vector<std::string> exclude;           // path globs, win over include
+    std::uint64_t min_region_bytes = 16 * 1024; // min_region_kib * 1024
+    Triggers triggers;
+    BackendChoice backend = BackendChoice::automatic;
+    std::string domain;                         // sharing domain; "" = runtime's default
+    FailMode on_error = FailMode::open;
+    std::string log_level = "off";              // off|error|warn|info|debug
+};
+
+struct PolicyProblem {
+    std::string where;      // JSON pointer ("/triggers/delays_ms/2") or "line 3, column 7"
+    std::string message;    // what is wrong
+    std::string fix;        // what to do about it
+    bool warning = false;   // true: accepted but suspicious
+};
+
+struct PolicyCheck {
+    std::optional<Policy> policy;               // set when there is no error
+    std::vector<PolicyProblem> problems;        // errors and warnings, in document order
+};
+
+// Validates and parses a policy document.  `name` is used for messages and
+// Policy::name.  Never throws.
+PolicyCheck parse_policy(std::string_view json_text, std::string_view name);
+
+// Reads a policy file (at most 1 MiB) and parses it.
+PolicyCheck load_policy_file(const std::string& path);
+
+// The built-in default policy (identical to config/policies/default.json,
+// which a unit test checks).
+const Policy& default_policy();
+
+// Resolves a --policy argument: a path (contains '/' or ends in .json) or a
+// NAME looked up as <dir>/NAME.json for each dir in policy_search_path().
+// NAME must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}.
+Result<std::string> resolve_policy(std::string_view file_or_name);
+std::vector<std::string> policy_search_path();  // $UPM_POLICY_PATH (':'-separated) or /etc/upm/policies:<prefix>/share/upm/policies
+bool valid_policy_name(std::string_view name);
+
+struct Decision {
+    Classified region;
+    bool advise = false;
+    std::string reason;     // e.g. "class heap enabled", "below min_region_bytes (4096 < 65536)"
+};
+
+std::vector<Decision> decide(const Policy& policy, const std::vector<Classified>& regions);
+
+}  // namespace upm

@@ -1,0 +1,42 @@
+// Kernel counters: per process and per node.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+
+#include "upm/result.hpp"
+
+namespace upm {
+
+struct ProcessStats {
+    pid_t pid = 0;
+    std::string comm;
+    std::uint64_t ksm_merging_pages = 0;    // /proc/PID/ksm_merging_pages
+    std::uint64_t ksm_rmap_items = 0;       // /proc/PID/ksm_stat (0 if absent)
+    std::optional<std::int64_t> ksm_process_profit;  // /proc/PID/ksm_stat, kernels >= 6.6
+    std::uint64_t pss_bytes = 0;            // /proc/PID/smaps_rollup Pss
+    std::uint64_t rss_bytes = 0;            // /proc/PID/smaps_rollup Rss
+    std::uint64_t saved_bytes = 0;          // ksm_merging_pages * page size
+};
+
+Result<ProcessStats> read_process_stats(pid_t pid);
+
+struct NodeStats {
+    bool ksm_available = false;
+    std::map<std::string, std::int64_t> ksm;    // every numeric file of /sys/kernel/mm/ksm
+    std::map<std::string, std::int64_t> upm;    // /sys/kernel/mm/upm, when present
+    std::uint64_t page_size = 4096;
+    std::uint64_t saved_bytes = 0;              // pages_sharing * page size
+};
+
+NodeStats read_node_stats();
+
+// KSM knobs, for tests and tools that switch ksmd to fast settings and back.
+Result<std::map<std::string, std::string>> read_ksm_settings();   // run, pages_to_scan, sleep_millisecs, ...
+Status write_ksm_setting(const std::string& name, const std::string& value);
+
+}  // namespace upm
