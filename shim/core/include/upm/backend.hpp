@@ -35,6 +35,14 @@ bool kernel_has_memory_merge_prctl();  // probe: prctl(PR_GET_MEMORY_MERGE)
 BackendInfo select_backend(BackendChoice choice, bool everything_anonymous);
 
 // Advises one page-aligned range; returns 0 or an errno value.
+// upm: MADV_UPM; ksm and ksm_process: MADV_MERGEABLE; none: ENOSYS.
 int advise_range(BackendKind kind, void* addr, std::size_t len);
+
+// ksm_process: prctl(PR_SET_MEMORY_MERGE, 1) for the calling process;
+// returns 0 or an errno value.
+int enable_process_merge();
+
+// Whether ksmd is running (/sys/kernel/mm/ksm/run = 1); false when unknown.
+bool ksmd_running();
 
 }  // namespace upm

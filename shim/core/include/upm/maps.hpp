@@ -8,6 +8,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -25,10 +26,13 @@ struct Region {
     unsigned dev_major = 0, dev_minor = 0;
     std::uint64_t inode = 0;
     std::string path;               // "" for anonymous, "[heap]", "/usr/lib/..."
+    bool deleted = false;           // path had the " (deleted)" suffix (removed from `path`)
 
     std::uint64_t size() const { return end - start; }
     bool anonymous() const { return inode == 0 && (path.empty() || path.rfind("[anon", 0) == 0); }
     bool pseudo() const { return !path.empty() && path.front() == '['; }  // [heap], [stack], [vdso]...
+    bool prot_none() const { return !read && !write && !exec; }
+    std::string perms() const;      // "rw-p" as in maps
 };
 
 // Parses the whole text of a maps file.  Fails (with the 1-based line
@@ -37,5 +41,13 @@ Result<std::vector<Region>> parse_maps(std::string_view text);
 
 // Reads and parses /proc/<pid>/maps (pid 0 = self), at most 64 MiB.
 Result<std::vector<Region>> read_maps(pid_t pid);
+
+// VmFlags of every VMA from /proc/<pid>/smaps (at most 256 MiB), keyed by
+// start address, e.g. {0x7f00..., {"rd", "wr", "mr", "mw", "me", "ac", "mg"}}.
+// "mg" means the VMA is mergeable (MADV_MERGEABLE / MADV_UPM / prctl).
+using VmFlagsMap = std::map<std::uintptr_t, std::vector<std::string>>;
+Result<VmFlagsMap> parse_smaps_vmflags(std::string_view smaps_text);
+Result<VmFlagsMap> read_smaps_vmflags(pid_t pid);
+bool has_vmflag(const VmFlagsMap& flags, std::uintptr_t start, std::string_view flag);
 
 }  // namespace upm

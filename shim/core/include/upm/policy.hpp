@@ -29,6 +29,8 @@ struct Triggers {
     std::chrono::milliseconds periodic_interval{0}; // re-advise this often (0 = never)...
     std::chrono::milliseconds periodic_duration{0}; // ...during this long after start (0 = forever)
     int signal = 0;                             // re-advise on this signal (0 = none)
+
+    bool operator==(const Triggers&) const = default;
 };
 
 struct Policy {
@@ -42,6 +44,9 @@ struct Policy {
     std::string domain;                         // sharing domain; "" = runtime's default
     FailMode on_error = FailMode::open;
     std::string log_level = "off";              // off|error|warn|info|debug
+    std::string description;                    // free text from the document
+
+    bool operator==(const Policy&) const = default;
 };
 
 struct PolicyProblem {
@@ -54,6 +59,14 @@ struct PolicyProblem {
 struct PolicyCheck {
     std::optional<Policy> policy;               // set when there is no error
     std::vector<PolicyProblem> problems;        // errors and warnings, in document order
+    bool syntax_ok = false;                     // the document is well-formed JSON
+    // The document's on_error when it is well-formed and on_error is valid,
+    // even if other keys have errors (`upm run` fails closed only when the
+    // policy asks for it).
+    std::optional<FailMode> declared_on_error;
+
+    std::size_t error_count() const;
+    std::size_t warning_count() const;
 };
 
 // Validates and parses a policy document.  `name` is used for messages and
@@ -73,6 +86,28 @@ const Policy& default_policy();
 Result<std::string> resolve_policy(std::string_view file_or_name);
 std::vector<std::string> policy_search_path();  // $UPM_POLICY_PATH (':'-separated) or /etc/upm/policies:<prefix>/share/upm/policies
 bool valid_policy_name(std::string_view name);
+
+// The effective policy as plain JSON (no comments, every key present,
+// defaults filled in); valid against config/policy.schema.json.
+std::string policy_to_json(const Policy& policy);
+
+// Domain names: [A-Za-z0-9][A-Za-z0-9._-]{0,63} or empty.
+bool valid_domain(std::string_view domain);
+
+std::string_view to_string(BackendChoice b);       // "auto", "upm", "ksm"
+bool parse_backend_choice(std::string_view name, BackendChoice& out);
+std::string_view to_string(FailMode m);            // "open", "closed"
+
+// Signal names allowed in triggers.signal ("SIGUSR2", "SIGRTMIN+1"...) to
+// numbers and back; 0 / "" for none.
+int signal_from_name(std::string_view name);
+std::string signal_name(int signo);
+
+// True when the policy advises exactly the anonymous classes (heap,
+// anonymous, stack, no file-backed class), without path filters and down to
+// single pages: then the whole process may be made mergeable at once
+// (prctl PR_SET_MEMORY_MERGE) on the KSM backend.
+bool everything_anonymous(const Policy& policy);
 
 struct Decision {
     Classified region;

@@ -7,6 +7,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "upm/result.hpp"
 
@@ -21,14 +22,23 @@ struct ProcessStats {
     std::uint64_t pss_bytes = 0;            // /proc/PID/smaps_rollup Pss
     std::uint64_t rss_bytes = 0;            // /proc/PID/smaps_rollup Rss
     std::uint64_t saved_bytes = 0;          // ksm_merging_pages * page size
+    std::map<std::string, std::string> ksm_stat;  // every line of /proc/PID/ksm_stat
 };
 
+// Fails when the process does not exist or its KSM counters cannot be read
+// (another user's process without CAP_SYS_PTRACE); PSS/RSS stay 0 when
+// smaps_rollup is unreadable.
 Result<ProcessStats> read_process_stats(pid_t pid);
+
+// Every numeric directory of /proc, ascending.
+std::vector<pid_t> list_pids();
 
 struct NodeStats {
     bool ksm_available = false;
     std::map<std::string, std::int64_t> ksm;    // every numeric file of /sys/kernel/mm/ksm
     std::map<std::string, std::int64_t> upm;    // /sys/kernel/mm/upm, when present
+    std::map<std::string, std::string> ksm_text;  // non-numeric files, e.g. advisor_mode
+    bool upm_available = false;                 // /sys/kernel/mm/upm exists
     std::uint64_t page_size = 4096;
     std::uint64_t saved_bytes = 0;              // pages_sharing * page size
 };

@@ -1,0 +1,137 @@
+// Backend probes and selection; see backend.hpp.
+//
+// Each probe maps one private anonymous page, asks the kernel, and undoes
+// everything it did (MADV_UNMERGEABLE, munmap), so that probing leaves no
+// trace in the process.  Results are computed once per process (static
+// locals; after fork the child inherits the answer, which stays true).
+#include "upm/backend.hpp"
+
+#include <linux/upm.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "io.hpp"
+
+#ifndef MADV_MERGEABLE
+#define MADV_MERGEABLE 12
+#define MADV_UNMERGEABLE 13
+#endif
+#ifndef PR_SET_MEMORY_MERGE
+#define PR_SET_MEMORY_MERGE 67
+#define PR_GET_MEMORY_MERGE 68
+#endif
+
+namespace upm {
+
+namespace {
+
+// madvise(advice) on a scratch page; true when the kernel accepts it.
+bool probe_madvise(int advice) {
+    long page = ::sysconf(_SC_PAGESIZE);
+    if (page <= 0) page = 4096;
+    void* p = ::mmap(nullptr, static_cast<std::size_t>(page), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                     -1, 0);
+    if (p == MAP_FAILED) return false;
+    int saved = errno;
+    bool ok = ::madvise(p, static_cast<std::size_t>(page), advice) == 0;
+    if (ok) ::madvise(p, static_cast<std::size_t>(page), MADV_UNMERGEABLE);
+    ::munmap(p, static_cast<std::size_t>(page));
+    errno = saved;
+    return ok;
+}
+
+}  // namespace
+
+std::string_view to_string(BackendKind k) {
+    switch (k) {
+        case BackendKind::upm: return "upm";
+        case BackendKind::ksm: return "ksm";
+        case BackendKind::ksm_process: return "ksm-process";
+        case BackendKind::none: return "none";
+    }
+    return "none";
+}
+
+bool kernel_has_madv_upm() {
+    static const bool has = probe_madvise(MADV_UPM);
+    return has;
+}
+
+bool kernel_has_ksm() {
+    static const bool has = probe_madvise(MADV_MERGEABLE);
+    return has;
+}
+
+bool kernel_has_memory_merge_prctl() {
+    static const bool has = [] {
+        int saved = errno;
+        bool ok = ::prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0) >= 0;
+        errno = saved;
+        return ok;
+    }();
+    return has;
+}
+
+bool ksmd_running() {
+    auto text = detail::read_file("/sys/kernel/mm/ksm/run", detail::kMaxSmallFile);
+    return text && detail::trim(*text) == "1";
+}
+
+BackendInfo select_backend(BackendChoice choice, bool everything_anonymous) {
+    try {
+        auto ksm = [&](std::string why) -> BackendInfo {
+            if (!ksmd_running())
+                why += "; ksmd is stopped (/sys/kernel/mm/ksm/run is not 1): pages are marked but not merged "
+                       "until it runs";
+            if (everything_anonymous && kernel_has_memory_merge_prctl())
+                return {BackendKind::ksm_process, why + "; the whole process is made mergeable (PR_SET_MEMORY_MERGE)"};
+            return {BackendKind::ksm, why};
+        };
+        switch (choice) {
+            case BackendChoice::automatic:
+                if (kernel_has_madv_upm()) return {BackendKind::upm, "kernel has MADV_UPM: merging synchronously"};
+                if (kernel_has_ksm()) return ksm("kernel has no MADV_UPM: using KSM (ksmd merges in the background)");
+                return {BackendKind::none,
+                        "kernel has no KSM (CONFIG_KSM) and no MADV_UPM: nothing will be merged (boot a kernel "
+                        "with CONFIG_KSM=y or the upm patch)"};
+            case BackendChoice::upm:
+                if (kernel_has_madv_upm()) return {BackendKind::upm, "kernel has MADV_UPM: merging synchronously"};
+                return {BackendKind::none,
+                        "policy asks for backend `upm` but the kernel has no MADV_UPM: nothing will be merged "
+                        "(use backend `auto` to fall back to KSM)"};
+            case BackendChoice::ksm:
+                if (kernel_has_ksm()) return ksm("policy asks for backend `ksm`");
+                return {BackendKind::none,
+                        "policy asks for backend `ksm` but the kernel has no KSM (CONFIG_KSM): nothing will be "
+                        "merged"};
+        }
+    } catch (...) {
+    }
+    return {BackendKind::none, "backend selection failed"};
+}
+
+int advise_range(BackendKind kind, void* addr, std::size_t len) {
+    int advice = 0;
+    switch (kind) {
+        case BackendKind::upm: advice = MADV_UPM; break;
+        case BackendKind::ksm:
+        case BackendKind::ksm_process: advice = MADV_MERGEABLE; break;
+        case BackendKind::none: return ENOSYS;
+    }
+    int saved = errno;
+    int rc = ::madvise(addr, len, advice) == 0 ? 0 : errno;
+    errno = saved;
+    return rc;
+}
+
+int enable_process_merge() {
+    int saved = errno;
+    int rc = ::prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) == 0 ? 0 : errno;
+    errno = saved;
+    return rc;
+}
+
+}  // namespace upm

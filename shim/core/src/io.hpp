@@ -1,0 +1,38 @@
+// Bounded file reading for /proc, /sys and policy files (internal).
+//
+// Every input upm reads comes from a file another party controls (a process's
+// /proc entries, a policy file, sysfs), so every read has an upper bound and
+// fails with EFBIG instead of growing without limit.  Plain open/read, no
+// iostreams: this code runs inside the preload at process start-up.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "upm/result.hpp"
+
+namespace upm::detail {
+
+inline constexpr std::size_t kMaxSmallFile = 64 * 1024;        // /proc and /sys counters
+inline constexpr std::size_t kMaxPolicyFile = 1024 * 1024;     // policy documents
+inline constexpr std::size_t kMaxMapsFile = 64 * 1024 * 1024;  // /proc/PID/maps
+
+// Reads a whole file, at most `max` bytes (EFBIG when larger).
+Result<std::string> read_file(const std::string& path, std::size_t max);
+
+// Writes `value` to an existing file (sysfs knobs).
+Status write_file(const std::string& path, std::string_view value);
+
+// "/proc/self" for pid 0, else "/proc/<pid>".
+std::string proc_dir(int pid);
+
+std::string_view trim(std::string_view s);
+
+// Parses a decimal integer (optional sign), the whole string; nullopt otherwise.
+std::optional<std::int64_t> parse_int(std::string_view s);
+std::optional<std::uint64_t> parse_uint(std::string_view s, int base = 10);
+
+}  // namespace upm::detail

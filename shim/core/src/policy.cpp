@@ -1,0 +1,726 @@
+// Policy parsing, validation and decisions.
+//
+// parse_policy() implements config/policy.schema.json by hand instead of
+// with a generic schema validator, for two reasons: the preload must not
+// carry a validator, and a generic validator explains errors in schema terms
+// ("is not valid under any of the given schemas") where an operator needs the
+// location, what is wrong and what to write instead.  The schema stays the
+// reference: test/unit checks the examples against this code and the
+// integration tests check `upm policy check --normalized` output against the
+// schema with python3-jsonschema.
+//
+// Validation never stops at the first problem: every key is checked, every
+// problem is collected with its JSON pointer, and the policy is built only
+// when there is no error.  Absent keys take the values of default_policy(),
+// which equals config/policies/default.json.  The document is parsed as
+// ordered_json so that problems come out in document order.
+#include "upm/policy.hpp"
+
+#include <fnmatch.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <cmath>
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+
+#include "io.hpp"
+
+namespace upm {
+
+using json = nlohmann::ordered_json;
+
+namespace {
+
+// ---- vocabulary -----------------------------------------------------------
+
+constexpr std::array<std::string_view, 12> kRootKeys{
+    "$comment", "version", "description", "classes", "include_paths", "exclude_paths",
+    "min_region_kib", "triggers", "backend", "domain", "on_error", "log_level"};
+constexpr std::array<std::string_view, 6> kTriggerKeys{"$comment", "start", "dlopen", "delays_ms", "periodic",
+                                                       "signal"};
+constexpr std::array<std::string_view, 3> kPeriodicKeys{"$comment", "interval_ms", "duration_ms"};
+constexpr std::array<std::string_view, 5> kClasses{"heap", "anonymous", "libdata", "rodata", "stack"};
+constexpr std::array<std::string_view, 8> kSignals{"SIGUSR1",    "SIGUSR2",    "SIGRTMIN",   "SIGRTMIN+1",
+                                                   "SIGRTMIN+2", "SIGRTMIN+3", "SIGRTMIN+4", "SIGRTMAX"};
+constexpr std::array<std::string_view, 3> kBackends{"auto", "upm", "ksm"};
+constexpr std::array<std::string_view, 2> kFailModes{"open", "closed"};
+constexpr std::array<std::string_view, 5> kLogLevels{"off", "error", "warn", "info", "debug"};
+
+constexpr std::int64_t kMaxMs = 86400000;
+
+template <std::size_t N>
+std::string list_names(const std::array<std::string_view, N>& names, bool skip_comment = true) {
+    std::string out;
+    for (auto n : names) {
+        if (skip_comment && n == "$comment") continue;
+        if (!out.empty()) out += ", ";
+        out += "`" + std::string(n) + "`";
+    }
+    return out;
+}
+
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+    std::vector<std::size_t> row(b.size() + 1);
+    for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+    for (std::size_t i = 1; i <= a.size(); ++i) {
+        std::size_t diag = row[0];
+        row[0] = i;
+        for (std::size_t j = 1; j <= b.size(); ++j) {
+            std::size_t up = row[j];
+            char ca = static_cast<char>(std::tolower(static_cast<unsigned char>(a[i - 1])));
+            char cb = static_cast<char>(std::tolower(static_cast<unsigned char>(b[j - 1])));
+            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (ca == cb ? 0 : 1)});
+            diag = up;
+        }
+    }
+    return row[b.size()];
+}
+
+// The closest name, if it is close enough to be a plausible typo.
+template <std::size_t N>
+std::string near_miss(std::string_view word, const std::array<std::string_view, N>& names) {
+    std::string_view best;
+    std::size_t best_d = SIZE_MAX;
+    for (auto n : names) {
+        if (n == "$comment") continue;
+        std::size_t d = edit_distance(word, n);
+        if (d < best_d) {
+            best_d = d;
+            best = n;
+        }
+    }
+    if (best.empty()) return {};
+    if (best_d <= std::max<std::size_t>(1, std::min<std::size_t>(3, word.size() / 3))) return std::string(best);
+    // "exclude" for "exclude_paths", "min_region" for "min_region_kib"
+    if (word.size() >= 3 && (best.starts_with(word) || word.starts_with(best))) return std::string(best);
+    for (auto n : names)
+        if (word.size() >= 3 && n != "$comment" && (n.starts_with(word) || word.starts_with(n))) return std::string(n);
+    return {};
+}
+
+std::string pointer_escape(std::string_view key) {
+    std::string out;
+    for (char c : key) {
+        if (c == '~')
+            out += "~0";
+        else if (c == '/')
+            out += "~1";
+        else
+            out += c;
+    }
+    return out;
+}
+
+std::string type_name(const json& v) {
+    switch (v.type()) {
+        case json::value_t::null: return "null";
+        case json::value_t::boolean: return "a boolean";
+        case json::value_t::string: return "a string";
+        case json::value_t::array: return "an array";
+        case json::value_t::object: return "an object";
+        case json::value_t::number_integer:
+        case json::value_t::number_unsigned: return "an integer";
+        case json::value_t::number_float: return "a number";
+        default: return "an unsupported value";
+    }
+}
+
+std::size_t utf8_length(std::string_view s) {
+    return static_cast<std::size_t>(
+        std::count_if(s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
+}
+
+// A short rendering of a value for messages.
+std::string show(const json& v) {
+    std::string s = v.dump();
+    if (s.size() > 40) s = s.substr(0, 37) + "...";
+    return s;
+}
+
+// ---- the validator ----------------------------------------------------------
+
+class Validator {
+public:
+    explicit Validator(std::vector<PolicyProblem>& problems) : problems_(problems) {}
+
+    void error(const std::string& where, std::string message, std::string fix) {
+        problems_.push_back({where.empty() ? "(root)" : where, std::move(message), std::move(fix), false});
+        ++errors_;
+    }
+    void warn(const std::string& where, std::string message, std::string fix) {
+        problems_.push_back({where.empty() ? "(root)" : where, std::move(message), std::move(fix), true});
+    }
+    std::size_t errors() const { return errors_; }
+
+    void type_error(const std::string& where, const json& v, const std::string& expected, std::string fix) {
+        error(where, "expected " + expected + ", got " + type_name(v), std::move(fix));
+    }
+
+    // JSON Schema "integer": any number with a zero fractional part.
+    std::optional<std::int64_t> integer(const std::string& where, const json& v, std::int64_t min, std::int64_t max,
+                                        const std::string& example) {
+        std::string fix = "write an integer from " + std::to_string(min) + " to " + std::to_string(max) +
+                          ", e.g. `" + example + "`";
+        std::int64_t value = 0;
+        if (v.is_number_unsigned()) {
+            auto u = v.get<std::uint64_t>();
+            value = u > static_cast<std::uint64_t>(INT64_MAX) ? INT64_MAX : static_cast<std::int64_t>(u);
+        } else if (v.is_number_integer()) {
+            value = v.get<std::int64_t>();
+        } else if (v.is_number_float()) {
+            double d = v.get<double>();
+            if (!std::isfinite(d) || std::floor(d) != d) {
+                error(where, "expected an integer, got " + show(v), fix);
+                return std::nullopt;
+            }
+            value = d >= 9.2e18 ? INT64_MAX : d <= -9.2e18 ? INT64_MIN : static_cast<std::int64_t>(d);
+        } else {
+            type_error(where, v, "an integer", fix);
+            return std::nullopt;
+        }
+        if (value < min || value > max) {
+            error(where, show(v) + " is out of range (" + std::to_string(min) + " to " + std::to_string(max) + ")",
+                  fix);
+            return std::nullopt;
+        }
+        return value;
+    }
+
+    std::optional<bool> boolean(const std::string& where, const json& v) {
+        if (!v.is_boolean()) {
+            type_error(where, v, "a boolean", "write `true` or `false` (without quotes)");
+            return std::nullopt;
+        }
+        return v.get<bool>();
+    }
+
+    std::optional<std::string> string(const std::string& where, const json& v, const std::string& fix) {
+        if (!v.is_string()) {
+            type_error(where, v, "a string", fix);
+            return std::nullopt;
+        }
+        return v.get<std::string>();
+    }
+
+    template <std::size_t N>
+    std::optional<std::string> one_of(const std::string& where, const json& v,
+                                      const std::array<std::string_view, N>& names, const std::string& what) {
+        std::string fix = "use one of " + list_names(names);
+        if (!v.is_string()) {
+            type_error(where, v, "a string", fix);
+            return std::nullopt;
+        }
+        auto s = v.get<std::string>();
+        if (std::find(names.begin(), names.end(), s) != names.end()) return s;
+        auto guess = near_miss(s, names);
+        error(where, "unknown " + what + " `" + s + "`", guess.empty() ? fix : "did you mean `" + guess + "`?");
+        return std::nullopt;
+    }
+
+    template <std::size_t N>
+    bool object(const std::string& where, const json& v, const std::array<std::string_view, N>& keys,
+                const std::string& example) {
+        if (!v.is_object()) {
+            type_error(where, v, "an object", "write an object, e.g. `" + example + "`");
+            return false;
+        }
+        for (const auto& [key, value] : v.items()) {
+            if (std::find(keys.begin(), keys.end(), key) != keys.end()) continue;
+            auto guess = near_miss(key, keys);
+            error(where + "/" + pointer_escape(key), "unknown key `" + key + "`",
+                  guess.empty() ? "remove it; allowed keys here: " + list_names(keys)
+                                : "did you mean `" + guess + "`?");
+        }
+        return true;
+    }
+
+    // An array of at most max_items; returns false (after reporting) if v is not one.
+    bool array(const std::string& where, const json& v, std::size_t max_items, const std::string& example) {
+        if (!v.is_array()) {
+            type_error(where, v, "an array", "write a list in brackets, e.g. `" + example + "`");
+            return false;
+        }
+        if (v.size() > max_items)
+            error(where, "too many items (" + std::to_string(v.size()) + ", at most " + std::to_string(max_items) + ")",
+                  "remove " + std::to_string(v.size() - max_items) + " of them");
+        return true;
+    }
+
+private:
+    std::vector<PolicyProblem>& problems_;
+    std::size_t errors_ = 0;
+};
+
+// ---- keys ---------------------------------------------------------------------
+
+void check_classes(Validator& val, const json& v, Policy& p) {
+    const std::string where = "/classes";
+    if (!val.array(where, v, kClasses.size(), "[\"heap\", \"anonymous\"]")) return;
+    std::set<RegionClass> classes;
+    for (std::size_t i = 0; i < v.size(); ++i) {
+        std::string item = where + "/" + std::to_string(i);
+        const json& c = v[i];
+        if (c.is_string() && (c == "text" || c == "never")) {
+            val.error(item, "class `" + c.get<std::string>() + "` cannot be advised",
+                      "remove it; executable code and the `never` regions are never advised");
+            continue;
+        }
+        auto name = val.one_of(item, c, kClasses, "class");
+        if (!name) continue;
+        RegionClass rc{};
+        parse_region_class(*name, rc);
+        if (!classes.insert(rc).second)
+            val.error(item, "class `" + *name + "` is listed twice", "remove the duplicate");
+    }
+    if (v.empty())
+        val.warn(where, "no class selected: nothing will be advised",
+                 "list the classes to advise, e.g. `[\"heap\", \"anonymous\", \"libdata\"]`");
+    p.classes = std::move(classes);
+}
+
+void check_globs(Validator& val, const std::string& key, const json& v, std::vector<std::string>& out) {
+    const std::string where = "/" + key;
+    if (!val.array(where, v, 64, "[\"*/libtorch*.so*\"]")) return;
+    std::vector<std::string> globs;
+    for (std::size_t i = 0; i < v.size(); ++i) {
+        std::string item = where + "/" + std::to_string(i);
+        auto s = val.string(item, v[i], "write a quoted fnmatch(3) pattern, e.g. `\"*.pyc\"`");
+        if (!s) continue;
+        std::size_t len = utf8_length(*s);
+        if (len < 1 || len > 256) {
+            val.error(item, "pattern length " + std::to_string(len) + " is out of range (1 to 256)",
+                      len < 1 ? "remove the empty pattern" : "shorten the pattern, e.g. with `*`");
+            continue;
+        }
+        char first = s->front();
+        bool pseudo_ok = key == "exclude_paths" && first == '[';
+        if (first != '/' && first != '*' && first != '?' && first != '[' && !pseudo_ok)
+            val.warn(item, "pattern `" + *s + "` never matches: mapping paths are absolute",
+                     "write `*/" + *s + "` or an absolute path");
+        globs.push_back(*s);
+    }
+    out = std::move(globs);
+}
+
+void check_periodic(Validator& val, const json& v, Triggers& t) {
+    const std::string where = "/triggers/periodic";
+    if (!val.object(where, v, kPeriodicKeys, "{\"interval_ms\": 1000, \"duration_ms\": 60000}")) return;
+    std::optional<std::int64_t> interval, duration;
+    for (const auto& [key, value] : v.items()) {
+        std::string item = where + "/" + pointer_escape(key);
+        if (key == "$comment")
+            val.string(item, value, "write the comment as a string");
+        else if (key == "interval_ms")
+            interval = val.integer(item, value, 100, kMaxMs, "1000");
+        else if (key == "duration_ms")
+            duration = val.integer(item, value, 0, kMaxMs, "60000");
+    }
+    if (!v.contains("interval_ms")) {
+        val.error(where, "missing `interval_ms`", "add `\"interval_ms\": 1000` (re-advise every second)");
+        return;
+    }
+    if (interval) t.periodic_interval = std::chrono::milliseconds(*interval);
+    t.periodic_duration = std::chrono::milliseconds(duration.value_or(0));
+    if (interval && duration && *duration != 0 && *duration < *interval)
+        val.warn(where, "duration_ms (" + std::to_string(*duration) + ") is shorter than interval_ms (" +
+                            std::to_string(*interval) + "): the periodic trigger never fires",
+                 "make duration_ms at least interval_ms, or 0 for the whole life of the process");
+}
+
+void check_triggers(Validator& val, const json& v, Triggers& t) {
+    const std::string where = "/triggers";
+    if (!val.object(where, v, kTriggerKeys, "{\"start\": true}")) return;
+    for (const auto& [key, value] : v.items()) {
+        std::string item = where + "/" + pointer_escape(key);
+        if (key == "$comment") {
+            val.string(item, value, "write the comment as a string");
+        } else if (key == "start") {
+            if (auto b = val.boolean(item, value)) t.at_start = *b;
+        } else if (key == "dlopen") {
+            if (auto b = val.boolean(item, value)) t.after_dlopen = *b;
+        } else if (key == "delays_ms") {
+            if (!val.array(item, value, 64, "[5000, 60000]")) continue;
+            t.delays.clear();
+            for (std::size_t i = 0; i < value.size(); ++i)
+                if (auto ms = val.integer(item + "/" + std::to_string(i), value[i], 0, kMaxMs, "5000"))
+                    t.delays.emplace_back(*ms);
+        } else if (key == "periodic") {
+            check_periodic(val, value, t);
+        } else if (key == "signal") {
+            if (value.is_null()) {
+                t.signal = 0;
+                continue;
+            }
+            if (value.is_string() && value.get<std::string>().starts_with("SIG") &&
+                std::find(kSignals.begin(), kSignals.end(), value.get<std::string>()) == kSignals.end() &&
+                near_miss(value.get<std::string>(), kSignals).empty()) {
+                val.error(item, "signal `" + value.get<std::string>() + "` is not allowed",
+                          "use one a program normally leaves alone: " + list_names(kSignals) +
+                              ", or null for none");
+                continue;
+            }
+            if (auto s = val.one_of(item, value, kSignals, "signal")) t.signal = signal_from_name(*s);
+        }
+    }
+}
+
+void check_root(Validator& val, const json& doc, Policy& p, std::optional<FailMode>& declared_on_error) {
+    if (!val.object("", doc, kRootKeys, "{\"version\": 1}")) return;
+    for (const auto& [key, value] : doc.items()) {
+        std::string where = "/" + pointer_escape(key);
+        if (key == "$comment") {
+            val.string(where, value, "write the comment as a string");
+        } else if (key == "version") {
+            if (!value.is_number() || value != json(1))
+                val.error(where, value.is_number() ? "unsupported version " + show(value)
+                                                   : "expected the integer 1, got " + type_name(value),
+                          "write `\"version\": 1` (the only format version)");
+        } else if (key == "description") {
+            if (auto s = val.string(where, value, "write a quoted text")) {
+                if (utf8_length(*s) > 1024)
+                    val.error(where, "description is longer than 1024 characters", "shorten it");
+                else
+                    p.description = *s;
+            }
+        } else if (key == "classes") {
+            check_classes(val, value, p);
+        } else if (key == "include_paths") {
+            check_globs(val, key, value, p.include);
+        } else if (key == "exclude_paths") {
+            check_globs(val, key, value, p.exclude);
+        } else if (key == "min_region_kib") {
+            if (auto kib = val.integer(where, value, 4, 16777216, "16")) {
+                p.min_region_bytes = static_cast<std::uint64_t>(*kib) * 1024;
+                if (*kib < 16)
+                    val.warn(where,
+                             "regions smaller than 16 KiB are advised: many tiny regions cost more to advise "
+                             "than they save",
+                             "use 16 or more unless small regions are known to be duplicated");
+            }
+        } else if (key == "triggers") {
+            check_triggers(val, value, p.triggers);
+        } else if (key == "backend") {
+            if (auto s = val.one_of(where, value, kBackends, "backend")) parse_backend_choice(*s, p.backend);
+        } else if (key == "domain") {
+            if (auto s = val.string(where, value, "write a quoted name, e.g. `\"tenant-a\"`")) {
+                if (valid_domain(*s))
+                    p.domain = *s;
+                else
+                    val.error(where, "invalid domain `" + *s + "`",
+                              "use up to 64 letters, digits, `.`, `_` or `-`, starting with a letter or digit, "
+                              "or \"\" for the runtime's default");
+            }
+        } else if (key == "on_error") {
+            if (auto s = val.one_of(where, value, kFailModes, "on_error mode")) {
+                p.on_error = *s == "closed" ? FailMode::closed : FailMode::open;
+                declared_on_error = p.on_error;
+                if (p.on_error == FailMode::closed)
+                    val.warn(where,
+                             "on_error `closed` stops the program (exit status 127) when upm cannot apply the "
+                             "policy",
+                             "use `open` unless the program must not run without deduplication");
+            }
+        } else if (key == "log_level") {
+            if (auto s = val.one_of(where, value, kLogLevels, "log level")) p.log_level = *s;
+        }
+    }
+    const Triggers& t = p.triggers;
+    if (val.errors() == 0 && !t.at_start && !t.after_dlopen && t.delays.empty() && t.periodic_interval.count() == 0 &&
+        t.signal == 0)
+        val.warn("/triggers", "no trigger is enabled: regions are advised only through the C API",
+                 "enable `start` unless the program calls `upm_advise_all()` itself");
+}
+
+// 1-based line and column of the byte at 1-based index `byte` (nlohmann's
+// parse_error::byte: the last character read).
+std::pair<std::size_t, std::size_t> line_column(std::string_view text, std::size_t byte) {
+    std::size_t upto = std::min(byte == 0 ? 0 : byte - 1, text.size());
+    std::size_t line = 1, col = 1;
+    for (std::size_t i = 0; i < upto; ++i) {
+        if (text[i] == '\n') {
+            ++line;
+            col = 1;
+        } else {
+            ++col;
+        }
+    }
+    return {line, col};
+}
+
+PolicyProblem syntax_problem(std::string_view text, const json::parse_error& e) {
+    auto [line, col] = line_column(text, e.byte);
+    std::string what = e.what();
+    // "[json.exception.parse_error.101] parse error at line 1, column 2: syntax error ..." -> "syntax error ..."
+    auto colon = what.find(": ", what.find("parse error"));
+    if (colon != std::string::npos) what = what.substr(colon + 2);
+    std::string fix = "fix the JSON syntax there (comments are allowed, trailing commas are not)";
+    if (what.find("unexpected '}'") != std::string::npos || what.find("unexpected ']'") != std::string::npos)
+        fix = "remove the trailing comma before it, or add the missing value";
+    else if (what.find("unexpected end of input") != std::string::npos)
+        fix = text.find_first_not_of(" \t\r\n") == std::string_view::npos
+                  ? "write a JSON object, e.g. `{\"version\": 1}`"
+                  : "close every `{`, `[`, string and comment";
+    else if (what.find("invalid literal") != std::string::npos)
+        fix = "quote strings with double quotes; literals are `true`, `false` and `null`";
+    return PolicyProblem{"line " + std::to_string(line) + ", column " + std::to_string(col), what, fix, false};
+}
+
+}  // namespace
+
+// ---- public functions ---------------------------------------------------------
+
+std::size_t PolicyCheck::error_count() const {
+    return static_cast<std::size_t>(std::count_if(problems.begin(), problems.end(), [](auto& p) { return !p.warning; }));
+}
+
+std::size_t PolicyCheck::warning_count() const { return problems.size() - error_count(); }
+
+const Policy& default_policy() {
+    static const Policy p = [] {
+        Policy d;
+        d.name = "default";
+        d.description = "upm default: heap, anonymous and library data; re-advise every second for a minute";
+        d.classes = {RegionClass::heap, RegionClass::anonymous, RegionClass::libdata};
+        d.min_region_bytes = 16 * 1024;
+        d.triggers.at_start = true;
+        d.triggers.after_dlopen = true;
+        d.triggers.periodic_interval = std::chrono::milliseconds(1000);
+        d.triggers.periodic_duration = std::chrono::milliseconds(60000);
+        d.triggers.signal = 0;
+        d.backend = BackendChoice::automatic;
+        d.on_error = FailMode::open;
+        d.log_level = "off";
+        return d;
+    }();
+    return p;
+}
+
+PolicyCheck parse_policy(std::string_view text, std::string_view name) {
+    PolicyCheck check;
+    try {
+        json doc;
+        try {
+            doc = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/true, /*ignore_comments=*/true);
+        } catch (const json::parse_error& e) {
+            check.problems.push_back(syntax_problem(text, e));
+            return check;
+        }
+        check.syntax_ok = true;
+        Policy p = default_policy();
+        p.name = std::string(name);
+        Validator val(check.problems);
+        check_root(val, doc, p, check.declared_on_error);
+        if (val.errors() == 0) check.policy = std::move(p);
+    } catch (const std::exception& e) {
+        check.policy.reset();
+        check.problems.push_back({"(document)", std::string("internal error: ") + e.what(),
+                                  "report this as a bug in upm", false});
+    }
+    return check;
+}
+
+PolicyCheck load_policy_file(const std::string& path) {
+    std::string stem = path.substr(path.rfind('/') == std::string::npos ? 0 : path.rfind('/') + 1);
+    if (stem.size() > 5 && stem.ends_with(".json")) stem.resize(stem.size() - 5);
+    auto text = detail::read_file(path, detail::kMaxPolicyFile);
+    if (!text) {
+        PolicyCheck check;
+        check.problems.push_back({"(file)", "cannot read the policy: " + text.error().message,
+                                  text.error().err == EFBIG ? "a policy is at most 1 MiB; shorten it"
+                                                            : "check the path and its permissions",
+                                  false});
+        return check;
+    }
+    return parse_policy(*text, stem);
+}
+
+bool valid_policy_name(std::string_view name) {
+    if (name.empty() || name.size() > 64) return false;
+    auto ok = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; };
+    if (!ok(name.front())) return false;
+    return std::all_of(name.begin(), name.end(), [&](char c) { return ok(c) || c == '.' || c == '_' || c == '-'; });
+}
+
+bool valid_domain(std::string_view domain) { return domain.empty() || valid_policy_name(domain); }
+
+std::vector<std::string> policy_search_path() {
+    std::vector<std::string> dirs;
+    try {
+        const char* env = std::getenv("UPM_POLICY_PATH");
+        if (env && *env) {
+            std::string_view rest = env;
+            while (!rest.empty()) {
+                auto colon = rest.find(':');
+                auto dir = rest.substr(0, colon);
+                if (!dir.empty()) dirs.emplace_back(dir);
+                rest.remove_prefix(colon == std::string_view::npos ? rest.size() : colon + 1);
+            }
+            return dirs;
+        }
+        dirs.emplace_back("/etc/upm/policies");
+        dirs.emplace_back(UPM_POLICY_DIR);
+    } catch (...) {
+    }
+    return dirs;
+}
+
+Result<std::string> resolve_policy(std::string_view file_or_name) {
+    try {
+        std::string arg(file_or_name);
+        auto absolute = [](const std::string& path) -> Result<std::string> {
+            char buf[PATH_MAX];
+            if (!::realpath(path.c_str(), buf)) return Error::sys(errno, "policy file `" + path + "`");
+            struct stat st {};
+            if (::stat(buf, &st) != 0) return Error::sys(errno, "policy file `" + path + "`");
+            if (!S_ISREG(st.st_mode)) return Error{EINVAL, "policy file `" + path + "` is not a regular file"};
+            return std::string(buf);
+        };
+        if (arg.find('/') != std::string::npos || arg.ends_with(".json")) return absolute(arg);
+        if (!valid_policy_name(arg))
+            return Error{EINVAL, "invalid policy name `" + arg +
+                                     "`: give a file path, or a name of letters, digits, `.`, `_` and `-`"};
+        auto dirs = policy_search_path();
+        std::string tried;
+        for (const auto& dir : dirs) {
+            std::string path = dir + "/" + arg + ".json";
+            if (::access(path.c_str(), R_OK) == 0) return absolute(path);
+            tried += (tried.empty() ? "" : ", ") + dir;
+        }
+        return Error{ENOENT, "no policy named `" + arg + "` in " + (tried.empty() ? "(no directory)" : tried) +
+                                 " (give a file path, or set $UPM_POLICY_PATH)"};
+    } catch (const std::exception& e) {
+        return Error::msg(std::string("resolving policy: ") + e.what());
+    }
+}
+
+std::string_view to_string(BackendChoice b) {
+    switch (b) {
+        case BackendChoice::automatic: return "auto";
+        case BackendChoice::upm: return "upm";
+        case BackendChoice::ksm: return "ksm";
+    }
+    return "auto";
+}
+
+bool parse_backend_choice(std::string_view name, BackendChoice& out) {
+    if (name == "auto") out = BackendChoice::automatic;
+    else if (name == "upm") out = BackendChoice::upm;
+    else if (name == "ksm") out = BackendChoice::ksm;
+    else return false;
+    return true;
+}
+
+std::string_view to_string(FailMode m) { return m == FailMode::closed ? "closed" : "open"; }
+
+int signal_from_name(std::string_view name) {
+    if (name == "SIGUSR1") return SIGUSR1;
+    if (name == "SIGUSR2") return SIGUSR2;
+    if (name == "SIGRTMAX") return SIGRTMAX;
+    if (name == "SIGRTMIN") return SIGRTMIN;
+    if (name.starts_with("SIGRTMIN+") && name.size() == 10 && name[9] >= '1' && name[9] <= '4')
+        return SIGRTMIN + (name[9] - '0');
+    return 0;
+}
+
+std::string signal_name(int signo) {
+    if (signo == 0) return {};
+    for (auto n : kSignals)
+        if (signal_from_name(n) == signo) return std::string(n);
+    return "signal " + std::to_string(signo);
+}
+
+bool everything_anonymous(const Policy& p) {
+    std::set<RegionClass> anon{RegionClass::heap, RegionClass::anonymous, RegionClass::stack};
+    return p.classes == anon && p.include.empty() && p.exclude.empty() && p.min_region_bytes <= 4096;
+}
+
+std::string policy_to_json(const Policy& p) {
+    try {
+        json doc;
+        doc["version"] = 1;
+        doc["description"] = p.description;
+        json classes = json::array();
+        for (auto name : kClasses) {
+            RegionClass rc{};
+            parse_region_class(name, rc);
+            if (p.classes.count(rc)) classes.push_back(name);
+        }
+        doc["classes"] = classes;
+        doc["include_paths"] = p.include;
+        doc["exclude_paths"] = p.exclude;
+        doc["min_region_kib"] = p.min_region_bytes / 1024;
+        json t;
+        t["start"] = p.triggers.at_start;
+        t["dlopen"] = p.triggers.after_dlopen;
+        t["delays_ms"] = json::array();
+        for (auto d : p.triggers.delays) t["delays_ms"].push_back(d.count());
+        if (p.triggers.periodic_interval.count() > 0)
+            t["periodic"] = {{"interval_ms", p.triggers.periodic_interval.count()},
+                             {"duration_ms", p.triggers.periodic_duration.count()}};
+        t["signal"] = p.triggers.signal ? json(signal_name(p.triggers.signal)) : json(nullptr);
+        doc["triggers"] = t;
+        doc["backend"] = to_string(p.backend);
+        doc["domain"] = p.domain;
+        doc["on_error"] = to_string(p.on_error);
+        doc["log_level"] = p.log_level;
+        return doc.dump(2) + "\n";
+    } catch (const std::exception&) {
+        return "{}\n";
+    }
+}
+
+// ---- decisions ------------------------------------------------------------------
+
+namespace {
+
+bool glob_match(const std::string& pattern, const std::string& path) {
+    return pattern == path || ::fnmatch(pattern.c_str(), path.c_str(), 0) == 0;
+}
+
+std::string kib(std::uint64_t bytes) { return std::to_string(bytes / 1024) + " KiB"; }
+
+}  // namespace
+
+std::vector<Decision> decide(const Policy& policy, const std::vector<Classified>& regions) {
+    std::vector<Decision> out;
+    try {
+        out.reserve(regions.size());
+        for (const auto& c : regions) {
+            Decision d{c, false, {}};
+            const Region& r = c.region;
+            bool file_backed = r.inode != 0 && !r.path.empty() && r.path.front() == '/';
+            if (c.cls == RegionClass::never || c.cls == RegionClass::text) {
+                d.reason = "never advised: " + c.why;
+            } else if (!policy.classes.count(c.cls)) {
+                d.reason = "class `" + std::string(to_string(c.cls)) + "` not enabled";
+            } else if (auto ex = std::find_if(policy.exclude.begin(), policy.exclude.end(),
+                                              [&](const std::string& g) { return !r.path.empty() && glob_match(g, r.path); });
+                       ex != policy.exclude.end()) {
+                d.reason = "excluded by `" + *ex + "`";
+            } else if (file_backed && !policy.include.empty() &&
+                       std::none_of(policy.include.begin(), policy.include.end(),
+                                    [&](const std::string& g) { return glob_match(g, r.path); })) {
+                d.reason = "path not matched by include_paths";
+            } else if (r.size() < policy.min_region_bytes) {
+                d.reason = "smaller than min_region_kib (" + kib(r.size()) + " < " + kib(policy.min_region_bytes) + ")";
+            } else {
+                d.advise = true;
+                d.reason = "class `" + std::string(to_string(c.cls)) + "` enabled";
+                if (file_backed && !policy.include.empty()) d.reason += ", path included";
+            }
+            out.push_back(std::move(d));
+        }
+    } catch (...) {
+        // Out of memory: decide nothing rather than throw into the host program.
+    }
+    return out;
+}
+
+}  // namespace upm
