@@ -1,0 +1,340 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""The measuring half of demo.sh (which checks the host, switches ksmd to
+fast settings and restores them); run it through demo.sh.
+
+Two phases on the same workload, N upm-memhog processes holding the same
+M MiB (seed 1):
+
+  with upm     each started as `upm run --backend ksm -- upm-memhog ...`
+  without upm  each started directly (the baseline), given as long as the
+               first phase took
+
+For each phase it records, per process, PSS (/proc/PID/smaps_rollup) when
+the process is ready and at the end, ksm_merging_pages, and for the node
+pages_sharing, general_profit, MemAvailable and ksmd's CPU time; it polls
+pages_sharing to find the time to 90% of the achievable savings.  The ideal
+is measured, not assumed: every present page (/proc/PID/pagemap) of every
+private writable or anonymous mapping of the processes is hashed, and the
+ideal saving is the number of pages minus the number of distinct ones.
+
+Measures as in the design brief ("Measures everybody uses"): saved memory
+is PSS without dedup minus PSS with dedup, and the node's MemAvailable
+change; pages_sharing is the kernel's count; achieved savings are reported
+as a fraction of the ideal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+MIB = 1024 * 1024
+KSM = Path("/sys/kernel/mm/ksm")
+TICK = os.sysconf("SC_CLK_TCK")
+POLL = 0.1
+SETTLE = 1.0
+NEVER_HASHED = {"[stack]", "[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]", "[uprobes]"}
+
+
+def ksm_counters() -> dict[str, int]:
+    out = {}
+    for p in KSM.iterdir():
+        try:
+            out[p.name] = int(p.read_text())
+        except (ValueError, OSError):
+            pass
+    return out
+
+
+def meminfo_kib() -> dict[str, int]:
+    out = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        k, _, v = line.partition(":")
+        out[k] = int(v.split()[0])
+    return out
+
+
+def pss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def merging_pages(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/ksm_merging_pages").read_text())
+
+
+def ksmd_cpu_s() -> float:
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if (d / "comm").read_text().strip() != "ksmd":
+                continue
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        return (int(fields[11]) + int(fields[12])) / TICK   # utime, stime
+    return 0.0
+
+
+class Hog:
+    """One upm-memhog, started in its own session."""
+
+    def __init__(self, argv: list[str], timeout: float) -> None:
+        self.argv = argv
+        self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, start_new_session=True)
+        line = self._read_line(timeout)
+        m = re.match(r"ready (0x[0-9a-f]+) (\d+) pid=(\d+)", line)
+        if not m:
+            raise RuntimeError(f"unexpected first line from `{' '.join(argv)}`: {line!r}")
+        self.addr, self.length, self.pid = int(m[1], 16), int(m[2]), int(m[3])
+        self.pss_ready_kib = pss_kib(self.pid)
+
+    def _read_line(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        buf = b""
+        fd = self.popen.stdout.fileno()
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise RuntimeError(f"`{' '.join(self.argv)}` was not ready within {timeout:g} s")
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                err = self.popen.stderr.read().decode(errors="replace")
+                raise RuntimeError(f"`{' '.join(self.argv)}` exited ({self.popen.wait()}): {err}")
+            buf += chunk
+        return buf.decode(errors="replace").splitlines()[0]
+
+    def stop(self) -> tuple[int, str, str]:
+        """SIGTERM; returns (exit status, last stdout line, stderr)."""
+        if self.popen.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        try:
+            out, err = self.popen.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            out, err = self.popen.communicate()
+        lines = out.decode(errors="replace").splitlines()
+        return self.popen.returncode, (lines[-1] if lines else ""), err.decode(errors="replace")
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def hashed_regions(pid: int):
+    """(start, end) of the mappings the ideal is computed over: private and
+    writable or anonymous, not stacks or kernel pseudo-mappings."""
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        parts = line.split(None, 5)
+        start, end = (int(x, 16) for x in parts[0].split("-"))
+        perms, inode = parts[1], int(parts[4])
+        path = parts[5].strip() if len(parts) > 5 else ""
+        if perms[3] != "p" or path in NEVER_HASHED or perms[0] != "r":
+            continue
+        if perms[1] == "w" or inode == 0:
+            yield start, end
+
+
+def page_digests(pid: int, counter: Counter) -> int:
+    """Adds the digest of every present page of `pid`'s hashed regions to
+    `counter`; returns the number of pages."""
+    n = 0
+    with open(f"/proc/{pid}/pagemap", "rb", buffering=0) as pm, \
+            open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for start, end in hashed_regions(pid):
+            pm.seek(start // PAGE * 8)
+            entries = pm.read((end - start) // PAGE * 8)
+            present = [int.from_bytes(entries[i:i + 8], "little") >> 63
+                       for i in range(0, len(entries), 8)]
+            i = 0
+            while i < len(present):
+                if not present[i]:
+                    i += 1
+                    continue
+                j = i
+                while j < len(present) and present[j] and j - i < 1024:
+                    j += 1
+                mem.seek(start + i * PAGE)
+                try:
+                    data = mem.read((j - i) * PAGE)
+                except OSError:
+                    data = b""
+                for k in range(0, len(data), PAGE):
+                    counter[hashlib.blake2b(data[k:k + PAGE], digest_size=16).digest()] += 1
+                    n += 1
+                i = j
+    return n
+
+
+def ideal_saved_pages(pids: list[int]) -> tuple[int, int]:
+    """(pages hashed, pages an ideal merge of identical pages would save)."""
+    counter: Counter = Counter()
+    total = sum(page_digests(pid, counter) for pid in pids)
+    return total, total - len(counter)
+
+
+def run_phase(name: str, argv_of, n: int, expect_saved: int, timeout: float,
+              min_wait: float, ready_timeout: float) -> dict:
+    print(f"demo: phase `{name}`: starting {n} processes", file=sys.stderr)
+    mem_start = meminfo_kib()
+    hogs: list[Hog] = []
+    try:
+        t_start = time.monotonic()
+        for i in range(n):
+            hogs.append(Hog(argv_of(i), ready_timeout))
+        t0 = time.monotonic()
+        k0, mem_ready, cpu0 = ksm_counters(), meminfo_kib(), ksmd_cpu_s()
+        series = []
+        while True:
+            t = time.monotonic() - t0
+            saved = ksm_counters()["pages_sharing"] - k0["pages_sharing"]
+            series.append((round(t, 3), saved))
+            if t >= timeout or (t >= min_wait and saved >= 0.99 * expect_saved):
+                break
+            time.sleep(POLL)
+        elapsed = time.monotonic() - t0
+        time.sleep(SETTLE)   # let freed pages reach the counters MemAvailable reads
+        k1, mem_end, cpu1 = ksm_counters(), meminfo_kib(), ksmd_cpu_s()
+        procs = [{"pid": h.pid, "pss_ready_kib": h.pss_ready_kib, "pss_end_kib": pss_kib(h.pid),
+                  "ksm_merging_pages": merging_pages(h.pid)} for h in hogs]
+        for p in procs:
+            p["saved_kib"] = p["pss_ready_kib"] - p["pss_end_kib"]
+        hashed, ideal = ideal_saved_pages([h.pid for h in hogs])
+        results = [h.stop() for h in hogs]
+    finally:
+        for h in hogs:
+            h.kill()
+    for p, (status, last, err) in zip(procs, results):
+        p["exit_status"], p["final_line"] = status, last
+        if status != 0:
+            print(f"demo: warning: memhog {p['pid']} exited with {status}: {err.strip()}", file=sys.stderr)
+    saved_pages = k1["pages_sharing"] - k0["pages_sharing"]
+    target = 0.9 * ideal
+    t90 = next((t for t, s in series if ideal and s >= target), None)
+    return {
+        "name": name,
+        "startup_s": round(t0 - t_start, 3),
+        "observed_s": round(elapsed, 3),
+        "processes": procs,
+        "pss_ready_kib": sum(p["pss_ready_kib"] for p in procs),
+        "pss_end_kib": sum(p["pss_end_kib"] for p in procs),
+        "ksm_merging_pages": sum(p["ksm_merging_pages"] for p in procs),
+        "pages_sharing_delta": saved_pages,
+        "pages_shared_delta": k1["pages_shared"] - k0["pages_shared"],
+        "general_profit_delta_bytes": k1.get("general_profit", 0) - k0.get("general_profit", 0),
+        "full_scans": k1["full_scans"] - k0["full_scans"],
+        "memavailable_start_kib": mem_start["MemAvailable"],
+        "memavailable_ready_kib": mem_ready["MemAvailable"],
+        "memavailable_end_kib": mem_end["MemAvailable"],
+        "memavailable_recovered_kib": mem_end["MemAvailable"] - mem_ready["MemAvailable"],
+        "ksmd_cpu_s": round(cpu1 - cpu0, 3),
+        "ideal_hashed_pages": hashed,
+        "ideal_saved_pages": ideal,
+        "saved_fraction_of_ideal": round(saved_pages / ideal, 4) if ideal else None,
+        "time_to_90pct_s": t90,
+        "all_intact": all(p["exit_status"] == 0 for p in procs),
+        "series": series,
+    }
+
+
+def mib(kib_or_bytes: float, unit: int = 1024) -> str:
+    return f"{kib_or_bytes * unit / MIB:.1f}"
+
+
+def print_tables(cfg: dict, upm: dict, base: dict) -> None:
+    w = print
+    w(f"\nupm demo: {cfg['procs']} processes x {cfg['mib']} MiB of identical data "
+      f"(upm-memhog --seed 1), `upm run --backend ksm`, ksmd pages_to_scan="
+      f"{cfg['ksm']['pages_to_scan']} sleep_millisecs={cfg['ksm']['sleep_millisecs']}\n")
+    w("with upm, per process     PSS at ready   PSS merged   ksm_merging_pages   saved MiB")
+    for i, p in enumerate(upm["processes"], 1):
+        w(f"  memhog #{i:<2} pid {p['pid']:<8} {mib(p['pss_ready_kib']):>9} MiB"
+          f" {mib(p['pss_end_kib']):>8} MiB {p['ksm_merging_pages']:>19} {mib(p['saved_kib']):>11}")
+    w(f"  total{'':17} {mib(upm['pss_ready_kib']):>9} MiB {mib(upm['pss_end_kib']):>8} MiB"
+      f" {upm['ksm_merging_pages']:>19} {mib(upm['pss_ready_kib'] - upm['pss_end_kib']):>11}\n")
+
+    def row(label, a, b, ratio=""):
+        w(f"  {label:<38} {a:>14} {b:>14} {ratio:>8}")
+
+    pss_ratio = f"{upm['pss_end_kib'] / base['pss_end_kib']:.2f}" if base["pss_end_kib"] else "-"
+    row("node and totals", "without upm", "with upm", "ratio")
+    row("PSS total at the end (MiB)", mib(base["pss_end_kib"]), mib(upm["pss_end_kib"]), pss_ratio)
+    row("saved: PSS without - with upm (MiB)", "-", mib(base["pss_end_kib"] - upm["pss_end_kib"]))
+    row("pages_sharing (kernel, delta)", base["pages_sharing_delta"], upm["pages_sharing_delta"])
+    row("saved per pages_sharing (MiB)", mib(base["pages_sharing_delta"], PAGE),
+        mib(upm["pages_sharing_delta"], PAGE))
+    row("general_profit delta (MiB)", mib(base["general_profit_delta_bytes"], 1),
+        mib(upm["general_profit_delta_bytes"], 1))
+    row("MemAvailable recovered (MiB)", mib(base["memavailable_recovered_kib"]),
+        mib(upm["memavailable_recovered_kib"]))
+    row("ideal saving, hashed pages (MiB)", mib(base["ideal_saved_pages"], PAGE),
+        mib(upm["ideal_saved_pages"], PAGE))
+    frac = lambda ph: "-" if ph["saved_fraction_of_ideal"] is None else f"{ph['saved_fraction_of_ideal']:.1%}"
+    row("achieved / ideal", frac(base), frac(upm))
+    t90 = lambda ph: "never" if ph["time_to_90pct_s"] is None else f"{ph['time_to_90pct_s']:.2f}"
+    row("time to 90% of ideal (s, from ready)", t90(base), t90(upm))
+    row("observed for (s)", f"{base['observed_s']:.1f}", f"{upm['observed_s']:.1f}")
+    gib = upm["pages_sharing_delta"] * PAGE / (1024 * MIB)
+    row("ksmd CPU (s)", f"{base['ksmd_cpu_s']:.2f}", f"{upm['ksmd_cpu_s']:.2f}")
+    row("ksmd CPU-s per GiB saved", "-", f"{upm['ksmd_cpu_s'] / gib:.2f}" if gib > 0 else "-")
+    row("data intact (memhog verification)", "yes" if base["all_intact"] else "NO",
+        "yes" if upm["all_intact"] else "NO")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--upm", required=True)
+    ap.add_argument("--memhog", required=True)
+    ap.add_argument("--procs", type=int, default=4)
+    ap.add_argument("--mib", type=int, default=128)
+    ap.add_argument("--timeout", type=float, default=30)
+    ap.add_argument("--json", required=True)
+    a = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    hog = [a.memhog, "--mib", str(a.mib), "--seed", "1", "--hold-until-signal", "--checksum"]
+    expect = (a.procs - 1) * a.mib * MIB // PAGE
+    cfg = {"procs": a.procs, "mib": a.mib, "page_size": PAGE, "upm": a.upm, "memhog": a.memhog,
+           "kernel": os.uname().release,
+           "ksm": {k: (KSM / k).read_text().strip() for k in
+                   ("pages_to_scan", "sleep_millisecs", "smart_scan", "max_page_sharing")
+                   if (KSM / k).exists()}}
+    upm = run_phase("with upm", lambda i: [a.upm, "run", "--backend", "ksm", "--", *hog],
+                    a.procs, expect, a.timeout, 0, 30)
+    base = run_phase("without upm", lambda i: hog, a.procs, expect,
+                     max(upm["observed_s"], 3.0), max(upm["observed_s"], 3.0), 30)
+    print_tables(cfg, upm, base)
+    doc = {"config": cfg, "with_upm": upm, "without_upm": base,
+           "pss_ratio_with_over_without": (upm["pss_end_kib"] / base["pss_end_kib"]
+                                           if base["pss_end_kib"] else None)}
+    Path(a.json).write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"\njson: {a.json}")
+    ok = upm["all_intact"] and base["all_intact"]
+    if not ok:
+        print("demo: error: a process found its data changed", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
