@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# run.sh -- boot the upm test kernel in QEMU (TCG) with the test initramfs
+# and report the in-guest tests.
+#
+# Builds the kernel through build.sh (unless --kernel) and the initramfs
+# through initramfs.sh, boots `qemu-system-x86_64 -nographic -no-reboot -m 2G
+# -smp 2 -cpu max` with two NUMA nodes, saves the console log,
+# prints each "upm-test: NAME PASS|FAIL|SKIP" line, and ends with exactly one
+# line "N passed, M failed, K skipped".  The console must also be clean of
+# kernel splats (pseudo-test console-clean) and the guest must reach its end
+# marker (pseudo-test guest-finished).
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() {
+	cat <<EOF
+usage: test/kernel/run.sh [--debug] [--kernel BZIMAGE] [--stress SECONDS] [--bench]
+                          [--timeout SECONDS] [--kvm] [TEST...]
+
+Boot the upm test kernel under QEMU and run the in-guest tests.
+
+  --debug            use the debug kernel (build.sh --debug) and boot with
+                     panic_on_warn=1
+  --kernel BZIMAGE   boot this bzImage instead of building/reusing one
+  --stress SECONDS   also run upm_stress for SECONDS (after the check suite)
+  --bench            run only the benchmark (upm_bench); its JSON is saved
+  --bench-args A:B   arguments for upm_bench, ':'-separated (e.g. 4:32 =
+                     4 processes x 32 MiB)
+  --timeout SECONDS  overall QEMU timeout (default: check 1100, stress
+                     SECONDS+1500, bench 2700)
+  --kvm              use KVM instead of TCG (faster; not the reference setup)
+  TEST...            run only these tests (names from test/kernel/tests/SUITE)
+
+Output: per-test lines, the console log path, and as the LAST line
+"N passed, M failed, K skipped".  Exit 0 if nothing failed, 1 otherwise,
+77 if a prerequisite is missing and cannot be installed.
+Logs go to \${UPM_KERNEL_LOG_DIR:-\$UPM_CACHE_DIR/kernel/logs} (default
+UPM_CACHE_DIR=/var/cache/upm).
+EOF
+}
+
+DEBUG=0 KERNEL= STRESS= BENCH=0 TIMEOUT= ACCEL=${UPM_QEMU_ACCEL:-tcg} BENCH_ARGS=
+TESTS=()
+while (($#)); do
+	case $1 in
+	--debug) DEBUG=1 ;;
+	--kernel) KERNEL=${2:?--kernel needs a path}; shift ;;
+	--stress) STRESS=${2:?--stress needs SECONDS}; shift ;;
+	--bench) BENCH=1 ;;
+	--bench-args) BENCH_ARGS=${2:?}; shift ;;
+	--timeout) TIMEOUT=${2:?}; shift ;;
+	--kvm) ACCEL=kvm ;;
+	-h | --help) usage; exit 0 ;;
+	-*) usage >&2; die "unknown option '$1'" ;;
+	*) TESTS+=("$1") ;;
+	esac
+	shift
+done
+[[ -z $STRESS || $STRESS =~ ^[0-9]+$ ]] || die "--stress wants a number of seconds, got '$STRESS'"
+
+if [[ -n $(missing_deps run) ]] && [[ ! -f $UPM_REPO/packaging/install-deps.sh ]]; then
+	log "SKIP: missing $(missing_deps run | tr '\n' ' ')and packaging/install-deps.sh is absent"
+	exit 77
+fi
+ensure_deps run
+
+MODE=check
+[[ -n $STRESS ]] && MODE=stress
+((BENCH)) && MODE=bench
+if [[ -z $TIMEOUT ]]; then
+	case $MODE in
+	check) TIMEOUT=1100 ;;
+	stress) TIMEOUT=$((STRESS + 1500)) ;;
+	bench) TIMEOUT=2700 ;;
+	esac
+fi
+
+# --- kernel and initramfs ------------------------------------------------------
+if [[ -n $KERNEL ]]; then
+	[[ -f $KERNEL ]] || die "--kernel $KERNEL: no such file"
+	KERNEL=$(readlink -f "$KERNEL")
+else
+	bargs=()
+	((DEBUG)) && bargs+=(--debug)
+	KERNEL=$("$UPM_KDIR/build.sh" "${bargs[@]}" | tail -n 1)
+	[[ -f $KERNEL ]] || die "build.sh did not produce a bzImage"
+fi
+INITRD=$("$UPM_KDIR/initramfs.sh" | tail -n 1)
+[[ -f $INITRD ]] || die "initramfs.sh did not produce an image"
+
+LOGDIR=${UPM_KERNEL_LOG_DIR:-$UPM_CACHE/logs}
+mkdir -p "$LOGDIR"
+STAMP=$(date +%Y%m%d-%H%M%S)
+FLAV=normal
+((DEBUG)) && FLAV=debug
+LOG="$LOGDIR/console-$STAMP-$FLAV-$MODE.log"
+
+APPEND="console=ttyS0 panic=-1 upm.mode=$MODE"
+((DEBUG)) && APPEND+=" panic_on_warn=1"
+[[ -n $STRESS ]] && APPEND+=" upm.stress=$STRESS"
+[[ -n $BENCH_ARGS ]] && APPEND+=" upm.bench=$BENCH_ARGS"
+if ((${#TESTS[@]})); then
+	APPEND+=" upm.tests=$(IFS=,; echo "${TESTS[*]}")"
+fi
+
+# two NUMA nodes of 1 GiB, one CPU each (ksm_tests -N, merge_across_nodes)
+QEMU=(qemu-system-x86_64 -nographic -no-reboot -m 2G -smp 2 -cpu max -accel "$ACCEL"
+	-object memory-backend-ram,id=m0,size=1G -object memory-backend-ram,id=m1,size=1G
+	-numa node,nodeid=0,cpus=0,memdev=m0 -numa node,nodeid=1,cpus=1,memdev=m1
+	-kernel "$KERNEL" -initrd "$INITRD" -append "$APPEND")
+log "kernel:  $KERNEL"
+log "initrd:  $INITRD"
+log "console: $LOG"
+log "booting ($ACCEL, mode $MODE, timeout ${TIMEOUT}s): ${QEMU[*]}"
+
+T0=$(date +%s)
+timeout -k 10 "$TIMEOUT" "${QEMU[@]}" </dev/null >"$LOG" 2>&1 &
+QPID=$!
+# live progress: the per-test result lines as they appear
+tail -n +1 -F --pid="$QPID" "$LOG" 2>/dev/null | tr -d '\r' |
+	grep --line-buffered -aoE 'upm-test: [A-Za-z0-9_.-]+ (PASS|FAIL|SKIP)( \(.*\))?' || true &
+TPID=$!
+QRC=0
+wait "$QPID" || QRC=$?
+wait "$TPID" 2>/dev/null || true
+T1=$(date +%s)
+log "guest ran $((T1 - T0))s (qemu exit $QRC)"
+
+CLEAN=$(mktemp)
+trap 'rm -f "$CLEAN"' EXIT
+tr -d '\r' <"$LOG" >"$CLEAN"
+
+pass=0 fail=0 skip=0
+while IFS= read -r line; do
+	case $line in
+	*" PASS"*) pass=$((pass + 1)) ;;
+	*" FAIL"*) fail=$((fail + 1)) ;;
+	*" SKIP"*) skip=$((skip + 1)) ;;
+	esac
+done < <(grep -aoE 'upm-test: [A-Za-z0-9_.-]+ (PASS|FAIL|SKIP)( \(.*\))?' "$CLEAN" | grep -v -E 'upm-test: (START|SUMMARY|BEGIN|END) ')
+
+# pseudo-test: the guest reached its end marker
+if grep -aq 'upm-test: END' "$CLEAN"; then
+	:
+else
+	why="no end marker"
+	((QRC == 124 || QRC == 137)) && why="overall timeout ${TIMEOUT}s hit"
+	grep -aq 'Kernel panic' "$CLEAN" && why="kernel panic"
+	echo "upm-test: guest-finished FAIL ($why; see $LOG)"
+	fail=$((fail + 1))
+fi
+
+# pseudo-test: console clean of kernel splats
+SPLAT='WARNING:|BUG:|KASAN|possible circular locking|possible recursive locking|inconsistent lock state|suspicious RCU usage|Kernel panic|sleeping function called from invalid context|Bad page'
+if first=$(grep -naE "$SPLAT" "$CLEAN" | head -n 1) && [[ -n $first ]]; then
+	nsplat=$(grep -caE "$SPLAT" "$CLEAN" || true)
+	echo "upm-test: console-clean FAIL ($nsplat splat line(s); first at line ${first%%:*}: ${first#*:})"
+	fail=$((fail + 1))
+else
+	echo "upm-test: console-clean PASS"
+	pass=$((pass + 1))
+fi
+
+if ((BENCH)); then
+	JSON="$LOGDIR/bench-$STAMP-$FLAV.json"
+	sed -n '/UPM-BENCH-JSON-BEGIN/,/UPM-BENCH-JSON-END/p' "$CLEAN" | sed '1d;$d' | sed 's/^    //' >"$JSON"
+	if [[ -s $JSON ]]; then
+		sed -n '/UPM-BENCH-TABLE-BEGIN/,/UPM-BENCH-TABLE-END/p' "$CLEAN" | sed '1d;$d' | sed 's/^    //'
+		echo "benchmark JSON: $JSON"
+	else
+		rm -f "$JSON"
+		echo "benchmark produced no JSON (see $LOG)"
+	fi
+fi
+
+echo "console log: $LOG"
+if ((skip)); then
+	echo "$pass passed, $fail failed, $skip skipped"
+else
+	echo "$pass passed, $fail failed"
+fi
+((fail == 0))
