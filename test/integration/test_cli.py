@@ -1,0 +1,229 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""The `upm` command line: help, version, `upm run`, `upm maps`, `upm status`.
+
+What the CLI reports is checked against the kernel: `upm maps --json`
+against /proc/PID/maps and the VmFlags of /proc/PID/smaps, `upm status
+--json` against /proc/PID/ksm_merging_pages and /sys/kernel/mm/ksm.  JSON
+field names are those of docs/cli.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import ksm_counters, ksm_merging_pages, smaps, upm_run, wait_merged, wait_until
+
+COMMANDS = [["run"], ["maps"], ["status"], ["policy"], ["policy", "check"]]
+
+
+def project_version(source_dir: Path) -> str:
+    m = re.search(r"project\(upm VERSION ([0-9.]+)", (source_dir / "CMakeLists.txt").read_text())
+    assert m, "no project(upm VERSION ...) in CMakeLists.txt"
+    return m[1]
+
+
+def listed_subcommands(help_text: str) -> list[str]:
+    """Subcommand names from a CLI11 help text ("Subcommands:" section)."""
+    names, in_section = [], False
+    for line in help_text.splitlines():
+        if line.strip().upper().startswith("SUBCOMMANDS"):
+            in_section = True
+            continue
+        if in_section:
+            m = re.match(r"^\s+([a-z][a-z0-9-]*)\b", line)
+            if m:
+                names.append(m[1])
+            elif line.strip() and not line.startswith(" "):
+                in_section = False
+    return names
+
+
+# --- help and version --------------------------------------------------------
+
+
+def test_help_lists_commands(procs, upm_bin):
+    r = procs.run([upm_bin, "--help"])
+    assert r.returncode == 0, r.stderr
+    listed = listed_subcommands(r.stdout)
+    for cmd in ("run", "maps", "status", "policy"):
+        assert cmd in listed, f"`upm --help` does not list `{cmd}`: {r.stdout}"
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)
+def test_command_help(procs, upm_bin, cmd):
+    r = procs.run([upm_bin, *cmd, "--help"])
+    assert r.returncode == 0, f"`upm {' '.join(cmd)} --help` exited {r.returncode}: {r.stderr}"
+    assert cmd[-1] in r.stdout and len(r.stdout.splitlines()) >= 3, r.stdout
+
+
+def test_every_listed_command_has_help(procs, upm_bin):
+    """Commands added later get the same check."""
+    listed = listed_subcommands(procs.run([upm_bin, "--help"]).stdout)
+    for cmd in listed:
+        r = procs.run([upm_bin, cmd, "--help"])
+        assert r.returncode == 0 and r.stdout.strip(), f"`upm {cmd} --help`: {r.returncode} {r.stderr}"
+
+
+def test_version(procs, upm_bin, source_dir):
+    r = procs.run([upm_bin, "--version"])
+    assert r.returncode == 0, r.stderr
+    assert project_version(source_dir) in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("argv", [["frobnicate"], ["maps"], ["maps", "not-a-pid"], ["run"],
+                                  ["status", "--bogus-option"]],
+                         ids=["unknown-command", "maps-without-pid", "maps-bad-pid", "run-without-command",
+                              "unknown-option"])
+def test_usage_errors(procs, upm_bin, argv):
+    r = procs.run([upm_bin, *argv])
+    assert r.returncode not in (0, 127) and r.returncode > 0, f"exit {r.returncode}: {r.stdout}{r.stderr}"
+    assert r.stderr.strip(), "a usage error without a message"
+
+
+# --- upm run -----------------------------------------------------------------
+
+
+def test_run_loads_preload(procs, upm_bin, preload_lib):
+    r = procs.run([upm_bin, "run", "--", "/bin/cat", "/proc/self/maps"])
+    assert r.returncode == 0, r.stderr
+    assert preload_lib.name in r.stdout, "the preload is not mapped into the command"
+
+
+@pytest.mark.parametrize("status", [0, 1, 7, 126])
+def test_run_passes_exit_status(procs, upm_bin, status):
+    r = procs.run([upm_bin, "run", "--", "/bin/sh", "-c", f"exit {status}"])
+    assert r.returncode == status, r.stderr
+
+
+def test_run_passes_arguments_and_stdin(procs, upm_bin):
+    args = ["a b", "", "--policy", "*", "é"]
+    r = procs.run([upm_bin, "run", "--", "/bin/sh", "-c", 'printf "[%s]" "$@"; cat', "sh", *args],
+                  input="stdin data\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "".join(f"[{a}]" for a in args) + "stdin data\n"
+
+
+def test_run_missing_command(procs, upm_bin, tmp_path):
+    r = procs.run([upm_bin, "run", "--", str(tmp_path / "no-such-program")])
+    assert r.returncode == 127, f"exit {r.returncode}"
+    assert "no-such-program" in r.stderr
+
+
+# --- upm maps ----------------------------------------------------------------
+
+MAPS_FIELDS = {"start", "end", "size", "perms", "path", "class", "advise", "reason", "mergeable"}
+
+
+def maps_json(procs, upm_bin, pid: int, *extra) -> list[dict]:
+    r = procs.run([upm_bin, "maps", str(pid), "--json", *extra])
+    assert r.returncode == 0, f"`upm maps {pid} --json` exited {r.returncode}: {r.stderr}"
+    return json.loads(r.stdout)
+
+
+def test_maps_json_matches_kernel(procs, upm_bin, memhog):
+    hog = procs.memhog(upm_run(upm_bin, memhog, mib=16))
+    wait_until(lambda: hog.region().mergeable, 6, what="mg on the data region",
+               describe=lambda: str(hog.region()))
+    rows = maps_json(procs, upm_bin, hog.pid)
+    kernel = {(r.start, r.end): r for r in smaps(hog.pid)}
+
+    for row in rows:
+        missing = MAPS_FIELDS - row.keys()
+        assert not missing, f"row lacks {sorted(missing)}: {row}"
+    ranges = {(int(r["start"], 16), int(r["end"], 16)) for r in rows}
+    assert ranges == set(kernel), (f"regions differ from /proc/{hog.pid}/smaps: only upm "
+                                   f"{sorted(ranges - set(kernel))}, only kernel {sorted(set(kernel) - ranges)}")
+    for row in rows:
+        k = kernel[(int(row["start"], 16), int(row["end"], 16))]
+        assert row["size"] == k.size
+        assert row["perms"] == k.perms
+        assert row["mergeable"] == k.mergeable, f"mergeable disagrees with VmFlags: {row} vs {k}"
+    data = next(r for r in rows if int(r["start"], 16) <= hog.addr < int(r["end"], 16))
+    assert data["class"] == "heap" and data["advise"] is True and data["mergeable"] is True, data
+
+
+def test_maps_text(procs, upm_bin, memhog):
+    hog = procs.memhog(upm_run(upm_bin, memhog, mib=16))
+    r = procs.run([upm_bin, "maps", str(hog.pid)])
+    assert r.returncode == 0, r.stderr
+    region = hog.region()
+    assert f"{region.start:x}" in r.stdout, f"the data region is not listed: {r.stdout}"
+
+
+def test_maps_policy_changes_decision(procs, upm_bin, memhog, write_policy):
+    hog = procs.memhog([memhog, "--mib", "16", "--hold-until-signal"])
+    policy = write_policy("libdata-only", classes=["libdata"])
+    rows = maps_json(procs, upm_bin, hog.pid, "--policy", policy)
+    data = next(r for r in rows if int(r["start"], 16) <= hog.addr < int(r["end"], 16))
+    assert data["advise"] is False and data["reason"], data
+    assert data["mergeable"] is False, "a process not run under upm has mg"
+    rows = maps_json(procs, upm_bin, hog.pid)
+    data = next(r for r in rows if int(r["start"], 16) <= hog.addr < int(r["end"], 16))
+    assert data["advise"] is True, data
+
+
+def test_maps_missing_process(procs, upm_bin):
+    pid = 2 ** 22 + 12345   # above the largest pid_max
+    r = procs.run([upm_bin, "maps", str(pid)])
+    assert r.returncode != 0
+    assert str(pid) in r.stderr, r.stderr
+
+
+# --- upm status --------------------------------------------------------------
+
+
+def stable_merging_pages(pid: int) -> int:
+    prev = [-1]
+
+    def same_twice():
+        now = ksm_merging_pages(pid)
+        ok = now == prev[0]
+        prev[0] = now
+        return ok
+
+    wait_until(same_twice, 10, interval=0.3, what=f"a stable ksm_merging_pages of {pid}")
+    return prev[0]
+
+
+def test_status_agrees_with_kernel(ksm_fast, procs, upm_bin, memhog):
+    hogs = [procs.memhog(upm_run(upm_bin, memhog, "--seed", "3", mib=32)) for _ in range(2)]
+    wait_merged(hogs)
+    want = {h.pid: stable_merging_pages(h.pid) for h in hogs}
+
+    for h in hogs:
+        r = procs.run([upm_bin, "status", "--json", str(h.pid)])
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        rows = [p for p in doc["processes"] if p["pid"] == h.pid]
+        assert len(rows) == 1, f"pid {h.pid} not in {doc['processes']}"
+        got = rows[0]["ksm_merging_pages"]
+        now = ksm_merging_pages(h.pid)
+        assert got in (want[h.pid], now), f"upm status says {got}, the kernel {want[h.pid]}/{now}"
+        assert rows[0]["saved_bytes"] == got * doc["node"]["page_size"]
+
+    before = ksm_counters()
+    r = procs.run([upm_bin, "status", "--json"])
+    after = ksm_counters()
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    node = doc["node"]
+    assert node["ksm_available"] is True
+    for key in ("pages_sharing", "pages_shared", "full_scans"):
+        lo, hi = sorted((before[key], after[key]))
+        assert lo <= node["ksm"][key] <= hi, f"{key}: upm says {node['ksm'][key]}, kernel {before[key]}..{after[key]}"
+    listed = {p["pid"] for p in doc["processes"]}
+    assert {h.pid for h in hogs} <= listed, f"`upm status` without pids misses the memhogs: {sorted(listed)}"
+
+    r = procs.run([upm_bin, "status", *(str(h.pid) for h in hogs)])
+    assert r.returncode == 0 and all(str(h.pid) in r.stdout for h in hogs), r.stdout + r.stderr
+
+
+def test_status_missing_process(procs, upm_bin):
+    pid = 2 ** 22 + 12345
+    r = procs.run([upm_bin, "status", "--json", str(pid)])
+    assert r.returncode != 0, r.stdout
+    assert str(pid) in r.stderr
