@@ -1,0 +1,249 @@
+// Initialisation: the constructor of libupm-preload.so.
+//
+// Runs once per process image (again after exec, since LD_PRELOAD is
+// inherited), before main().  It must stay well under a millisecond, so it
+// only reads the environment and the policy file, probes the backend (a few
+// syscalls on one scratch page), and arms the triggers; reading maps and
+// advising happen later on the worker thread.
+//
+// Environment:
+//   UPM_DISABLE=1      do nothing at all (the C API returns ENOSYS)
+//   UPM_POLICY=PATH    policy file; unset or empty: the built-in default
+//   UPM_BACKEND=auto|upm|ksm|none   overrides the policy's backend
+//   UPM_DOMAIN=NAME    sharing domain (informational until the kernel takes one)
+//   UPM_LOG=LEVEL      off|error|warn|info|debug|trace; overrides log_level
+//   UPM_FAIL_CLOSED=1  treat any policy or backend error as fatal (exit 127)
+//
+// Errors: fail open by default -- say why once on stderr (even when logging
+// is off) and leave the program alone; fail closed (on_error "closed" or
+// UPM_FAIL_CLOSED=1) -- say why and _exit(127) before main() runs.
+#include <dlfcn.h>
+#include <pthread.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "preload.hpp"
+#include "upm/classify.hpp"
+#include "upm/log.hpp"
+#include "upm/maps.hpp"
+
+#ifndef PR_SET_MEMORY_MERGE
+#define PR_SET_MEMORY_MERGE 67
+#endif
+
+namespace upm::preload {
+
+namespace {
+
+pthread_once_t g_once = PTHREAD_ONCE_INIT;
+Config* g_cfg = nullptr;    // written once inside g_once
+
+bool env_flag(const char* name) {
+    const char* v = ::getenv(name);
+    return v && *v && std::strcmp(v, "0") != 0;
+}
+
+const char* env_str(const char* name) {
+    const char* v = ::getenv(name);
+    return v && *v ? v : nullptr;
+}
+
+std::string_view basename_of(std::string_view p) {
+    auto slash = p.rfind('/');
+    return slash == std::string_view::npos ? p : p.substr(slash + 1);
+}
+
+// True when this library was loaded through LD_PRELOAD or /etc/ld.so.preload
+// (then the policy's triggers are armed), false when a program linked or
+// dlopen()ed it only for the C API.
+bool loaded_by_preload() {
+    std::string self = "libupm-preload.so";
+    Dl_info info{};
+    if (::dladdr(reinterpret_cast<void*>(&loaded_by_preload), &info) && info.dli_fname && *info.dli_fname)
+        self = std::string(basename_of(info.dli_fname));
+    auto listed = [&](std::string_view list) {
+        std::size_t i = 0;
+        while (i < list.size()) {
+            std::size_t j = list.find_first_of(": \t\n", i);
+            if (j == std::string_view::npos) j = list.size();
+            if (j > i && basename_of(list.substr(i, j - i)) == self) return true;
+            i = j + 1;
+        }
+        return false;
+    };
+    if (const char* env = ::getenv("LD_PRELOAD"); env && listed(env)) return true;
+    // /etc/ld.so.preload: read only when the environment did not say.
+    FILE* f = std::fopen("/etc/ld.so.preload", "re");
+    if (!f) return false;
+    char buf[4096];
+    std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+    std::fclose(f);
+    return listed(std::string_view(buf, n));
+}
+
+std::string first_problem(const PolicyCheck& chk) {
+    for (const auto& p : chk.problems) {
+        if (p.warning) continue;
+        std::string s = p.where.empty() ? p.message : p.where + ": " + p.message;
+        if (!p.fix.empty()) s += " (fix: " + p.fix + ")";
+        return s;
+    }
+    return "unknown error";
+}
+
+// Reports a policy that cannot be used; returns normally only when failing open.
+void policy_failed(const std::string& name, const PolicyCheck& chk, bool closed) {
+    std::size_t n = chk.error_count();
+    if (n == 0) n = 1;
+    say(fmt::format("policy `{}`: {} error{}, {}: {}", name, n, n == 1 ? "" : "s",
+                    closed ? "stopping the program (fail-closed)" : "dedup is off", first_problem(chk)));
+    if (closed) ::_exit(127);
+}
+
+void setup_log(Config& c) {
+    const char* lvl = env_str("UPM_LOG");
+    std::string level = lvl ? lvl : c.policy.log_level;
+    if (level.empty() || level == "off") return;
+    upm::setup_logging("upm", level);
+    c.log_on = true;
+    g_log_on.store(true);
+}
+
+void init_once() {
+    auto* c = new Config;
+    g_cfg = c;
+    if (env_flag("UPM_DISABLE")) {
+        c->disabled = true;
+        c->backend_reason = "disabled by UPM_DISABLE";
+        return;
+    }
+    const bool force_closed = env_flag("UPM_FAIL_CLOSED");
+    c->automatic = loaded_by_preload();
+
+    if (const char* path = env_str("UPM_POLICY")) {
+        c->policy_name = path;
+        PolicyCheck chk = load_policy_file(path);
+        if (!chk.policy) {
+            policy_failed(path, chk, force_closed || chk.declared_on_error == FailMode::closed);
+            return;
+        }
+        c->policy = std::move(*chk.policy);
+        setup_log(*c);
+        for (const auto& p : chk.problems)
+            if (p.warning) log_msg(kWarn, fmt::format("policy `{}`: {}: {}", path, p.where, p.message));
+    } else {
+        c->policy_name = "default";
+        c->policy = default_policy();
+        setup_log(*c);
+    }
+    const bool closed = force_closed || c->policy.on_error == FailMode::closed;
+
+    c->domain = c->policy.domain;
+    if (const char* d = env_str("UPM_DOMAIN")) {
+        if (valid_domain(d))
+            c->domain = d;
+        else
+            log_msg(kWarn, fmt::format("UPM_DOMAIN `{}` is not a valid domain name, ignored", d));
+    }
+
+    BackendChoice choice = c->policy.backend;
+    if (const char* b = env_str("UPM_BACKEND")) {
+        if (std::strcmp(b, "none") == 0 || std::strcmp(b, "off") == 0) {
+            c->backend_reason = "UPM_BACKEND=none";
+            log_msg(kInfo, "backend `none` (UPM_BACKEND=none): nothing is advised");
+            return;
+        }
+        if (!parse_backend_choice(b, choice)) {
+            say(fmt::format("UPM_BACKEND `{}` is not one of auto, upm, ksm, none: {}", b,
+                            closed ? "stopping the program (fail-closed)" : "dedup is off"));
+            if (closed) ::_exit(127);
+            return;
+        }
+    }
+
+    BackendInfo bi = select_backend(choice, everything_anonymous(c->policy));
+    if (bi.kind == BackendKind::ksm_process) {
+        // Once per process: every present and future anonymous mapping is
+        // mergeable (inherited by fork; the regions are still advised too).
+        int saved = errno;
+        if (::prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) != 0) {
+            bi.reason += fmt::format("; prctl(PR_SET_MEMORY_MERGE) failed: {}, advising regions instead",
+                                     std::strerror(errno));
+            bi.kind = BackendKind::ksm;
+        }
+        errno = saved;
+    }
+    c->backend = bi.kind;
+    c->backend_reason = bi.reason;
+    if (bi.kind == BackendKind::none) {
+        if (closed) {
+            say(fmt::format("no backend: {}: stopping the program (fail-closed)", bi.reason));
+            ::_exit(127);
+        }
+        log_msg(choice == BackendChoice::automatic ? kInfo : kWarn,
+                fmt::format("no backend: {}: dedup is off", bi.reason));
+        return;
+    }
+    c->active = true;
+    log_msg(kInfo, fmt::format("policy `{}`, backend `{}` ({}){}{}", c->policy_name, to_string(bi.kind), bi.reason,
+                               c->domain.empty() ? "" : fmt::format(", domain `{}`", c->domain),
+                               c->automatic ? "" : ", triggers off (not loaded through LD_PRELOAD)"));
+}
+
+}  // namespace
+
+const Config& config() {
+    ::pthread_once(&g_once, init_once);
+    return *g_cfg;
+}
+
+std::size_t page_size() {
+    static const std::size_t ps = [] {
+        long p = ::sysconf(_SC_PAGESIZE);
+        return p > 0 ? static_cast<std::size_t>(p) : std::size_t{4096};
+    }();
+    return ps;
+}
+
+const char* backend_name(BackendKind k) {
+    switch (k) {
+        case BackendKind::upm: return "upm";
+        case BackendKind::ksm: return "ksm";
+        case BackendKind::ksm_process: return "ksm-process";
+        case BackendKind::none: return "none";
+    }
+    return "none";
+}
+
+}  // namespace upm::preload
+
+namespace {
+
+// Creates the statics the worker will use (function-local statics of the
+// core library and spdlog), so that their destructors are registered before
+// our exit handler and therefore run after it.
+void warm_up(const upm::preload::Config& c) {
+    (void)upm::decide(c.policy, upm::classify({}));
+    (void)upm::parse_maps("");
+    (void)upm::preload::page_size();
+}
+
+__attribute__((constructor)) void upm_preload_constructor() {
+    try {
+        const auto& c = upm::preload::config();
+        if (!c.active) return;
+        warm_up(c);
+        upm::preload::register_exit_handler();
+        upm::preload::arm_triggers(c);
+    } catch (...) {
+        // Never let an exception escape into the dynamic loader.
+    }
+}
+
+}  // namespace

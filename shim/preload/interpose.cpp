@@ -1,0 +1,151 @@
+// Interposed libc functions: dlopen(), unshare(), setns().
+//
+// dlopen(): the wrapper must not change which library gets loaded.  glibc
+// resolves a bare name through the RPATH/RUNPATH of the *calling* object,
+// expands $ORIGIN relative to it, and picks the namespace from it; it finds
+// the caller from dlopen()'s return address.  A C wrapper that calls the
+// real dlopen() would make libupm-preload.so the caller and break programs
+// whose libraries dlopen() their neighbours through RUNPATH.  So the wrapper
+// is a small assembly trampoline (x86-64, AArch64) that calls
+// upm_dlopen_prepare() -- which wakes the worker and returns the next
+// dlopen() in the lookup order (RTLD_NEXT) -- and then *jumps* to it with the
+// original arguments and the original return address.  The worker waits for
+// the load to complete (see wait_for_loads() in worker.cpp).  On other
+// architectures a C wrapper with a sibling call is used.  dlmopen() is not
+// interposed: its loads are seen by the next timed run.
+//
+// unshare()/setns(): the kernel refuses unshare(CLONE_NEWUSER) and setns()
+// into a user or mount namespace in a multi-threaded process.  Our worker
+// must not make such a call fail, so these wrappers stop the worker (waiting
+// at most 2 s), make the call, and let the worker resume.  Programs that
+// issue the raw syscall bypass this (documented).
+#include <dlfcn.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+
+#include "preload.hpp"
+
+#define UPM_EXPORT __attribute__((visibility("default")))
+
+namespace {
+
+using dlopen_fn = void* (*)(const char*, int);
+
+void* dlopen_unavailable(const char*, int) { return nullptr; }
+
+std::atomic<void*> g_real_dlopen{nullptr};
+
+template <typename Fn>
+Fn next_symbol(const char* name) {
+    return reinterpret_cast<Fn>(::dlsym(RTLD_NEXT, name));
+}
+
+// Namespace-changing flags the kernel refuses in a multi-threaded process.
+constexpr int kSingleThreadUnshare = CLONE_NEWUSER | CLONE_VM | CLONE_SIGHAND | CLONE_THREAD;
+constexpr int kSingleThreadSetns = CLONE_NEWUSER | CLONE_NEWNS;
+constexpr int kQuiesceTimeoutMs = 2000;
+
+}  // namespace
+
+extern "C" __attribute__((visibility("hidden"))) void* upm_dlopen_prepare() noexcept {
+    int saved = errno;
+    void* real = g_real_dlopen.load(std::memory_order_acquire);
+    if (!real) {
+        real = ::dlsym(RTLD_NEXT, "dlopen");
+        if (!real) real = ::dlvsym(RTLD_NEXT, "dlopen", "GLIBC_2.2.5");
+        if (!real) real = reinterpret_cast<void*>(&dlopen_unavailable);
+        g_real_dlopen.store(real, std::memory_order_release);
+    }
+    try {
+        upm::preload::notify_dlopen();
+    } catch (...) {
+    }
+    errno = saved;
+    return real;
+}
+
+#if defined(__x86_64__)
+// Entry: %rsp = 8 mod 16.  Two pushes and 8 bytes make the call aligned.
+asm(R"(
+    .text
+    .globl dlopen
+    .type dlopen, @function
+    .p2align 4
+dlopen:
+    .cfi_startproc
+    endbr64
+    pushq %rdi
+    .cfi_adjust_cfa_offset 8
+    pushq %rsi
+    .cfi_adjust_cfa_offset 8
+    subq $8, %rsp
+    .cfi_adjust_cfa_offset 8
+    call upm_dlopen_prepare
+    addq $8, %rsp
+    .cfi_adjust_cfa_offset -8
+    popq %rsi
+    .cfi_adjust_cfa_offset -8
+    popq %rdi
+    .cfi_adjust_cfa_offset -8
+    jmp *%rax
+    .cfi_endproc
+    .size dlopen, .-dlopen
+)");
+#elif defined(__aarch64__)
+asm(R"(
+    .text
+    .globl dlopen
+    .type dlopen, %function
+    .p2align 4
+dlopen:
+    .cfi_startproc
+    hint 34
+    stp x29, x30, [sp, #-32]!
+    .cfi_def_cfa_offset 32
+    .cfi_offset 29, -32
+    .cfi_offset 30, -24
+    mov x29, sp
+    stp x0, x1, [sp, #16]
+    bl upm_dlopen_prepare
+    mov x16, x0
+    ldp x0, x1, [sp, #16]
+    ldp x29, x30, [sp], #32
+    .cfi_restore 30
+    .cfi_restore 29
+    .cfi_def_cfa_offset 0
+    br x16
+    .cfi_endproc
+    .size dlopen, .-dlopen
+)");
+#else
+extern "C" UPM_EXPORT void* dlopen(const char* file, int mode) {
+    auto real = reinterpret_cast<dlopen_fn>(upm_dlopen_prepare());
+    return real(file, mode);    // a sibling call at -O2: the caller stays the caller
+}
+#endif
+
+extern "C" UPM_EXPORT int unshare(int flags) {
+    static const auto real = next_symbol<int (*)(int)>("unshare");
+    const bool quiesce = (flags & kSingleThreadUnshare) != 0;
+    if (quiesce) (void)upm::preload::quiesce_worker(kQuiesceTimeoutMs);
+    int rc = real ? real(flags) : static_cast<int>(::syscall(SYS_unshare, flags));
+    int saved = errno;
+    if (quiesce) upm::preload::resume_worker();
+    errno = saved;
+    return rc;
+}
+
+extern "C" UPM_EXPORT int setns(int fd, int nstype) {
+    static const auto real = next_symbol<int (*)(int, int)>("setns");
+    const bool quiesce = nstype == 0 || (nstype & kSingleThreadSetns) != 0;
+    if (quiesce) (void)upm::preload::quiesce_worker(kQuiesceTimeoutMs);
+    int rc = real ? real(fd, nstype) : static_cast<int>(::syscall(SYS_setns, fd, nstype));
+    int saved = errno;
+    if (quiesce) upm::preload::resume_worker();
+    errno = saved;
+    return rc;
+}

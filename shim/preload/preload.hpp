@@ -1,0 +1,116 @@
+// Internal interface of libupm-preload.so (not installed).
+//
+// The library is split by responsibility:
+//   init.cpp       the constructor: configuration from the environment, the
+//                  policy, the backend; fail-open / fail-closed
+//   run.cpp        one policy run: maps -> classify -> decide -> advise, and
+//                  the logging gate every other file uses
+//   worker.cpp     the worker thread, the trigger timeline, fork handling
+//   signal.cpp     the signal trigger (async-signal-safe handler)
+//   interpose.cpp  dlopen(), unshare(), setns() wrappers
+//   api.cpp        the public C API (upm.h)
+//
+// Threads and locks (outermost first; a thread never takes an earlier lock
+// while holding a later one):
+//   g_ctl       (worker.cpp) pthread mutex: the worker's life cycle (running,
+//               joinable, handle).  Held for microseconds; never while
+//               logging or advising.
+//   g_log_lock  (run.cpp) pthread rwlock: readers are log calls (spdlog's sink
+//               mutex and stderr's FILE lock live inside); the writer is the
+//               fork prepare handler, so no other thread holds those locks
+//               at fork and the child can log.
+// Madvise calls and /proc reads run under no lock at all.  The fork prepare
+// handler takes both with a timeout (1 s); if it cannot, the child is marked
+// "tainted" and stays passive (no logging, no worker) instead of risking a
+// deadlock.
+//
+// Exit: an atexit handler registered at the end of the constructor (so it
+// runs before the destructors of the statics the library created) sets
+// g_exiting and waits (at most 200 ms) for in-flight runs and log calls; they
+// check g_exiting and stop touching library state.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+#include "upm/backend.hpp"
+#include "upm/policy.hpp"
+
+namespace upm::preload {
+
+// Immutable once published by init (allocated once, never freed, so that
+// threads still running at exit never see it destroyed).
+struct Config {
+    bool disabled = false;      // UPM_DISABLE=1
+    bool active = false;        // valid policy and a backend: advice is possible
+    bool automatic = false;     // loaded through LD_PRELOAD: arm the policy's triggers
+    bool log_on = false;        // a log level other than "off" was asked for
+    Policy policy;
+    std::string policy_name;    // path of the policy file, or "default"
+    BackendKind backend = BackendKind::none;
+    std::string backend_reason;
+    std::string domain;         // UPM_DOMAIN or the policy's domain (informational)
+};
+
+// Runs the one-time initialisation (idempotent, thread-safe) and returns the
+// configuration.  May call _exit(127) when the policy fails closed.
+const Config& config();
+
+// Registers the fork handlers and, when the library was preloaded, arms the
+// triggers the policy asks for (constructor only).
+void arm_triggers(const Config& c);
+
+// ---- run.cpp -------------------------------------------------------------
+
+// Applies the policy to the whole process on the calling thread.  `trigger`
+// names the cause for the log ("start", "dlopen", "api", ...).
+// Returns 0 or the errno value of the first failure; ENOSYS when inactive.
+int run_policy(const char* trigger);
+
+// Logging gate: true when logging is on and the process is not exiting.
+bool log_enabled();
+// Logs one message at spdlog level `lvl` (0 trace .. 6 off) if enabled.
+void log_msg(int lvl, const std::string& msg);
+enum : int { kTrace = 0, kDebug = 1, kInfo = 2, kWarn = 3, kError = 4 };
+
+// Writes "upm[PID]: " + msg + "\n" to stderr with write(2), whatever the
+// log level (for the messages that must always be seen).
+void say(std::string_view msg);
+
+// In-flight accounting for exit (see above).  enter() returns false when the
+// process is exiting; then the caller must not touch library state.
+bool inflight_enter();
+void inflight_leave();
+extern std::atomic<bool> g_exiting;
+extern std::atomic<bool> g_log_on;     // set by init once the logger exists
+void register_exit_handler();
+// The lock taken by the fork handlers around log calls.
+bool log_lock_for_fork();       // prepare: true if taken
+void log_unlock_after_fork();   // parent
+void log_reset_in_child(bool usable);   // child
+
+// ---- worker.cpp ----------------------------------------------------------
+
+// Wakes the worker after a dlopen() (spawning it again if it had ended).
+void notify_dlopen();
+// Wakes the worker from the signal handler (async-signal-safe).
+void notify_signal_async();
+// Stops the worker and waits for it (at most timeout_ms); true when no
+// worker thread is left.  resume_worker() restarts it if triggers remain.
+bool quiesce_worker(int timeout_ms);
+void resume_worker();
+
+// ---- signal.cpp ----------------------------------------------------------
+
+// Installs the handler for the policy's signal if the program left the
+// signal at SIG_DFL; returns true when installed.
+bool install_signal_trigger(int signo);
+
+// ---- helpers ---------------------------------------------------------------
+
+std::size_t page_size();
+const char* backend_name(BackendKind k);     // static strings for the C API
+
+}  // namespace upm::preload

@@ -1,0 +1,160 @@
+// One policy run, and the logging gate of the preload.
+//
+// A run reads /proc/self/maps, classifies the regions, applies the policy
+// (upm::decide) and advises every selected region with the chosen backend,
+// on the calling thread: the worker for automatic triggers, the program's
+// own thread for upm_advise_all().  Runs may overlap (madvise is idempotent
+// and the kernel serialises on mmap_lock); no lock is held while advising.
+//
+// Logging goes through log_msg(), which is the only place that touches
+// spdlog: it is skipped unless a level was asked for, and it holds g_log_lock
+// (read side) so that the fork prepare handler can make sure no thread is
+// inside spdlog or stdio when the process forks.
+#include <pthread.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include <spdlog/spdlog.h>
+
+#include "preload.hpp"
+#include "upm/classify.hpp"
+#include "upm/log.hpp"
+#include "upm/maps.hpp"
+
+namespace upm::preload {
+
+std::atomic<bool> g_exiting{false};
+std::atomic<bool> g_log_on{false};
+
+namespace {
+
+std::atomic<int> g_inflight{0};
+pthread_rwlock_t g_log_lock = PTHREAD_RWLOCK_INITIALIZER;
+std::atomic<bool> g_log_usable{true};   // false in a child forked while the lock was busy
+
+constexpr double kMiB = 1024.0 * 1024.0;
+
+void on_exit_quiesce() {
+    g_exiting.store(true);
+    // Wait (bounded) for runs and log calls that are already inside library
+    // code; new ones see g_exiting and back out.
+    for (int i = 0; i < 200 && g_inflight.load() > 0; i++) {
+        struct timespec ts = {0, 1000 * 1000};
+        ::nanosleep(&ts, nullptr);
+    }
+}
+
+}  // namespace
+
+bool inflight_enter() {
+    g_inflight.fetch_add(1);
+    if (g_exiting.load()) {
+        g_inflight.fetch_sub(1);
+        return false;
+    }
+    return true;
+}
+
+void inflight_leave() { g_inflight.fetch_sub(1); }
+
+void register_exit_handler() { std::atexit(on_exit_quiesce); }
+
+bool log_enabled() { return g_log_on.load(std::memory_order_relaxed) && g_log_usable.load(std::memory_order_relaxed) && !g_exiting.load(); }
+
+void log_msg(int lvl, const std::string& msg) {
+    if (!log_enabled() || !inflight_enter()) return;
+    if (::pthread_rwlock_rdlock(&g_log_lock) == 0) {
+        try {
+            upm::logger()->log(static_cast<spdlog::level::level_enum>(lvl), msg);
+        } catch (...) {
+        }
+        ::pthread_rwlock_unlock(&g_log_lock);
+    }
+    inflight_leave();
+}
+
+bool log_lock_for_fork() {
+    struct timespec deadline;
+    ::clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 1;
+    return ::pthread_rwlock_timedwrlock(&g_log_lock, &deadline) == 0;
+}
+
+void log_unlock_after_fork() { ::pthread_rwlock_unlock(&g_log_lock); }
+
+void log_reset_in_child(bool usable) {
+    g_log_lock = PTHREAD_RWLOCK_INITIALIZER;
+    g_inflight.store(0);
+    if (!usable) g_log_usable.store(false);
+}
+
+void say(std::string_view msg) {
+    std::string line = "upm[" + std::to_string(::getpid()) + "]: ";
+    line.append(msg);
+    line.push_back('\n');
+    int saved = errno;
+    const char* p = line.data();
+    std::size_t left = line.size();
+    while (left > 0) {
+        ssize_t n = ::write(STDERR_FILENO, p, left);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        p += n;
+        left -= static_cast<std::size_t>(n);
+    }
+    errno = saved;
+}
+
+int run_policy(const char* trigger) {
+    const Config& c = config();
+    if (!c.active) return ENOSYS;
+    if (!inflight_enter()) return 0;
+    struct Leave {
+        ~Leave() { inflight_leave(); }
+    } leave;
+
+    auto maps = read_maps(0);
+    if (!maps) {
+        int err = maps.error().err ? maps.error().err : EIO;
+        log_msg(kError, fmt::format("trigger `{}`: reading /proc/self/maps: {}", trigger, maps.error().message));
+        return err;
+    }
+    std::vector<Decision> decisions = decide(c.policy, classify(*maps));
+
+    const bool debug = log_enabled() && upm::logger()->should_log(spdlog::level::debug);
+    int first_err = 0;
+    std::size_t advised = 0, failed = 0, vanished = 0;
+    std::uint64_t bytes = 0;
+    for (const Decision& d : decisions) {
+        if (!d.advise) continue;
+        if (g_exiting.load(std::memory_order_relaxed)) break;
+        const Region& r = d.region.region;
+        int rc = advise_range(c.backend, reinterpret_cast<void*>(r.start), r.size());
+        if (rc == 0) {
+            advised++;
+            bytes += r.size();
+        } else if (rc == ENOMEM) {
+            vanished++;     // unmapped since maps was read: not an error
+        } else {
+            failed++;
+            if (first_err == 0) first_err = rc;
+        }
+        if (debug || (rc != 0 && rc != ENOMEM))
+            log_msg(rc != 0 && rc != ENOMEM ? kWarn : kDebug,
+                    fmt::format("{:x}-{:x} {} `{}` class {}: {}{}", r.start, r.end, r.perms(), r.path,
+                                to_string(d.region.cls), rc ? "advice failed: " : "advised",
+                                rc ? std::strerror(rc) : ""));
+    }
+    log_msg(kInfo, fmt::format("advised {} regions, {:.1f} MiB (backend {}, trigger {}){}{}", advised,
+                               static_cast<double>(bytes) / kMiB, to_string(c.backend), trigger,
+                               failed ? fmt::format(", {} failed: {}", failed, std::strerror(first_err)) : "",
+                               vanished ? fmt::format(", {} gone before advice", vanished) : ""));
+    return first_err;
+}
+
+}  // namespace upm::preload

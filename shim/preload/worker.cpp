@@ -1,0 +1,344 @@
+// The worker thread, the trigger timeline and the fork handlers.
+//
+// One worker thread per process does every automatic run.  It sleeps on a
+// POSIX semaphore (sem_clockwait on CLOCK_MONOTONIC) until the next timed
+// trigger or until somebody posts it: the signal handler (sem_post is
+// async-signal-safe), the dlopen() wrapper, or quiesce_worker().  A
+// semaphore rather than an eventfd or a pipe: no file descriptor that a
+// program closing "all other fds" could close or -- worse -- reuse for one
+// of its own files, and nothing to leak across exec.  The worker blocks
+// every signal, so the program's signals are never delivered to it.
+//
+// Timeline: times are measured from the origin (the constructor, or the
+// fork for a child).  "start" runs as soon as the worker is scheduled (about
+// when main() starts), each delay once, periodic runs at origin + k*interval
+// while k*interval <= duration (0 = forever); missed periods are skipped,
+// not replayed.  The worker ends when no timed trigger is left and no signal
+// trigger is armed; the dlopen() wrapper starts it again when needed.
+//
+// Fork: the child has only the forking thread.  The prepare handler takes
+// g_ctl and the log lock (1 s timeout each), so the child inherits them in a
+// known state and re-initialises them; the semaphore is re-initialised.  The
+// child does not repeat "start" (its regions were advised in the parent and
+// the kernel keeps VM_MERGEABLE across fork); its delays and periodic runs
+// restart at the fork, and a worker is started in the child only if such
+// timed triggers (or a signal trigger) exist.  vfork() and posix_spawn()
+// children run no fork handlers and nothing of upm runs in them before exec.
+#include <dlfcn.h>
+#include <link.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <time.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "preload.hpp"
+
+namespace upm::preload {
+
+namespace {
+
+constexpr std::size_t kWorkerStack = 512 * 1024;
+
+// ---- state -----------------------------------------------------------------
+
+pthread_mutex_t g_ctl = PTHREAD_MUTEX_INITIALIZER;     // protects the four below
+pthread_t g_worker;
+bool g_running = false;         // a worker thread exists and has not decided to end
+bool g_joinable = false;        // g_worker must be joined before starting another
+bool g_armed = false;           // arm_triggers() ran with automatic triggers
+
+sem_t g_wake;
+std::atomic<bool> g_stop{false};
+std::atomic<bool> g_pending_signal{false};
+std::atomic<bool> g_pending_dlopen{false};
+bool g_dlopen_armed = false;
+bool g_signal_armed = false;
+bool g_passive = false;         // fork child that could not take the locks: do nothing
+
+// The timeline: read and written by the worker, or by others only when no
+// worker exists (constructor, fork child, after a successful quiesce).
+struct Timeline {
+    std::int64_t origin_ns = 0;             // CLOCK_MONOTONIC
+    bool start_pending = false;
+    std::size_t next_delay = 0;             // index into g_delays
+    std::int64_t periodic_done = 0;         // periods elapsed and handled
+};
+Timeline g_tl;
+std::vector<std::int64_t>* g_delays = nullptr;     // sorted, ms; never freed
+std::int64_t g_interval_ms = 0;
+std::int64_t g_duration_ms = 0;
+unsigned long long g_last_adds = 0;     // dl_iterate_phdr's load counter at the last dlopen run
+
+bool g_fork_ctl_locked = false;
+bool g_fork_log_locked = false;
+
+std::int64_t mono_ns() {
+    struct timespec ts;
+    ::clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<std::int64_t>(ts.tv_sec) * 1000000000LL + ts.tv_nsec;
+}
+
+std::int64_t elapsed_ms() { return (mono_ns() - g_tl.origin_ns) / 1000000LL; }
+
+// The time (ms from origin) of the next timed trigger, or INT64_MAX.
+std::int64_t next_timed() {
+    std::int64_t next = INT64_MAX;
+    if (g_tl.start_pending) return 0;
+    if (g_delays && g_tl.next_delay < g_delays->size()) next = (*g_delays)[g_tl.next_delay];
+    if (g_interval_ms > 0) {
+        std::int64_t t = (g_tl.periodic_done + 1) * g_interval_ms;
+        if (g_duration_ms == 0 || t <= g_duration_ms) next = std::min(next, t);
+    }
+    return next;
+}
+
+bool needs_worker() {
+    return g_armed && !g_passive &&
+           (next_timed() != INT64_MAX || g_signal_armed || g_pending_dlopen.load() || g_pending_signal.load());
+}
+
+// ---- dlopen synchronisation -------------------------------------------------
+
+int count_adds(struct dl_phdr_info* info, std::size_t size, void* data) {
+    if (size >= offsetof(struct dl_phdr_info, dlpi_adds) + sizeof info->dlpi_adds)
+        *static_cast<unsigned long long*>(data) = info->dlpi_adds;
+    return 1;   // the counter is the same in every entry: stop after the first
+}
+
+unsigned long long loads_so_far() {
+    unsigned long long adds = 0;
+    ::dl_iterate_phdr(count_adds, &adds);
+    return adds;
+}
+
+// The dlopen() wrapper wakes the worker before the real dlopen() runs (it
+// must tail-call it, see interpose.cpp).  glibc holds its loader lock for
+// the whole dlopen(), constructors included, and dladdr() takes the same
+// lock, so dladdr() returns only once a dlopen() in progress has finished;
+// the load counter tells whether it has started at all.  Bounded: ~60 ms.
+void wait_for_loads() {
+    for (int attempt = 0; attempt < 5 && !g_stop.load(); attempt++) {
+        Dl_info info;
+        (void)::dladdr(reinterpret_cast<void*>(&wait_for_loads), &info);
+        if (loads_so_far() != g_last_adds) break;
+        struct timespec ts = {0, (2L << attempt) * 1000000L};
+        ::nanosleep(&ts, nullptr);
+    }
+    g_last_adds = loads_so_far();
+}
+
+// ---- the worker ---------------------------------------------------------------
+
+void* worker_main(void*) {
+    ::prctl(PR_SET_NAME, "upm-worker", 0, 0, 0);
+    for (;;) {
+        if (g_stop.load()) break;
+        const char* why = nullptr;
+        std::int64_t now = elapsed_ms();
+        if (g_tl.start_pending) {
+            g_tl.start_pending = false;
+            why = "start";
+        }
+        while (g_delays && g_tl.next_delay < g_delays->size() && (*g_delays)[g_tl.next_delay] <= now) {
+            g_tl.next_delay++;
+            if (!why) why = "delay";
+        }
+        if (g_interval_ms > 0) {
+            std::int64_t periods = now / g_interval_ms;
+            if (periods > g_tl.periodic_done) {
+                std::int64_t t = (g_tl.periodic_done + 1) * g_interval_ms;
+                if ((g_duration_ms == 0 || t <= g_duration_ms) && !why) why = "periodic";
+                g_tl.periodic_done = periods;
+            }
+        }
+        if (g_pending_signal.exchange(false)) why = "signal";
+        if (g_pending_dlopen.exchange(false)) {
+            wait_for_loads();
+            why = "dlopen";
+        }
+        if (why) {
+            try {
+                (void)run_policy(why);
+            } catch (...) {
+            }
+            continue;   // re-evaluate: time passed during the run
+        }
+
+        std::int64_t next = next_timed();
+        if (next == INT64_MAX && !g_signal_armed) {
+            ::pthread_mutex_lock(&g_ctl);
+            bool more = g_pending_dlopen.load() || g_pending_signal.load() || g_stop.load();
+            if (!more) g_running = false;
+            ::pthread_mutex_unlock(&g_ctl);
+            if (!more) return nullptr;
+            continue;
+        }
+        int rc;
+        if (next == INT64_MAX) {
+            rc = ::sem_wait(&g_wake);
+        } else {
+            std::int64_t at = g_tl.origin_ns + next * 1000000LL;
+            struct timespec ts = {static_cast<time_t>(at / 1000000000LL), static_cast<long>(at % 1000000000LL)};
+            rc = ::sem_clockwait(&g_wake, CLOCK_MONOTONIC, &ts);
+        }
+        (void)rc;   // timeout, EINTR or a post: the loop looks at the flags and the clock
+        while (::sem_trywait(&g_wake) == 0) {
+        }
+    }
+    ::pthread_mutex_lock(&g_ctl);
+    g_running = false;
+    ::pthread_mutex_unlock(&g_ctl);
+    return nullptr;
+}
+
+// Starts the worker; g_ctl held (or single-threaded).
+void spawn_locked() {
+    if (g_running || g_passive) return;
+    if (g_joinable) {
+        ::pthread_join(g_worker, nullptr);  // it has decided to end: returns at once
+        g_joinable = false;
+    }
+    pthread_attr_t attr;
+    if (::pthread_attr_init(&attr) != 0) return;
+    ::pthread_attr_setstacksize(&attr, kWorkerStack);
+    // Start with every signal blocked: the program's signals must never be
+    // delivered to our thread (glibc keeps its internal ones deliverable).
+    sigset_t all, old;
+    ::sigfillset(&all);
+    ::pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = ::pthread_create(&g_worker, &attr, worker_main, nullptr);
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    ::pthread_attr_destroy(&attr);
+    if (rc == 0) {
+        g_running = true;
+        g_joinable = true;
+    } else {
+        log_msg(kWarn, fmt::format("cannot start the worker thread: {}: automatic triggers are off",
+                                   std::strerror(rc)));
+    }
+}
+
+// ---- fork handlers ------------------------------------------------------------
+
+void fork_prepare() {
+    struct timespec deadline;
+    ::clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 1;
+    g_fork_ctl_locked = ::pthread_mutex_timedlock(&g_ctl, &deadline) == 0;
+    g_fork_log_locked = log_lock_for_fork();
+}
+
+void fork_parent() {
+    if (g_fork_log_locked) log_unlock_after_fork();
+    if (g_fork_ctl_locked) ::pthread_mutex_unlock(&g_ctl);
+}
+
+void fork_child() {
+    const bool usable = g_fork_ctl_locked && g_fork_log_locked;
+    ::pthread_mutex_init(&g_ctl, nullptr);
+    log_reset_in_child(g_fork_log_locked);
+    ::sem_init(&g_wake, 0, 0);
+    g_running = false;
+    g_joinable = false;     // the parent's worker does not exist here
+    g_stop.store(false);
+    g_pending_signal.store(false);
+    g_pending_dlopen.store(false);
+    if (!usable) {
+        g_passive = true;
+        return;
+    }
+    g_tl.origin_ns = mono_ns();
+    g_tl.start_pending = false;
+    g_tl.next_delay = 0;
+    g_tl.periodic_done = 0;
+    if (needs_worker()) spawn_locked();
+}
+
+}  // namespace
+
+void arm_triggers(const Config& c) {
+    ::sem_init(&g_wake, 0, 0);
+    ::pthread_atfork(fork_prepare, fork_parent, fork_child);
+    if (!c.automatic) return;
+
+    const Triggers& t = c.policy.triggers;
+    g_delays = new std::vector<std::int64_t>;
+    for (auto d : t.delays) g_delays->push_back(d.count());
+    std::sort(g_delays->begin(), g_delays->end());
+    g_interval_ms = t.periodic_interval.count();
+    g_duration_ms = t.periodic_duration.count();
+    g_tl.origin_ns = mono_ns();
+    g_tl.start_pending = t.at_start;
+    g_dlopen_armed = t.after_dlopen;
+    if (g_dlopen_armed) g_last_adds = loads_so_far();
+    if (t.signal) g_signal_armed = install_signal_trigger(t.signal);
+    g_armed = true;
+    if (needs_worker()) {
+        ::pthread_mutex_lock(&g_ctl);
+        spawn_locked();
+        ::pthread_mutex_unlock(&g_ctl);
+    }
+}
+
+void notify_dlopen() {
+    if (!g_dlopen_armed || g_passive) return;
+    g_pending_dlopen.store(true);
+    if (::pthread_mutex_lock(&g_ctl) != 0) return;
+    if (g_running)
+        ::sem_post(&g_wake);
+    else if (!g_stop.load())
+        spawn_locked();
+    ::pthread_mutex_unlock(&g_ctl);
+}
+
+void notify_signal_async() {
+    g_pending_signal.store(true);
+    ::sem_post(&g_wake);
+}
+
+bool quiesce_worker(int timeout_ms) {
+    ::pthread_mutex_lock(&g_ctl);
+    if (!g_joinable) {
+        g_stop.store(true);     // keeps notify_dlopen() from starting one meanwhile
+        ::pthread_mutex_unlock(&g_ctl);
+        return true;
+    }
+    g_stop.store(true);
+    ::sem_post(&g_wake);
+    pthread_t t = g_worker;
+    ::pthread_mutex_unlock(&g_ctl);
+
+    struct timespec deadline;
+    ::clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    if (::pthread_timedjoin_np(t, nullptr, &deadline) != 0) return false;
+    ::pthread_mutex_lock(&g_ctl);
+    g_joinable = false;
+    g_running = false;
+    ::pthread_mutex_unlock(&g_ctl);
+    return true;
+}
+
+void resume_worker() {
+    ::pthread_mutex_lock(&g_ctl);
+    g_stop.store(false);
+    if (!g_running && needs_worker()) spawn_locked();
+    ::pthread_mutex_unlock(&g_ctl);
+}
+
+}  // namespace upm::preload
