@@ -56,6 +56,15 @@ need_kib=$((procs * mib * 1024 * 3 / 2))
 [ "$need_kib" -lt "$avail_kib" ] ||
 	die "$procs x $mib MiB needs about $((need_kib / 1024)) MiB but only $((avail_kib / 1024)) MiB are available; use --procs/--mib"
 
+# Take turns with test runs that switch ksmd (test/integration/conftest.py
+# holds the same lock), so that nobody saves another's fast settings.
+lock=/run/upm-test-ksm-saved.lock
+exec 9>>"$lock"
+if ! flock -n 9; then
+	echo "demo: waiting for a test run to release $lock" >&2
+	flock -w 900 9 || die "$lock stayed locked for 15 minutes"
+fi
+
 # Save every writable knob ("[none] scan-time" style knobs by their choice).
 declare -A saved=()
 for f in "$ksm"/*; do

@@ -24,6 +24,7 @@ the reason printed (pytest -rs); a missing build product is a failure.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import json
 import os
 import re
@@ -39,6 +40,11 @@ import pytest
 
 KSM_DIR = Path("/sys/kernel/mm/ksm")
 KSM_STATE_FILE = Path(os.environ.get("UPM_TEST_KSM_STATE", "/run/upm-test-ksm-saved.json"))
+# Held (flock) while a test has the host's KSM switched: test runs started
+# separately (two ctest or pytest invocations) take turns instead of saving
+# each other's fast settings as "original".
+KSM_LOCK_FILE = KSM_STATE_FILE.with_suffix(".lock")
+KSM_LOCK_TIMEOUT = 900.0
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 # ksmd settings for tests: scan fast enough that tens of MiB merge in about a
@@ -172,6 +178,31 @@ class KsmControl:
     def __init__(self) -> None:
         self.saved: dict[str, str] | None = None
         self._lock = threading.Lock()
+        self._lock_fd: int | None = None
+
+    def _take_host_lock(self) -> None:
+        fd = os.open(KSM_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + KSM_LOCK_TIMEOUT
+        announced = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    pytest.fail(f"another test run held {KSM_LOCK_FILE} for {KSM_LOCK_TIMEOUT:g} s",
+                                pytrace=False)
+                if not announced:
+                    print(f"conftest: waiting for another test run to release {KSM_LOCK_FILE}")
+                    announced = True
+                time.sleep(0.2)
+        self._lock_fd = fd
+
+    def _release_host_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)     # releases the flock
+            self._lock_fd = None
 
     @staticmethod
     def unavailable_reason() -> str | None:
@@ -188,9 +219,8 @@ class KsmControl:
             stale = json.loads(KSM_STATE_FILE.read_text())
         except (OSError, ValueError):
             return
+        # We hold the lock, so whoever wrote the file is gone (or lost it).
         owner = stale.get("pid", 0)
-        if owner and owner != os.getpid() and Path(f"/proc/{owner}").exists():
-            return  # another live run owns the knobs; do not fight it
         errors = _restore_knobs(stale.get("knobs", {}))
         print(f"conftest: restored KSM settings left by an interrupted run (pid {owner})"
               + (f"; errors: {errors}" if errors else ""))
@@ -199,6 +229,7 @@ class KsmControl:
     def apply(self, settings: dict[str, str]) -> None:
         with self._lock:
             if self.saved is None:
+                self._take_host_lock()
                 self.repair_stale_state()
                 self.saved = {k: _read_knob(KSM_DIR / k) for k in ksm_writable_knobs()}
                 try:
@@ -216,6 +247,7 @@ class KsmControl:
             errors = _restore_knobs(self.saved)
             self.saved = None
             KSM_STATE_FILE.unlink(missing_ok=True)
+            self._release_host_lock()
             return errors
 
 
@@ -572,7 +604,7 @@ def procs():
     env = dict(os.environ)
     # The tests choose the policy and backend explicitly; inherited settings
     # of the developer's shell must not leak in.
-    for k in ("UPM_POLICY", "UPM_BACKEND", "UPM_LOG", "LD_PRELOAD", "UPM_POLICY_PATH"):
+    for k in ("UPM_POLICY", "UPM_BACKEND", "UPM_LOG", "UPM_PRELOAD", "LD_PRELOAD", "UPM_POLICY_PATH"):
         env.pop(k, None)
     group = ProcessGroup(env)
     try:
