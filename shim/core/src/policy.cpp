@@ -66,21 +66,22 @@ std::string list_names(const std::array<std::string_view, N>& names, bool skip_c
     return out;
 }
 
+// Optimal string alignment distance (Levenshtein plus adjacent
+// transpositions, so "opne" is one edit from "open"), case-insensitive.
 std::size_t edit_distance(std::string_view a, std::string_view b) {
-    std::vector<std::size_t> row(b.size() + 1);
-    for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+    auto lower = [](char c) { return static_cast<char>(std::tolower(static_cast<unsigned char>(c))); };
+    std::vector<std::vector<std::size_t>> d(a.size() + 1, std::vector<std::size_t>(b.size() + 1));
+    for (std::size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+    for (std::size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
     for (std::size_t i = 1; i <= a.size(); ++i) {
-        std::size_t diag = row[0];
-        row[0] = i;
         for (std::size_t j = 1; j <= b.size(); ++j) {
-            std::size_t up = row[j];
-            char ca = static_cast<char>(std::tolower(static_cast<unsigned char>(a[i - 1])));
-            char cb = static_cast<char>(std::tolower(static_cast<unsigned char>(b[j - 1])));
-            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (ca == cb ? 0 : 1)});
-            diag = up;
+            std::size_t cost = lower(a[i - 1]) == lower(b[j - 1]) ? 0 : 1;
+            d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+            if (i > 1 && j > 1 && lower(a[i - 1]) == lower(b[j - 2]) && lower(a[i - 2]) == lower(b[j - 1]))
+                d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
         }
     }
-    return row[b.size()];
+    return d[a.size()][b.size()];
 }
 
 // The closest name, if it is close enough to be a plausible typo.
@@ -460,6 +461,11 @@ PolicyProblem syntax_problem(std::string_view text, const json::parse_error& e) 
     // "[json.exception.parse_error.101] parse error at line 1, column 2: syntax error ..." -> "syntax error ..."
     auto colon = what.find(": ", what.find("parse error"));
     if (colon != std::string::npos) what = what.substr(colon + 2);
+    // Drop nlohmann's "; last read: '...'" echo of the input.
+    if (auto lr = what.find("; last read: '"); lr != std::string::npos) {
+        auto end = what.find("'", lr + 14);
+        what.erase(lr, end == std::string::npos ? std::string::npos : end + 1 - lr);
+    }
     std::string fix = "fix the JSON syntax there (comments are allowed, trailing commas are not)";
     if (what.find("unexpected '}'") != std::string::npos || what.find("unexpected ']'") != std::string::npos)
         fix = "remove the trailing comma before it, or add the missing value";
@@ -524,6 +530,16 @@ PolicyCheck parse_policy(std::string_view text, std::string_view name) {
                                   "report this as a bug in upm", false});
     }
     return check;
+}
+
+std::string format_problem(std::string_view file, const PolicyProblem& p) {
+    try {
+        std::string out = std::string(file) + ": " + p.where + ": " + (p.warning ? "warning: " : "error: ") + p.message;
+        if (!p.fix.empty()) out += " (fix: " + p.fix + ")";
+        return out;
+    } catch (...) {
+        return {};
+    }
 }
 
 PolicyCheck load_policy_file(const std::string& path) {

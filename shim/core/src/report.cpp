@@ -48,7 +48,7 @@ std::string render_maps_table(const std::vector<MapsRow>& rows) {
                 advised += r.size();
                 ++advised_n;
             }
-            out += fmt::format("{:>16x}-{:<16x} {:<5} {:>10} {:<9} {:<6} {:<9} {:<{}} {}\n", r.start, r.end,
+            out += fmt::format("{:<33} {:<5} {:>10} {:<9} {:<6} {:<9} {:<{}} {}\n", fmt::format("{:x}-{:x}", r.start, r.end),
                                r.perms(), human_bytes(r.size()), to_string(d.region.cls), d.advise ? "yes" : "no",
                                yes_no(row.mergeable), display_path(r), path_w, d.reason);
         }
@@ -92,7 +92,7 @@ std::string render_status_table(const StatusReport& report) {
     try {
         std::string out;
         if (report.processes.empty()) {
-            out += "no process has mergeable memory\n";
+            out += "no process with KSM activity\n";
         } else {
             out += fmt::format("{:>8} {:<16} {:>14} {:>11} {:>11} {:>11}\n", "PID", "COMM", "MERGING_PAGES",
                                "RMAP_ITEMS", "PSS", "SAVED");

@@ -73,6 +73,10 @@ struct PolicyCheck {
 // Policy::name.  Never throws.
 PolicyCheck parse_policy(std::string_view json_text, std::string_view name);
 
+// "FILE: LOCATION: error: MESSAGE (fix: FIX)", the one format every upm
+// program uses to report a policy problem.
+std::string format_problem(std::string_view file, const PolicyProblem& problem);
+
 // Reads a policy file (at most 1 MiB) and parses it.
 PolicyCheck load_policy_file(const std::string& path);
 

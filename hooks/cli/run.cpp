@@ -1,0 +1,190 @@
+// `upm run [OPTIONS] -- CMD ARGS...`: exec CMD with the preload and a policy.
+//
+// upm run never forks: it sets the environment and execs, so the exit status
+// is CMD's.  It fails open: a broken policy or a missing preload is reported
+// loudly on stderr and CMD runs without upm.  It exits 127 without running
+// CMD only when asked to fail closed (--fail-closed, or a policy that parses
+// and says "on_error": "closed").
+#include <limits.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <spdlog/spdlog.h>
+
+#include "commands.hpp"
+#include "upm/log.hpp"
+#include "upm/policy.hpp"
+#include "upm_config.hpp"
+
+namespace upm::cli {
+
+namespace {
+
+struct RunOptions {
+    std::string policy, backend, domain, log;
+    bool fail_closed = false;
+    std::vector<std::string> command;
+};
+
+bool file_exists(const std::string& path) { return !path.empty() && ::access(path.c_str(), R_OK) == 0; }
+
+std::string real_path(const std::string& path) {
+    char buf[PATH_MAX];
+    return ::realpath(path.c_str(), buf) ? std::string(buf) : path;
+}
+
+std::string exe_dir() {
+    char buf[PATH_MAX];
+    ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+    if (n <= 0) return {};
+    std::string exe(buf, static_cast<std::size_t>(n));
+    return exe.substr(0, exe.rfind('/'));
+}
+
+// $UPM_PRELOAD, else the installed layout next to this executable, else the
+// build tree.  Returns "" (after saying why) when there is none.
+std::string find_preload() {
+    if (const char* env = std::getenv("UPM_PRELOAD"); env && *env) {
+        if (file_exists(env)) return real_path(env);
+        logger()->error("$UPM_PRELOAD names `{}`, which cannot be read: {}", env, std::strerror(errno));
+        return {};
+    }
+    std::vector<std::string> candidates;
+    if (auto dir = exe_dir(); !dir.empty()) {
+        candidates.push_back(dir + "/../" UPM_INSTALL_LIBDIR "/upm/libupm-preload.so");
+        if (std::string_view(UPM_INSTALL_LIBDIR) != "lib")
+            candidates.push_back(dir + "/../lib/upm/libupm-preload.so");
+    }
+    candidates.emplace_back(UPM_BUILD_PRELOAD);
+    for (const auto& c : candidates)
+        if (file_exists(c)) return real_path(c);
+    std::string tried;
+    for (const auto& c : candidates) tried += (tried.empty() ? "`" : ", `") + c + "`";
+    logger()->error("libupm-preload.so not found (tried {}); set $UPM_PRELOAD to its path", tried);
+    return {};
+}
+
+// LD_PRELOAD entries are separated by ':' or ' '; append ours unless present.
+std::string add_preload(const char* existing, const std::string& preload) {
+    std::string cur = existing ? existing : "";
+    std::string_view rest = cur;
+    while (!rest.empty()) {
+        auto sep = rest.find_first_of(": ");
+        std::string entry(rest.substr(0, sep));
+        rest.remove_prefix(sep == std::string_view::npos ? rest.size() : sep + 1);
+        if (!entry.empty() && (entry == preload || real_path(entry) == preload)) return cur;
+    }
+    return cur.empty() ? preload : cur + ":" + preload;
+}
+
+[[noreturn]] void exec_command(const RunOptions& o) {
+    std::vector<char*> argv;
+    for (const auto& a : o.command) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execvp(argv[0], argv.data());
+    int e = errno;
+    std::fprintf(stderr, "upm run: cannot execute `%s`: %s\n", o.command[0].c_str(), std::strerror(e));
+    std::exit(e == ENOENT ? 127 : 126);
+}
+
+// Runs the command without upm (fail open), or exits 127 (fail closed).
+[[noreturn]] void without_upm(const RunOptions& o, bool closed, const std::string& why) {
+    if (closed) {
+        logger()->error("not running `{}` (fail closed): {}", o.command[0], why);
+        std::exit(127);
+    }
+    logger()->warn("running `{}` without upm (fail open): {}", o.command[0], why);
+    exec_command(o);
+}
+
+int do_run(RunOptions& o) {
+    if (!o.log.empty()) setup_logging("upm", o.log);
+    if (o.command.empty()) {
+        std::fprintf(stderr, "upm run: no command given; usage: upm run [OPTIONS] -- CMD [ARGS...]\n");
+        return 2;
+    }
+    if (!o.domain.empty() && !valid_domain(o.domain)) {
+        std::fprintf(stderr,
+                     "upm run: invalid --domain `%s`: use up to 64 letters, digits, `.`, `_` or `-`, starting with "
+                     "a letter or digit\n",
+                     o.domain.c_str());
+        return 2;
+    }
+
+    std::string policy_path;
+    if (!o.policy.empty()) {
+        auto resolved = resolve_policy(o.policy);
+        if (!resolved) without_upm(o, o.fail_closed, resolved.error().message);
+        auto check = load_policy_file(*resolved);
+        bool valid = check.policy.has_value();
+        for (const auto& p : check.problems) {
+            if (p.warning && valid)
+                logger()->info("{}", format_problem(*resolved, p));
+            else
+                std::fprintf(stderr, "%s\n", format_problem(*resolved, p).c_str());
+        }
+        if (!valid) {
+            bool closed = o.fail_closed || check.declared_on_error == FailMode::closed;
+            without_upm(o, closed,
+                        "policy `" + *resolved + "` is invalid (" + std::to_string(check.error_count()) +
+                            (check.error_count() == 1 ? " error" : " errors") + ")");
+        }
+        policy_path = *resolved;
+    }
+
+    std::string preload = find_preload();
+    if (preload.empty()) without_upm(o, o.fail_closed, "libupm-preload.so not found");
+    if (preload.find_first_of(": ") != std::string::npos)
+        without_upm(o, o.fail_closed, "the preload path `" + preload + "` contains `:` or a space");
+
+    std::string ld = add_preload(std::getenv("LD_PRELOAD"), preload);
+    ::setenv("LD_PRELOAD", ld.c_str(), 1);
+    if (policy_path.empty())
+        ::unsetenv("UPM_POLICY");
+    else
+        ::setenv("UPM_POLICY", policy_path.c_str(), 1);
+    if (!o.backend.empty()) ::setenv("UPM_BACKEND", o.backend.c_str(), 1);
+    if (!o.domain.empty()) ::setenv("UPM_DOMAIN", o.domain.c_str(), 1);
+    if (!o.log.empty()) ::setenv("UPM_LOG", o.log.c_str(), 1);
+    logger()->debug("exec `{}` with LD_PRELOAD=`{}` UPM_POLICY=`{}`", o.command[0], ld, policy_path);
+    exec_command(o);
+}
+
+}  // namespace
+
+void add_run(CLI::App& app, Action& action, std::vector<std::string> command) {
+    auto o = std::make_shared<RunOptions>();
+    auto* cmd = app.add_subcommand(
+        "run", "run a command with the upm preload and a policy: upm run [OPTIONS] -- CMD [ARGS...]");
+    cmd->add_option("--policy", o->policy, "policy file, or NAME looked up in the policy directories");
+    cmd->add_option("--backend", o->backend, "override the policy's backend")
+        ->check(CLI::IsMember({"auto", "upm", "ksm"}));
+    cmd->add_option("--domain", o->domain, "sharing domain (UPM_DOMAIN)");
+    cmd->add_option("--log", o->log, "log level of upm and the preload (UPM_LOG)")
+        ->check(CLI::IsMember({"off", "error", "warn", "info", "debug", "trace"}));
+    cmd->add_flag("--fail-closed", o->fail_closed,
+                  "exit 127 instead of running CMD without upm when the policy or the preload is unusable");
+    // Everything from the first positional (or after `--`) is the command,
+    // so the command's own options are never taken for upm's.
+    cmd->prefix_command();
+    cmd->footer("CMD runs with LD_PRELOAD extended by libupm-preload.so; upm run execs it, so the exit "
+                "status is CMD's.  A broken policy or a missing preload is reported and CMD runs without "
+                "upm, unless --fail-closed is given or the policy says \"on_error\": \"closed\" (exit 127).");
+    o->command = std::move(command);
+    cmd->callback([o, cmd, &action] {
+        auto rest = cmd->remaining();
+        if (!rest.empty() && !o->command.empty()) {
+            std::fprintf(stderr, "upm run: give the command either after `--` or without it, not both\n");
+            std::exit(2);
+        }
+        if (!rest.empty()) o->command = std::move(rest);
+        action = [o] { return do_run(*o); };
+    });
+}
+
+}  // namespace upm::cli
