@@ -16,13 +16,14 @@ set -euo pipefail
 
 usage() {
 	cat <<EOF
-usage: test/kernel/build.sh [--debug] [--force] [--print-key] [--help]
+usage: test/kernel/build.sh [--debug] [--force] [--clean] [--print-key] [--help]
 
 Build (or reuse from cache) the upm test kernel; print its bzImage path as
 the last line on stdout.
 
   --debug      add module/configs/debug.config (KASAN, lockdep, DEBUG_VM, ...)
   --force      rebuild even if the cache has this key
+  --clean      rebuild in a fresh build tree (implies --force)
   --print-key  print the cache key and exit
   --help       this text
 
@@ -35,11 +36,12 @@ Environment:
 EOF
 }
 
-DEBUG=0 FORCE=0 PRINT_KEY=0
+DEBUG=0 FORCE=0 PRINT_KEY=0 CLEAN=0
 while (($#)); do
 	case $1 in
 	--debug) DEBUG=1 ;;
 	--force) FORCE=1 ;;
+	--clean) CLEAN=1 FORCE=1 ;;
 	--print-key) PRINT_KEY=1 ;;
 	-h | --help) usage; exit 0 ;;
 	*) usage >&2; die "unknown argument '$1'" ;;
@@ -115,11 +117,63 @@ if [[ ! -f $PRISTINE/.complete ]]; then
 	[[ -f $PRISTINE/linux-source-6.1/Makefile ]] || die "unexpected tarball layout in $UPM_SRC_TARBALL"
 	touch "$PRISTINE/.complete"
 fi
+PSRC="$PRISTINE/linux-source-6.1"
 
+# --- build tree ----------------------------------------------------------------
+# One persistent tree per flavour, created as a hard-link copy of the pristine
+# source (cp -al; overlay copies use --remove-destination and GNU patch writes
+# new files, so the pristine tree is never modified).  Every path the overlay
+# or the patches touch is listed in .upm-touched; the next build first puts
+# those paths back to pristine (fresh mtime, so make recompiles what depends
+# on them), then applies the current overlay and series.  Objects of
+# untouched files are kept: incremental rebuilds.  --clean starts afresh.
 BUILD="$UPM_CACHE/build-$FLAVOUR"
-log "preparing build tree $BUILD"
-rm -rf "$BUILD"
-cp -a "$PRISTINE/linux-source-6.1" "$BUILD"
+TOUCHED="$BUILD/.upm-touched"
+for old in "$UPM_CACHE"/build-*.old.*; do # leftovers of an interrupted --clean
+	[[ -d $old ]] && (rm -rf "$old" &)
+done
+if ((CLEAN)) || [[ ! -f $BUILD/.upm-tree-ok ]]; then
+	log "creating build tree $BUILD (hard links to $PSRC)"
+	if [[ -e $BUILD ]]; then
+		mv "$BUILD" "$BUILD.old.$$"
+		(rm -rf "$BUILD.old.$$" &)
+	fi
+	cp -al "$PSRC" "$BUILD"
+	touch "$BUILD/.upm-tree-ok"
+else
+	n=0
+	if [[ -f $TOUCHED ]]; then
+		while IFS= read -r rel; do
+			[[ -z $rel ]] && continue
+			if [[ -f $PSRC/$rel ]]; then
+				cp --remove-destination "$PSRC/$rel" "$BUILD/$rel"
+			else
+				rm -f "$BUILD/$rel"
+			fi
+			n=$((n + 1))
+		done <"$TOUCHED"
+	fi
+	log "reusing build tree $BUILD ($n file(s) restored to pristine)"
+fi
+
+# Paths (relative to the tree) touched by the overlay and by the patches.
+touched_paths() {
+	local d
+	for d in mm include Documentation; do
+		[[ -d $MOD/$d ]] && (cd "$MOD" && find "$d" -type f)
+	done
+	if [[ -f $MOD/patches/series ]]; then
+		local name
+		while read -r name _rest; do
+			[[ -z $name || $name == \#* || ! -f $MOD/patches/$name ]] && continue
+			# "--- a/X" followed by "+++ b/Y": both X and Y (-p1)
+			awk '/^--- / { m = $2; next }
+			     /^\+\+\+ / && m != "" { print m; print $2 } { m = "" }' "$MOD/patches/$name" |
+				grep -v '^/dev/null$' | sed 's|^[^/]*/||'
+		done <"$MOD/patches/series"
+	fi
+}
+touched_paths | LC_ALL=C sort -u >"$TOUCHED"
 
 # --- overlay new files -------------------------------------------------------
 for d in mm include Documentation; do
@@ -138,8 +192,8 @@ if [[ -f $MOD/patches/series ]]; then
 		p="$MOD/patches/$name"
 		[[ -f $p ]] || die "module/patches/series lists '$name' but module/patches/$name does not exist"
 		log "applying patch $name"
-		if ! patch -p1 --forward --batch -s -d "$BUILD" <"$p" >&2; then
-			die "patch module/patches/$name FAILED to apply (series order: see module/patches/series); build tree left in $BUILD"
+		if ! patch -p1 --forward --batch --no-backup-if-mismatch -s -d "$BUILD" <"$p" >&2; then
+			die "patch module/patches/$name FAILED to apply (series order: see module/patches/series); build tree: $BUILD"
 		fi
 		PATCHES+=("$name")
 	done <"$MOD/patches/series"

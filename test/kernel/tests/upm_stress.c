@@ -1,0 +1,285 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * upm_stress -- concurrent advise/write/fork/munmap/mremap/mprotect/exit
+ * for SECONDS, every page checked against its expected per-page pattern.
+ * Meant for the debug kernel (KASAN, lockdep, DEBUG_VM, page_table_check):
+ * `run.sh --debug --stress 180`.
+ *
+ * Supervisor: keeps NPROC (default 4) worker processes alive, restarting
+ * each when it retires (sharer exit), and toggles ksm run 0 <-> 1 (ksmd with
+ * pages_to_scan=1000, sleep 0 racing UPM), with an occasional run=2.
+ * Worker: an 8 MiB private anonymous region where page i holds the pattern
+ * (seed + ver[i], i) with ver[i] in 0..3, so the same pages recur across
+ * workers and merge.  A writer thread rewrites random pages and checks each
+ * write immediately, while the main thread advises (MADV_UPM; MADV_MERGEABLE
+ * when the kernel has no MADV_UPM), verifies everything, forks children that
+ * check/write/advise/exit, munmaps and remaps chunks, mprotects, mremaps,
+ * unmerges ranges, and finally retires after 5-20 s.
+ * Usage: upm_stress [SECONDS [NPROC [MiB]]]
+ */
+#include "upmtest.h"
+#include <pthread.h>
+
+#define NVER 4
+#define SEED 0x57e55
+
+static size_t npg;
+static char *base;
+static unsigned char *ver;
+static pthread_rwlock_t lk = PTHREAD_RWLOCK_INITIALIZER; /* write = structural change */
+static volatile int stop;
+static int use_upm, advice;
+static long nwrites;
+
+static void die_page(const char *what, size_t i)
+{
+	const uint64_t *w = (const uint64_t *)(base + i * PG);
+
+	ut_fail("worker %d: %s: page %zu expected ver %d (seed %#llx), found seed %#llx idx %llu", (int)getpid(),
+		what, i, ver[i], (unsigned long long)(SEED + ver[i]), (unsigned long long)w[0],
+		(unsigned long long)w[1]);
+}
+
+static void verify_all(const char *what)
+{
+	for (size_t i = 0; i < npg; i++)
+		if (!page_check(base + i * PG, SEED + ver[i], i))
+			die_page(what, i);
+}
+
+static void *writer(void *arg)
+{
+	unsigned int r = (unsigned int)(uintptr_t)arg;
+
+	while (!stop) {
+		pthread_rwlock_rdlock(&lk);
+		for (int k = 0; k < 16 && !stop; k++) {
+			size_t i = rand_r(&r) % npg;
+			unsigned char v = rand_r(&r) % NVER;
+
+			page_fill(base + i * PG, SEED + v, i);
+			ver[i] = v;
+			if (!page_check(base + i * PG, SEED + v, i))
+				die_page("lost write", i);
+			nwrites++;
+		}
+		pthread_rwlock_unlock(&lk);
+		usleep(rand_r(&r) % 500);
+	}
+	return NULL;
+}
+
+static int adv(char *p, size_t len)
+{
+	int e = madvise(p, len, advice) ? errno : 0;
+
+	if (e && e != ENOMEM && e != EAGAIN)
+		ut_fail("worker %d: madvise(%s) of %zu bytes: %s", (int)getpid(), use_upm ? "MADV_UPM" : "MADV_MERGEABLE",
+			len, strerror(e));
+	return e;
+}
+
+static void refill(size_t first, size_t count)
+{
+	for (size_t i = first; i < first + count; i++)
+		page_fill(base + i * PG, SEED + ver[i], i);
+}
+
+static int worker(double until, unsigned int r)
+{
+	pthread_t t;
+	long ops[8] = { 0 };
+	pid_t kids[64];
+	int nkids = 0;
+
+	base = ut_map_anon(npg * PG);
+	ver = calloc(npg, 1);
+	for (size_t i = 0; i < npg; i++)
+		ver[i] = rand_r(&r) % NVER;
+	refill(0, npg);
+	pthread_create(&t, NULL, writer, (void *)(uintptr_t)(r * 7 + 1));
+	while (ut_now() < until) {
+		int op = rand_r(&r) % 16;
+		size_t c, cnt;
+
+		if (op < 6) { /* advise everything */
+			adv(base, npg * PG);
+			ops[0]++;
+		} else if (op < 8) { /* advise a sub-range */
+			c = rand_r(&r) % npg;
+			cnt = 1 + rand_r(&r) % (npg - c);
+			adv(base + c * PG, cnt * PG);
+			ops[1]++;
+		} else if (op == 8) {
+			pthread_rwlock_wrlock(&lk);
+			verify_all("verify");
+			pthread_rwlock_unlock(&lk);
+			ops[2]++;
+		} else if (op == 9 && nkids < 64) { /* fork */
+			pid_t k;
+
+			pthread_rwlock_wrlock(&lk);
+			k = fork();
+			if (k == 0) {
+				unsigned int rr = r ^ getpid();
+
+				verify_all("child after fork");
+				for (int j = 0; j < 64; j++) {
+					size_t i = rand_r(&rr) % npg;
+
+					ver[i] = rand_r(&rr) % NVER;
+					page_fill(base + i * PG, SEED + ver[i], i);
+				}
+				adv(base, npg * PG);
+				verify_all("child after write+advise");
+				_exit(0);
+			}
+			pthread_rwlock_unlock(&lk);
+			if (k < 0)
+				ut_fail("fork: %s", strerror(errno));
+			kids[nkids++] = k;
+			ops[3]++;
+		} else if (op == 10) { /* munmap + remap a 1 MiB chunk */
+			size_t chunk = MiB / PG;
+
+			c = (rand_r(&r) % (npg / chunk)) * chunk;
+			pthread_rwlock_wrlock(&lk);
+			if (munmap(base + c * PG, chunk * PG) ||
+			    mmap(base + c * PG, chunk * PG, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != base + c * PG)
+				ut_fail("munmap/mmap chunk: %s", strerror(errno));
+			refill(c, chunk);
+			pthread_rwlock_unlock(&lk);
+			ops[4]++;
+		} else if (op == 11) { /* read-only while advising */
+			pthread_rwlock_wrlock(&lk);
+			if (mprotect(base, npg * PG, PROT_READ))
+				ut_fail("mprotect RO: %s", strerror(errno));
+			adv(base, npg * PG);
+			verify_all("read-only after advise");
+			if (mprotect(base, npg * PG, PROT_READ | PROT_WRITE))
+				ut_fail("mprotect RW: %s", strerror(errno));
+			pthread_rwlock_unlock(&lk);
+			ops[5]++;
+		} else if (op == 12) { /* move the region */
+			char *n;
+
+			pthread_rwlock_wrlock(&lk);
+			n = mremap(base, npg * PG, npg * PG, MREMAP_MAYMOVE | MREMAP_FIXED,
+				   mmap(NULL, npg * PG, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+			if (n == MAP_FAILED)
+				ut_fail("mremap: %s", strerror(errno));
+			base = n;
+			verify_all("after mremap");
+			pthread_rwlock_unlock(&lk);
+			ops[6]++;
+		} else if (op == 13) {
+			c = rand_r(&r) % npg;
+			madvise(base + c * PG, (npg - c) * PG, MADV_UNMERGEABLE);
+			ops[7]++;
+		} else {
+			usleep(rand_r(&r) % 20000);
+		}
+		for (int j = 0; j < nkids; j++) {
+			int st;
+			pid_t w = waitpid(kids[j], &st, WNOHANG);
+
+			if (w == kids[j]) {
+				if (!WIFEXITED(st) || WEXITSTATUS(st))
+					ut_fail("forked child of worker %d failed (status %#x)", (int)getpid(), st);
+				kids[j--] = kids[--nkids];
+			}
+		}
+	}
+	stop = 1;
+	pthread_join(t, NULL);
+	while (nkids) {
+		if (ut_reap(kids[--nkids]))
+			ut_fail("forked child of worker %d failed", (int)getpid());
+	}
+	verify_all("final");
+	printf("worker %d: advise %ld sub %ld verify %ld fork %ld remap %ld ro %ld mremap %ld unmerge %ld writes %ld merging %ld\n",
+	       (int)getpid(), ops[0], ops[1], ops[2], ops[3], ops[4], ops[5], ops[6], ops[7], nwrites,
+	       ut_merging_pages(0));
+	fflush(stdout);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	double secs = argc > 1 ? atof(argv[1]) : 60, end, next_toggle;
+	int nproc = argc > 2 ? atoi(argv[2]) : 4, mib = argc > 3 ? atoi(argv[3]) : 8;
+	const char *why = NULL;
+	pid_t pids[64];
+	unsigned int r = 12345;
+	long spawned = 0, toggles = 0, peak_sharing = 0;
+
+	ut_name = "upm_stress";
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (nproc < 1 || nproc > 64 || mib < 1)
+		ut_fail("bad arguments");
+	npg = (size_t)mib * MiB / PG;
+	use_upm = upm_supported(&why);
+	advice = use_upm ? MADV_UPM : MADV_MERGEABLE;
+	ksm_quiesce();
+	ksm_set("pages_to_scan", 1000);
+	ksm_set("sleep_millisecs", 0);
+	if (!use_upm) {
+		ut_note("%s: stressing MADV_MERGEABLE + ksmd instead", why);
+		ksm_set("run", 1);
+	}
+	ut_note("%.0fs, %d workers x %d MiB, advice %s", secs, nproc, mib, use_upm ? "MADV_UPM" : "MADV_MERGEABLE");
+	end = ut_now() + secs;
+	next_toggle = ut_now() + 2;
+	for (int i = 0; i < nproc; i++)
+		pids[i] = -1;
+	while (ut_now() < end) {
+		for (int i = 0; i < nproc; i++) {
+			if (pids[i] > 0) {
+				int st;
+				pid_t w = waitpid(pids[i], &st, WNOHANG);
+
+				if (w == 0)
+					continue;
+				if (!WIFEXITED(st) || WEXITSTATUS(st))
+					ut_fail("worker %d failed (status %#x)", (int)pids[i], st);
+			}
+			if (ut_now() + 1 >= end) {
+				pids[i] = -1;
+				continue;
+			}
+			unsigned int seed = rand_r(&r);
+			double until = ut_now() + 5 + rand_r(&r) % 16;
+
+			if (until > end)
+				until = end;
+			pids[i] = ut_fork();
+			if (pids[i] == 0)
+				_exit(worker(until, seed));
+			spawned++;
+		}
+		if (use_upm && ut_now() >= next_toggle) {
+			int v = rand_r(&r) % 10 == 0 ? 2 : (int)(ksm_get("run") == 0);
+			char s[2] = { (char)('0' + v), 0 };
+
+			ut_write_str(KSM_DIR "run", s);
+			if (v == 2)
+				ut_write_str(KSM_DIR "run", "0");
+			toggles++;
+			next_toggle = ut_now() + 1 + rand_r(&r) % 3;
+		}
+		if (ksm_get("pages_sharing") > peak_sharing)
+			peak_sharing = ksm_get("pages_sharing");
+		usleep(100000);
+	}
+	for (int i = 0; i < nproc; i++)
+		if (pids[i] > 0 && ut_reap(pids[i]))
+			ut_fail("worker %d failed at the end", (int)pids[i]);
+	ut_note("%ld workers run, %ld run toggles, peak pages_sharing %ld", spawned, toggles, peak_sharing);
+	ksm_unmerge_all();
+	ksm_set("run", 0);
+	ksm_set("pages_to_scan", 100);
+	ksm_set("sleep_millisecs", 20);
+	UT_CHECK(peak_sharing > 0, "nothing was ever merged during the stress run");
+	return UT_PASS;
+}
