@@ -25,14 +25,17 @@ namespace {
 
 int advise_one(void* addr, std::size_t len) {
     using namespace upm::preload;
+    using upm::BackendKind;
     const Config& c = config();
     if (!c.active) return ENOSYS;
+    const BackendKind kind = backend().kind;
+    if (kind == BackendKind::none) return ENOSYS;
     auto a = reinterpret_cast<std::uintptr_t>(addr);
     if (a % page_size() != 0) return EINVAL;
     if (len == 0) return 0;
     if (a + len < a) return EINVAL;
     if (!inflight_enter()) return 0;
-    int rc = upm::advise_range(c.backend, addr, len);
+    int rc = upm::advise_range(kind, addr, len);
     inflight_leave();
     if (log_enabled())
         log_msg(rc ? kWarn : kDebug, fmt::format("upm_advise({}, {}): {}", addr, len, rc ? std::strerror(rc) : "ok"));
@@ -68,8 +71,7 @@ extern "C" UPM_EXPORT const char* upm_version(void) { return UPM_VERSION; }
 
 extern "C" UPM_EXPORT const char* upm_backend(void) {
     try {
-        const auto& c = upm::preload::config();
-        return c.active ? upm::preload::backend_name(c.backend) : "none";
+        return upm::preload::backend_name(upm::preload::backend().kind);
     } catch (...) {
         return "none";
     }

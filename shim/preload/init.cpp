@@ -2,9 +2,9 @@
 //
 // Runs once per process image (again after exec, since LD_PRELOAD is
 // inherited), before main().  It must stay well under a millisecond, so it
-// only reads the environment and the policy file, probes the backend (a few
-// syscalls on one scratch page), and arms the triggers; reading maps and
-// advising happen later on the worker thread.
+// only reads the environment and the policy file and arms the triggers;
+// probing the kernel for a backend, reading maps and advising happen later
+// on the worker thread (or in the first C API call).
 //
 // Environment:
 //   UPM_DISABLE=1      do nothing at all (the C API returns ENOSYS)
@@ -43,6 +43,8 @@ namespace {
 
 pthread_once_t g_once = PTHREAD_ONCE_INIT;
 Config* g_cfg = nullptr;    // written once inside g_once
+pthread_once_t g_backend_once = PTHREAD_ONCE_INIT;
+BackendState* g_backend = nullptr;     // written once inside g_backend_once
 
 bool env_flag(const char* name) {
     const char* v = ::getenv(name);
@@ -112,6 +114,7 @@ void setup_log(Config& c) {
     if (level.empty() || level == "off") return;
     upm::setup_logging("upm", level);
     c.log_on = true;
+    c.log_debug = level == "debug" || level == "trace";
     g_log_on.store(true);
 }
 
@@ -120,7 +123,6 @@ void init_once() {
     g_cfg = c;
     if (env_flag("UPM_DISABLE")) {
         c->disabled = true;
-        c->backend_reason = "disabled by UPM_DISABLE";
         return;
     }
     const bool force_closed = env_flag("UPM_FAIL_CLOSED");
@@ -152,22 +154,38 @@ void init_once() {
             log_msg(kWarn, fmt::format("UPM_DOMAIN `{}` is not a valid domain name, ignored", d));
     }
 
-    BackendChoice choice = c->policy.backend;
+    c->closed = closed;
+    c->choice = c->policy.backend;
     if (const char* b = env_str("UPM_BACKEND")) {
         if (std::strcmp(b, "none") == 0 || std::strcmp(b, "off") == 0) {
-            c->backend_reason = "UPM_BACKEND=none";
             log_msg(kInfo, "backend `none` (UPM_BACKEND=none): nothing is advised");
             return;
         }
-        if (!parse_backend_choice(b, choice)) {
+        if (!parse_backend_choice(b, c->choice)) {
             say(fmt::format("UPM_BACKEND `{}` is not one of auto, upm, ksm, none: {}", b,
                             closed ? "stopping the program (fail-closed)" : "dedup is off"));
             if (closed) ::_exit(127);
             return;
         }
+        c->choice_explicit = true;
+    } else {
+        c->choice_explicit = c->choice != BackendChoice::automatic;
     }
+    c->active = true;
+}
 
-    BackendInfo bi = select_backend(choice, everything_anonymous(c->policy));
+// Probes the kernel (a few syscalls on a scratch page and a sysfs read), so
+// it runs on first use -- on the worker, or in the first C API call -- and in
+// the constructor only when failing closed (the program must not start then).
+void select_once() {
+    auto* b = new BackendState;
+    g_backend = b;
+    const Config& c = *g_cfg;
+    if (!c.active) {
+        b->reason = c.disabled ? "disabled by UPM_DISABLE" : "inactive";
+        return;
+    }
+    BackendInfo bi = select_backend(c.choice, everything_anonymous(c.policy));
     if (bi.kind == BackendKind::ksm_process) {
         // Once per process: every present and future anonymous mapping is
         // mergeable (inherited by fork; the regions are still advised too).
@@ -179,21 +197,19 @@ void init_once() {
         }
         errno = saved;
     }
-    c->backend = bi.kind;
-    c->backend_reason = bi.reason;
+    b->kind = bi.kind;
+    b->reason = bi.reason;
     if (bi.kind == BackendKind::none) {
-        if (closed) {
+        if (c.closed) {
             say(fmt::format("no backend: {}: stopping the program (fail-closed)", bi.reason));
             ::_exit(127);
         }
-        log_msg(choice == BackendChoice::automatic ? kInfo : kWarn,
-                fmt::format("no backend: {}: dedup is off", bi.reason));
+        log_msg(c.choice_explicit ? kWarn : kInfo, fmt::format("no backend: {}: dedup is off", bi.reason));
         return;
     }
-    c->active = true;
-    log_msg(kInfo, fmt::format("policy `{}`, backend `{}` ({}){}{}", c->policy_name, to_string(bi.kind), bi.reason,
-                               c->domain.empty() ? "" : fmt::format(", domain `{}`", c->domain),
-                               c->automatic ? "" : ", triggers off (not loaded through LD_PRELOAD)"));
+    log_msg(kInfo, fmt::format("policy `{}`, backend `{}` ({}){}{}", c.policy_name, to_string(bi.kind), bi.reason,
+                               c.domain.empty() ? "" : fmt::format(", domain `{}`", c.domain),
+                               c.automatic ? "" : ", triggers off (not loaded through LD_PRELOAD)"));
 }
 
 }  // namespace
@@ -201,6 +217,12 @@ void init_once() {
 const Config& config() {
     ::pthread_once(&g_once, init_once);
     return *g_cfg;
+}
+
+const BackendState& backend() {
+    (void)config();
+    ::pthread_once(&g_backend_once, select_once);
+    return *g_backend;
 }
 
 std::size_t page_size() {
@@ -232,12 +254,20 @@ void warm_up(const upm::preload::Config& c) {
     (void)upm::decide(c.policy, upm::classify({}));
     (void)upm::parse_maps("");
     (void)upm::preload::page_size();
+    if (c.log_on) (void)upm::logger();
 }
 
-__attribute__((constructor)) void upm_preload_constructor() {
+}  // namespace
+
+// Called by the constructor in ctor.c, which the build places last in the
+// library's .init_array (see CMakeLists.txt): by then every static of
+// upmcore, spdlog and the static libstdc++ is constructed, and their
+// destructors are registered before our exit handler, so they run after it.
+extern "C" __attribute__((visibility("hidden"))) void upm_preload_start(void) {
     try {
         const auto& c = upm::preload::config();
         if (!c.active) return;
+        if (c.closed) (void)upm::preload::backend();   // may _exit(127) before main()
         warm_up(c);
         upm::preload::register_exit_handler();
         upm::preload::arm_triggers(c);
@@ -245,5 +275,3 @@ __attribute__((constructor)) void upm_preload_constructor() {
         // Never let an exception escape into the dynamic loader.
     }
 }
-
-}  // namespace

@@ -44,15 +44,24 @@ namespace upm::preload {
 // threads still running at exit never see it destroyed).
 struct Config {
     bool disabled = false;      // UPM_DISABLE=1
-    bool active = false;        // valid policy and a backend: advice is possible
+    bool active = false;        // valid policy, not disabled: advice may be possible
     bool automatic = false;     // loaded through LD_PRELOAD: arm the policy's triggers
     bool log_on = false;        // a log level other than "off" was asked for
+    bool log_debug = false;     // ... and it is debug or trace (per-region lines)
     Policy policy;
     std::string policy_name;    // path of the policy file, or "default"
-    BackendKind backend = BackendKind::none;
-    std::string backend_reason;
+    BackendChoice choice = BackendChoice::automatic;  // policy's, or UPM_BACKEND
+    bool choice_explicit = false;   // upm or ksm asked for by name (missing: warn)
+    bool closed = false;        // fail closed (on_error "closed" or UPM_FAIL_CLOSED=1)
     std::string domain;         // UPM_DOMAIN or the policy's domain (informational)
 };
+
+// The backend, selected on first use (see select_once() in init.cpp).
+struct BackendState {
+    BackendKind kind = BackendKind::none;
+    std::string reason;
+};
+const BackendState& backend();
 
 // Runs the one-time initialisation (idempotent, thread-safe) and returns the
 // configuration.  May call _exit(127) when the policy fails closed.

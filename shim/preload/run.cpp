@@ -113,6 +113,8 @@ void say(std::string_view msg) {
 int run_policy(const char* trigger) {
     const Config& c = config();
     if (!c.active) return ENOSYS;
+    const BackendKind kind = backend().kind;
+    if (kind == BackendKind::none) return ENOSYS;
     if (!inflight_enter()) return 0;
     struct Leave {
         ~Leave() { inflight_leave(); }
@@ -126,7 +128,7 @@ int run_policy(const char* trigger) {
     }
     std::vector<Decision> decisions = decide(c.policy, classify(*maps));
 
-    const bool debug = log_enabled() && upm::logger()->should_log(spdlog::level::debug);
+    const bool debug = c.log_debug && log_enabled();
     int first_err = 0;
     std::size_t advised = 0, failed = 0, vanished = 0;
     std::uint64_t bytes = 0;
@@ -134,7 +136,7 @@ int run_policy(const char* trigger) {
         if (!d.advise) continue;
         if (g_exiting.load(std::memory_order_relaxed)) break;
         const Region& r = d.region.region;
-        int rc = advise_range(c.backend, reinterpret_cast<void*>(r.start), r.size());
+        int rc = advise_range(kind, reinterpret_cast<void*>(r.start), r.size());
         if (rc == 0) {
             advised++;
             bytes += r.size();
@@ -151,7 +153,7 @@ int run_policy(const char* trigger) {
                                 rc ? std::strerror(rc) : ""));
     }
     log_msg(kInfo, fmt::format("advised {} regions, {:.1f} MiB (backend {}, trigger {}){}{}", advised,
-                               static_cast<double>(bytes) / kMiB, to_string(c.backend), trigger,
+                               static_cast<double>(bytes) / kMiB, to_string(kind), trigger,
                                failed ? fmt::format(", {} failed: {}", failed, std::strerror(first_err)) : "",
                                vanished ? fmt::format(", {} gone before advice", vanished) : ""));
     return first_err;

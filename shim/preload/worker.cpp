@@ -10,8 +10,8 @@
 // every signal, so the program's signals are never delivered to it.
 //
 // Timeline: times are measured from the origin (the constructor, or the
-// fork for a child).  "start" runs as soon as the worker is scheduled (about
-// when main() starts), each delay once, periodic runs at origin + k*interval
+// fork for a child).  "start" runs kStartDelayMs (10 ms) after the origin (about
+// when main() starts; kStartDelayMs), each delay once, periodic runs at origin + k*interval
 // while k*interval <= duration (0 = forever); missed periods are skipped,
 // not replayed.  The worker ends when no timed trigger is left and no signal
 // trigger is armed; the dlopen() wrapper starts it again when needed.
@@ -48,6 +48,10 @@ namespace upm::preload {
 namespace {
 
 constexpr std::size_t kWorkerStack = 512 * 1024;
+// "start" fires this long after the constructor: main() has begun by then,
+// and a process that is done sooner (ls, cat, a shell helper) pays for
+// nothing but the thread.
+constexpr std::int64_t kStartDelayMs = 10;
 
 // ---- state -----------------------------------------------------------------
 
@@ -93,7 +97,7 @@ std::int64_t elapsed_ms() { return (mono_ns() - g_tl.origin_ns) / 1000000LL; }
 // The time (ms from origin) of the next timed trigger, or INT64_MAX.
 std::int64_t next_timed() {
     std::int64_t next = INT64_MAX;
-    if (g_tl.start_pending) return 0;
+    if (g_tl.start_pending) return kStartDelayMs;
     if (g_delays && g_tl.next_delay < g_delays->size()) next = (*g_delays)[g_tl.next_delay];
     if (g_interval_ms > 0) {
         std::int64_t t = (g_tl.periodic_done + 1) * g_interval_ms;
@@ -141,11 +145,20 @@ void wait_for_loads() {
 
 void* worker_main(void*) {
     ::prctl(PR_SET_NAME, "upm-worker", 0, 0, 0);
+    if (backend().kind == BackendKind::none) {
+        // Nothing can be advised: disarm everything and end.
+        ::pthread_mutex_lock(&g_ctl);
+        g_running = false;
+        g_armed = false;
+        g_dlopen_armed = false;
+        ::pthread_mutex_unlock(&g_ctl);
+        return nullptr;
+    }
     for (;;) {
         if (g_stop.load()) break;
         const char* why = nullptr;
         std::int64_t now = elapsed_ms();
-        if (g_tl.start_pending) {
+        if (g_tl.start_pending && now >= kStartDelayMs) {
             g_tl.start_pending = false;
             why = "start";
         }
