@@ -151,6 +151,7 @@ int do_run(RunOptions& o) {
     if (!o.backend.empty()) ::setenv("UPM_BACKEND", o.backend.c_str(), 1);
     if (!o.domain.empty()) ::setenv("UPM_DOMAIN", o.domain.c_str(), 1);
     if (!o.log.empty()) ::setenv("UPM_LOG", o.log.c_str(), 1);
+    if (o.fail_closed) ::setenv("UPM_FAIL_CLOSED", "1", 1);  // the preload fails closed too
     logger()->debug("exec `{}` with LD_PRELOAD=`{}` UPM_POLICY=`{}`", o.command[0], ld, policy_path);
     exec_command(o);
 }
