@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
@@ -349,4 +350,38 @@ TEST_CASE("policy: everything_anonymous", "[policy]") {
     Policy p = *all_anon.policy;
     p.exclude = {"[stack]"};
     CHECK(!everything_anonymous(p));
+}
+
+TEST_CASE("policy: duplicate keys are a warning with their location", "[policy]") {
+    auto check = parse_policy(R"({"classes": ["heap"], "triggers": {"start": true, "start": false},
+                                  "exclude_paths": [{"a": 1, "a": 2}], "classes": ["stack"]})",
+                              "x");
+    std::vector<std::string> where;
+    for (const auto& p : check.problems) {
+        if (p.message.starts_with("duplicate key")) {
+            CHECK(p.warning);
+            where.push_back(p.where);
+        }
+    }
+    CHECK(where == std::vector<std::string>{"/triggers/start", "/exclude_paths/0/a", "/classes"});
+    // the object inside exclude_paths is an error of its own; the last value wins otherwise
+    CHECK(check.error_count() == 1);
+    auto ok = parse_policy(R"({"classes": ["heap"], "classes": ["stack"]})", "x");
+    REQUIRE(ok.policy.has_value());
+    CHECK(ok.policy->classes == std::set<RegionClass>{RegionClass::stack});
+}
+
+TEST_CASE("policy: files larger than 1 MiB are refused", "[policy]") {
+    char path[] = "/tmp/upm-unit-big-XXXXXX";
+    int fd = ::mkstemp(path);
+    REQUIRE(fd >= 0);
+    std::string big = "{\"description\": \"" + std::string(1024 * 1024, 'x') + "\"}";
+    REQUIRE(::write(fd, big.data(), big.size()) == static_cast<ssize_t>(big.size()));
+    ::close(fd);
+    auto check = load_policy_file(path);
+    ::unlink(path);
+    CHECK(!check.policy.has_value());
+    CHECK(only_error(check).where == "(file)");
+    CHECK_THAT(only_error(check).message, Catch::Contains("larger than 1048576 bytes"));
+    CHECK_THAT(only_error(check).fix, Catch::Contains("at most 1 MiB"));
 }

@@ -28,6 +28,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "io.hpp"
@@ -455,6 +456,59 @@ std::pair<std::size_t, std::size_t> line_column(std::string_view text, std::size
     return {line, col};
 }
 
+// Duplicate keys: JSON parsers keep the last value silently (so does a JSON
+// Schema validator); we warn, since the first value was probably meant to
+// count.  Tracks the JSON pointer of the current position from the parser's
+// events.
+class DuplicateKeys {
+public:
+    explicit DuplicateKeys(std::vector<PolicyProblem>& problems) : problems_(problems) {}
+
+    bool operator()(int /*depth*/, json::parse_event_t event, json& parsed) {
+        switch (event) {
+            case json::parse_event_t::object_start: frames_.push_back({true, {}, {}, 0}); break;
+            case json::parse_event_t::array_start: frames_.push_back({false, {}, {}, 0}); break;
+            case json::parse_event_t::key:
+                if (!frames_.empty() && parsed.is_string()) {
+                    Frame& f = frames_.back();
+                    f.current = parsed.get<std::string>();
+                    if (!f.keys.insert(f.current).second)
+                        problems_.push_back({pointer(), "duplicate key `" + f.current + "`: only the last value is used",
+                                             "remove one of them", true});
+                }
+                break;
+            case json::parse_event_t::object_end:
+            case json::parse_event_t::array_end:
+                if (!frames_.empty()) frames_.pop_back();
+                element_done();
+                break;
+            case json::parse_event_t::value: element_done(); break;
+        }
+        return true;
+    }
+
+private:
+    struct Frame {
+        bool object;
+        std::set<std::string> keys;
+        std::string current;
+        std::size_t index;
+    };
+
+    void element_done() {
+        if (!frames_.empty() && !frames_.back().object) ++frames_.back().index;
+    }
+
+    std::string pointer() const {
+        std::string out;
+        for (const auto& f : frames_) out += "/" + (f.object ? pointer_escape(f.current) : std::to_string(f.index));
+        return out;
+    }
+
+    std::vector<PolicyProblem>& problems_;
+    std::vector<Frame> frames_;
+};
+
 PolicyProblem syntax_problem(std::string_view text, const json::parse_error& e) {
     auto [line, col] = line_column(text, e.byte);
     std::string what = e.what();
@@ -512,12 +566,16 @@ PolicyCheck parse_policy(std::string_view text, std::string_view name) {
     PolicyCheck check;
     try {
         json doc;
+        std::vector<PolicyProblem> duplicates;
         try {
-            doc = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/true, /*ignore_comments=*/true);
+            DuplicateKeys dup(duplicates);
+            doc = json::parse(text.begin(), text.end(), std::ref(dup), /*allow_exceptions=*/true,
+                              /*ignore_comments=*/true);
         } catch (const json::parse_error& e) {
             check.problems.push_back(syntax_problem(text, e));
             return check;
         }
+        check.problems = std::move(duplicates);
         check.syntax_ok = true;
         Policy p = default_policy();
         p.name = std::string(name);
