@@ -3,8 +3,9 @@
 // upm run never forks: it sets the environment and execs, so the exit status
 // is CMD's.  It fails open: a broken policy or a missing preload is reported
 // loudly on stderr and CMD runs without upm.  It exits 127 without running
-// CMD only when asked to fail closed (--fail-closed, or a policy that parses
-// and says "on_error": "closed").
+// CMD only when asked to fail closed: --fail-closed, or a policy that parses
+// and says "on_error": "closed" (an invalid one, or a valid one when the
+// preload is missing).
 #include <limits.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -117,6 +118,7 @@ int do_run(RunOptions& o) {
     }
 
     std::string policy_path;
+    bool closed = o.fail_closed;  // after a valid policy: also its on_error
     if (!o.policy.empty()) {
         auto resolved = resolve_policy(o.policy);
         if (!resolved) without_upm(o, o.fail_closed, resolved.error().message);
@@ -129,18 +131,18 @@ int do_run(RunOptions& o) {
                 std::fprintf(stderr, "%s\n", format_problem(*resolved, p).c_str());
         }
         if (!valid) {
-            bool closed = o.fail_closed || check.declared_on_error == FailMode::closed;
-            without_upm(o, closed,
+            without_upm(o, closed || check.declared_on_error == FailMode::closed,
                         "policy `" + *resolved + "` is invalid (" + std::to_string(check.error_count()) +
                             (check.error_count() == 1 ? " error" : " errors") + ")");
         }
         policy_path = *resolved;
+        closed = closed || check.policy->on_error == FailMode::closed;
     }
 
     std::string preload = find_preload();
-    if (preload.empty()) without_upm(o, o.fail_closed, "libupm-preload.so not found");
+    if (preload.empty()) without_upm(o, closed, "libupm-preload.so not found");
     if (preload.find_first_of(": ") != std::string::npos)
-        without_upm(o, o.fail_closed, "the preload path `" + preload + "` contains `:` or a space");
+        without_upm(o, closed, "the preload path `" + preload + "` contains `:` or a space");
 
     std::string ld = add_preload(std::getenv("LD_PRELOAD"), preload);
     ::setenv("LD_PRELOAD", ld.c_str(), 1);
