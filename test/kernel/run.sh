@@ -120,6 +120,20 @@ QPID=$!
 tail -n +1 -F --pid="$QPID" "$LOG" 2>/dev/null | tr -d '\r' |
 	grep --line-buffered -aoE 'upm-test: [A-Za-z0-9_.-]+ (PASS|FAIL|SKIP)( \(.*\))?' || true &
 TPID=$!
+trap 'kill "$QPID" 2>/dev/null || true' EXIT INT TERM
+# A guest that printed its end marker but does not power off within 30 s
+# (e.g. a hung shutdown) is stopped here.
+END_SEEN=0
+while kill -0 "$QPID" 2>/dev/null; do
+	if ((END_SEEN == 0)) && grep -aq 'upm-test: END' "$LOG"; then
+		END_SEEN=$(date +%s)
+	fi
+	if ((END_SEEN && $(date +%s) - END_SEEN > 30)); then
+		log "guest finished but did not power off; stopping QEMU"
+		kill "$QPID" 2>/dev/null || true
+	fi
+	sleep 2
+done
 QRC=0
 wait "$QPID" || QRC=$?
 wait "$TPID" 2>/dev/null || true
