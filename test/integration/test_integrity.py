@@ -11,7 +11,9 @@ must not change.  Oracles:
   * sample pages read from outside through /proc/PID/mem and compared with
     the content computed by this test (conftest.memhog_page),
   * the kernel's KSM counters: the writer's written pages stop being KSM
-    pages, the other process's stay merged.
+    pages, the other process's stay merged,
+  * page frames (/proc/PID/pagemap): no written page shares the reader's
+    frame, the unwritten ones still do.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import random
 import pytest
 
 from conftest import (FRACTION, MIB, PAGE_SIZE, PAGES, describe, memhog_page, read_process_memory,
-                      region_ksm_pages, upm_run, wait_merged, write_process_memory)
+                      region_ksm_pages, region_pfns, upm_run, wait_merged, write_process_memory)
 
 WRITE_AFTER = 8.0   # seconds after ready; merging takes about 1-2 s
 STRIDE = 2          # the writer rewrites every 2nd page
@@ -73,6 +75,16 @@ def test_write_after_merge(ksm_fast, procs, upm_bin, memhog):
     assert w_ksm <= PAGES - written, f"written pages still KSM pages: {describe([writer])}"
     assert w_ksm >= FRACTION * (PAGES - written) - 0.05 * PAGES, describe([writer])
     assert r_ksm >= FRACTION * PAGES, f"the write unmerged the reader's pages: {describe([reader])}"
+
+    # Frames: every written page of the writer has its own frame now; the
+    # pages it did not write still share the reader's.
+    r_pfns = region_pfns(reader.pid, reader.addr, reader.length)
+    w_pfns = region_pfns(writer.pid, writer.addr, writer.length)
+    shared_written = sum(1 for i in range(0, PAGES, STRIDE) if w_pfns[i] == r_pfns[i])
+    shared_unwritten = sum(1 for i in range(PAGES) if i % STRIDE and w_pfns[i] == r_pfns[i])
+    assert shared_written == 0, f"{shared_written} written pages still share the reader's frame"
+    assert shared_unwritten >= FRACTION * (PAGES - written), (
+        f"only {shared_unwritten} unwritten pages still share a frame")
 
     check_sample_pages(reader, None)
     check_sample_pages(writer, STRIDE)

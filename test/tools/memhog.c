@@ -21,6 +21,11 @@
  * pages are zero-filled (but present).  --unique-per-process mixes the pid
  * into the seed.  Generation 0 is the initial fill; --write-after rewrites
  * every --write-stride'th page (page index % stride == 0) with generation 1.
+ * --readonly mprotects the filled region read-only and --exec maps it
+ * read-write-executable (anonymous mappings that are not a heap, for the
+ * region-class tests; with --readonly the region is read-write while it is
+ * filled, so an advice taken at that moment sees a heap).  Nothing is
+ * executed from the region.
  *
  * The checksum is FNV-1a-64 over the region's 64-bit words (word-wise, not
  * byte-wise, to stay fast on gigabytes).  Before printing it, every page is
@@ -73,6 +78,8 @@ enum pattern { PATTERN_DISTINCT, PATTERN_SAME, PATTERN_ZERO };
  * @write_after_s: seconds after ready to rewrite pages; negative = never
  * @write_stride: rewrite pages whose index is a multiple of this
  * @checksum: print the checksum at exit
+ * @readonly: mprotect the region read-only after filling it
+ * @exec: map the region read-write-executable (like a JIT code cache)
  * @ready_file: where to write the ready line, or NULL
  */
 struct options {
@@ -85,6 +92,8 @@ struct options {
 	double write_after_s;
 	uint64_t write_stride;
 	bool checksum;
+	bool readonly;
+	bool exec;
 	const char *ready_file;
 };
 
@@ -127,13 +136,16 @@ static void usage(FILE *out)
 	fprintf(out,
 		"usage: %s --mib N [--seed S] [--unique-per-process] [--malloc|--mmap]\n"
 		"       [--pattern distinct|same|zero] [--hold SECONDS|--hold-until-signal]\n"
-		"       [--write-after SECONDS [--write-stride K]] [--checksum] [--ready-file PATH]\n"
+		"       [--write-after SECONDS [--write-stride K]] [--readonly|--exec] [--checksum]\n"
+		"       [--ready-file PATH]\n"
 		"\n"
 		"Allocates N MiB whose pages have content derived from (seed, page index),\n"
 		"prints \"ready 0xADDR LEN ...\", holds, optionally rewrites every K-th page\n"
 		"(default K=2) after a delay, and prints a verified checksum on SIGUSR1 and\n"
-		"at exit (--checksum).  SIGTERM/SIGINT/SIGHUP end the hold.  Exit status 2\n"
-		"means a page did not hold the content it should.\n",
+		"at exit (--checksum).  --readonly makes the region read-only once filled;\n"
+		"--exec maps it read-write-executable from the start (either way an\n"
+		"anonymous mapping that is not a heap).  SIGTERM/SIGINT/SIGHUP end the\n"
+		"hold.  Exit status 2 means a page did not hold the content it should.\n",
 		prog);
 }
 
@@ -219,6 +231,10 @@ static void parse_options(int argc, char **argv, struct options *o)
 			o->write_stride = parse_u64(a, need_arg(argc, argv, &i), UINT64_MAX);
 			if (o->write_stride == 0)
 				die(1, "--write-stride must be at least 1");
+		} else if (!strcmp(a, "--readonly")) {
+			o->readonly = true;
+		} else if (!strcmp(a, "--exec")) {
+			o->exec = true;
 		} else if (!strcmp(a, "--checksum")) {
 			o->checksum = true;
 		} else if (!strcmp(a, "--ready-file")) {
@@ -230,6 +246,10 @@ static void parse_options(int argc, char **argv, struct options *o)
 	}
 	if (!have_mib || o->mib == 0)
 		die(1, "--mib N (N >= 1) is required; see --help");
+	if (o->readonly && (o->write_after_s >= 0 || o->alloc != ALLOC_MMAP))
+		die(1, "--readonly works only with --mmap and without --write-after");
+	if (o->exec && (o->readonly || o->alloc != ALLOC_MMAP))
+		die(1, "--exec works only with --mmap and without --readonly");
 }
 
 /* The word j of page `index` at `generation`; see the file comment. */
@@ -292,7 +312,8 @@ static void allocate(struct region *r, const struct options *o)
 	r->seed = o->unique ? o->seed ^ mix64((uint64_t)getpid() + 1) : o->seed;
 	r->pattern = o->pattern;
 	if (o->alloc == ALLOC_MMAP) {
-		void *p = mmap(NULL, r->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		int prot = PROT_READ | PROT_WRITE | (o->exec ? PROT_EXEC : 0);
+		void *p = mmap(NULL, r->len, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
 		if (p == MAP_FAILED)
 			die(1, "mmap %zu bytes: %s", r->len, strerror(errno));
@@ -304,6 +325,8 @@ static void allocate(struct region *r, const struct options *o)
 	}
 	for (size_t i = 0; i < r->pages; i++)
 		fill_page(r, i, 0);
+	if (o->readonly && mprotect(r->base, r->len, PROT_READ) != 0)
+		die(1, "mprotect read-only: %s", strerror(errno));
 }
 
 static void write_pages(struct region *r, uint64_t stride)
