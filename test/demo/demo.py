@@ -13,7 +13,8 @@ M MiB (seed 1):
 For each phase it records, per process, PSS (/proc/PID/smaps_rollup) when
 the process is ready and at the end, ksm_merging_pages, and for the node
 pages_sharing, general_profit, MemAvailable and ksmd's CPU time; it polls
-pages_sharing to find the time to 90% of the achievable savings.  The ideal
+the page frames of the processes (/proc/PID/pagemap: present pages minus
+distinct frames) to find the time to 90% of the achievable savings.  The ideal
 is measured, not assumed: every present page (/proc/PID/pagemap) of every
 private writable or anonymous mapping of the processes is hashed, and the
 ideal saving is the number of pages minus the number of distinct ones.
@@ -27,6 +28,7 @@ as a fraction of the ideal.
 from __future__ import annotations
 
 import argparse
+import array
 import hashlib
 import json
 import os
@@ -44,6 +46,7 @@ MIB = 1024 * 1024
 KSM = Path("/sys/kernel/mm/ksm")
 TICK = os.sysconf("SC_CLK_TCK")
 POLL = 0.1
+PFN_MASK = (1 << 55) - 1
 SETTLE = 1.0
 NEVER_HASHED = {"[stack]", "[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]", "[uprobes]"}
 
@@ -187,6 +190,24 @@ def page_digests(pid: int, counter: Counter) -> int:
     return n
 
 
+def frames_saved(pids: list[int]) -> int:
+    """Pages the processes save by sharing page frames, over the same
+    mappings as the ideal: present pages minus distinct frames (pagemap).
+    Exact and blind to other processes on the node, unlike pages_sharing."""
+    frames = array.array("Q")
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/pagemap", "rb", buffering=0) as pm:
+                for start, end in hashed_regions(pid):
+                    pm.seek(start // PAGE * 8)
+                    entries = array.array("Q")
+                    entries.frombytes(pm.read((end - start) // PAGE * 8))
+                    frames.extend(e & PFN_MASK for e in entries if e >> 63)
+        except OSError:
+            continue
+    return len(frames) - len(set(frames))
+
+
 def ideal_saved_pages(pids: list[int]) -> tuple[int, int]:
     """(pages hashed, pages an ideal merge of identical pages would save)."""
     counter: Counter = Counter()
@@ -205,11 +226,12 @@ def run_phase(name: str, argv_of, n: int, expect_saved: int, timeout: float,
             hogs.append(Hog(argv_of(i), ready_timeout))
         t0 = time.monotonic()
         k0, mem_ready, cpu0 = ksm_counters(), meminfo_kib(), ksmd_cpu_s()
-        series = []
+        series = []     # (seconds since ready, frames saved, pages_sharing change)
+        pids = [h.pid for h in hogs]
         while True:
             t = time.monotonic() - t0
-            saved = ksm_counters()["pages_sharing"] - k0["pages_sharing"]
-            series.append((round(t, 3), saved))
+            saved = frames_saved(pids)
+            series.append((round(t, 3), saved, ksm_counters()["pages_sharing"] - k0["pages_sharing"]))
             if t >= timeout or (t >= min_wait and saved >= 0.99 * expect_saved):
                 break
             time.sleep(POLL)
@@ -220,7 +242,8 @@ def run_phase(name: str, argv_of, n: int, expect_saved: int, timeout: float,
                   "ksm_merging_pages": merging_pages(h.pid)} for h in hogs]
         for p in procs:
             p["saved_kib"] = p["pss_ready_kib"] - p["pss_end_kib"]
-        hashed, ideal = ideal_saved_pages([h.pid for h in hogs])
+        frames = frames_saved(pids)
+        hashed, ideal = ideal_saved_pages(pids)
         results = [h.stop() for h in hogs]
     finally:
         for h in hogs:
@@ -231,7 +254,7 @@ def run_phase(name: str, argv_of, n: int, expect_saved: int, timeout: float,
             print(f"demo: warning: memhog {p['pid']} exited with {status}: {err.strip()}", file=sys.stderr)
     saved_pages = k1["pages_sharing"] - k0["pages_sharing"]
     target = 0.9 * ideal
-    t90 = next((t for t, s in series if ideal and s >= target), None)
+    t90 = next((t for t, s, _ in series if ideal and s >= target), None)
     return {
         "name": name,
         "startup_s": round(t0 - t_start, 3),
@@ -240,6 +263,7 @@ def run_phase(name: str, argv_of, n: int, expect_saved: int, timeout: float,
         "pss_ready_kib": sum(p["pss_ready_kib"] for p in procs),
         "pss_end_kib": sum(p["pss_end_kib"] for p in procs),
         "ksm_merging_pages": sum(p["ksm_merging_pages"] for p in procs),
+        "frames_saved_pages": frames,
         "pages_sharing_delta": saved_pages,
         "pages_shared_delta": k1["pages_shared"] - k0["pages_shared"],
         "general_profit_delta_bytes": k1.get("general_profit", 0) - k0.get("general_profit", 0),
@@ -251,11 +275,17 @@ def run_phase(name: str, argv_of, n: int, expect_saved: int, timeout: float,
         "ksmd_cpu_s": round(cpu1 - cpu0, 3),
         "ideal_hashed_pages": hashed,
         "ideal_saved_pages": ideal,
-        "saved_fraction_of_ideal": round(saved_pages / ideal, 4) if ideal else None,
+        "saved_fraction_of_ideal": round(frames / ideal, 4) if ideal else None,
         "time_to_90pct_s": t90,
         "all_intact": all(p["exit_status"] == 0 for p in procs),
         "series": series,
     }
+
+
+def settle_ksmd(scans: int = 2, timeout: float = 15) -> None:
+    start, deadline = ksm_counters()["full_scans"], time.monotonic() + timeout
+    while ksm_counters()["full_scans"] < start + scans and time.monotonic() < deadline:
+        time.sleep(POLL)
 
 
 def mib(kib_or_bytes: float, unit: int = 1024) -> str:
@@ -281,6 +311,7 @@ def print_tables(cfg: dict, upm: dict, base: dict) -> None:
     row("node and totals", "without upm", "with upm", "ratio")
     row("PSS total at the end (MiB)", mib(base["pss_end_kib"]), mib(upm["pss_end_kib"]), pss_ratio)
     row("saved: PSS without - with upm (MiB)", "-", mib(base["pss_end_kib"] - upm["pss_end_kib"]))
+    row("frames saved (pagemap, MiB)", mib(base["frames_saved_pages"], PAGE), mib(upm["frames_saved_pages"], PAGE))
     row("pages_sharing (kernel, delta)", base["pages_sharing_delta"], upm["pages_sharing_delta"])
     row("saved per pages_sharing (MiB)", mib(base["pages_sharing_delta"], PAGE),
         mib(upm["pages_sharing_delta"], PAGE))
@@ -291,7 +322,7 @@ def print_tables(cfg: dict, upm: dict, base: dict) -> None:
     row("ideal saving, hashed pages (MiB)", mib(base["ideal_saved_pages"], PAGE),
         mib(upm["ideal_saved_pages"], PAGE))
     frac = lambda ph: "-" if ph["saved_fraction_of_ideal"] is None else f"{ph['saved_fraction_of_ideal']:.1%}"
-    row("achieved / ideal", frac(base), frac(upm))
+    row("achieved (frames) / ideal", frac(base), frac(upm))
     t90 = lambda ph: "never" if ph["time_to_90pct_s"] is None else f"{ph['time_to_90pct_s']:.2f}"
     row("time to 90% of ideal (s, from ready)", t90(base), t90(upm))
     row("observed for (s)", f"{base['observed_s']:.1f}", f"{upm['observed_s']:.1f}")
@@ -322,6 +353,9 @@ def main() -> int:
                    if (KSM / k).exists()}}
     upm = run_phase("with upm", lambda i: [a.upm, "run", "--backend", "ksm", "--", *hog],
                     a.procs, expect, a.timeout, 0, 30)
+    # ksmd releases the exited processes' KSM pages while it scans; let it,
+    # so that the baseline's pages_sharing change is its own.
+    settle_ksmd()
     base = run_phase("without upm", lambda i: hog, a.procs, expect,
                      max(upm["observed_s"], 3.0), max(upm["observed_s"], 3.0), 30)
     print_tables(cfg, upm, base)
