@@ -32,6 +32,12 @@ struct RunOptions {
     std::vector<std::string> command;
 };
 
+// Fail-open and fail-closed notices are printed whatever the log level (an
+// operator must learn why a program runs without upm), in the logger's format.
+void say(const char* level, const std::string& message) {
+    std::fprintf(stderr, "upm[%d] %s: %s\n", static_cast<int>(::getpid()), level, message.c_str());
+}
+
 bool file_exists(const std::string& path) { return !path.empty() && ::access(path.c_str(), R_OK) == 0; }
 
 std::string real_path(const std::string& path) {
@@ -52,7 +58,7 @@ std::string exe_dir() {
 std::string find_preload() {
     if (const char* env = std::getenv("UPM_PRELOAD"); env && *env) {
         if (file_exists(env)) return real_path(env);
-        logger()->error("$UPM_PRELOAD names `{}`, which cannot be read: {}", env, std::strerror(errno));
+        say("error", fmt::format("$UPM_PRELOAD names `{}`, which cannot be read: {}", env, std::strerror(errno)));
         return {};
     }
     std::vector<std::string> candidates;
@@ -66,7 +72,7 @@ std::string find_preload() {
         if (file_exists(c)) return real_path(c);
     std::string tried;
     for (const auto& c : candidates) tried += (tried.empty() ? "`" : ", `") + c + "`";
-    logger()->error("libupm-preload.so not found (tried {}); set $UPM_PRELOAD to its path", tried);
+    say("error", fmt::format("libupm-preload.so not found (tried {}); set $UPM_PRELOAD to its path", tried));
     return {};
 }
 
@@ -96,10 +102,10 @@ std::string add_preload(const char* existing, const std::string& preload) {
 // Runs the command without upm (fail open), or exits 127 (fail closed).
 [[noreturn]] void without_upm(const RunOptions& o, bool closed, const std::string& why) {
     if (closed) {
-        logger()->error("not running `{}` (fail closed): {}", o.command[0], why);
+        say("error", fmt::format("not running `{}` (fail closed): {}", o.command[0], why));
         std::exit(127);
     }
-    logger()->warn("running `{}` without upm (fail open): {}", o.command[0], why);
+    say("warn", fmt::format("running `{}` without upm (fail open): {}", o.command[0], why));
     exec_command(o);
 }
 
