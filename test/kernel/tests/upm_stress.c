@@ -161,14 +161,24 @@ static int worker(double until, unsigned int r)
 				ut_fail("mprotect RW: %s", strerror(errno));
 			pthread_rwlock_unlock(&lk);
 			ops[5]++;
-		} else if (op == 12) { /* move the region */
-			char *n;
+		} else if (op == 12) { /* move the region (chunk by chunk: it may span VMAs) */
+			size_t chunk = MiB / PG;
+			char *n = mmap(NULL, npg * PG, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
-			pthread_rwlock_wrlock(&lk);
-			n = mremap(base, npg * PG, npg * PG, MREMAP_MAYMOVE | MREMAP_FIXED,
-				   mmap(NULL, npg * PG, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
 			if (n == MAP_FAILED)
-				ut_fail("mremap: %s", strerror(errno));
+				ut_fail("mmap for mremap: %s", strerror(errno));
+			pthread_rwlock_wrlock(&lk);
+			for (c = 0; c < npg; c += chunk) {
+				if (mremap(base + c * PG, chunk * PG, chunk * PG, MREMAP_MAYMOVE | MREMAP_FIXED,
+					   n + c * PG) != MAP_FAILED)
+					continue;
+				if (errno != EFAULT)
+					ut_fail("mremap chunk: %s", strerror(errno));
+				for (size_t i = c; i < c + chunk; i++) /* chunk spans VMAs: page by page */
+					if (mremap(base + i * PG, PG, PG, MREMAP_MAYMOVE | MREMAP_FIXED,
+						   n + i * PG) == MAP_FAILED)
+						ut_fail("mremap page: %s", strerror(errno));
+			}
 			base = n;
 			verify_all("after mremap");
 			pthread_rwlock_unlock(&lk);
