@@ -130,13 +130,13 @@ PSRC="$PRISTINE/linux-source-6.1"
 BUILD="$UPM_CACHE/build-$FLAVOUR"
 TOUCHED="$BUILD/.upm-touched"
 for old in "$UPM_CACHE"/build-*.old.*; do # leftovers of an interrupted --clean
-	[[ -d $old ]] && (rm -rf "$old" &)
+	[[ -d $old ]] && (rm -rf "$old" 9>&- &)
 done
 if ((CLEAN)) || [[ ! -f $BUILD/.upm-tree-ok ]]; then
 	log "creating build tree $BUILD (hard links to $PSRC)"
 	if [[ -e $BUILD ]]; then
 		mv "$BUILD" "$BUILD.old.$$"
-		(rm -rf "$BUILD.old.$$" &)
+		(rm -rf "$BUILD.old.$$" 9>&- &)
 	fi
 	cp -al "$PSRC" "$BUILD"
 	touch "$BUILD/.upm-tree-ok"
