@@ -12,6 +12,10 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# The body is one compound command, so bash parses all of it before running:
+# editing this file while it runs cannot derail a running instance.
+{
+
 usage() {
 	cat <<EOF
 usage: test/kernel/initramfs.sh [--force] [--help]
@@ -102,3 +106,5 @@ fi
 mv "$WORK/initramfs.cpio.gz" "$OUT"
 log "initramfs $(du -h "$OUT" | cut -f1): $OUT"
 echo "$OUT"
+exit
+}

@@ -12,6 +12,10 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# The body is one compound command, so bash parses all of it before running:
+# editing this file while it runs cannot derail a running instance.
+{
+
 usage() {
 	cat <<EOF
 usage: test/kernel/run.sh [--debug] [--kernel BZIMAGE] [--stress SECONDS] [--bench]
@@ -194,3 +198,5 @@ else
 	echo "$pass passed, $fail failed"
 fi
 ((fail == 0))
+exit
+}
