@@ -129,6 +129,12 @@ def test_needed_only_glibc(preload_lib: Path):
     assert needed and needed <= GLIBC_LIBS, f"unexpected dependencies: {sorted(needed - GLIBC_LIBS)}"
     versions = run(["objdump", "-T", preload_lib], clean_env()).stdout
     assert "GLIBCXX" not in versions and "CXXABI" not in versions, "libstdc++ is linked dynamically"
+    # Images with an older glibc than the build host must still load it:
+    # 2.35 (Ubuntu 22.04) is the floor set by the static libgcc unwinder.
+    needed_glibc = max((tuple(map(int, v.split("."))) for v in re.findall(r"GLIBC_([\d.]+)", versions)),
+                       default=(0,))
+    print("highest GLIBC version needed:", ".".join(map(str, needed_glibc)))
+    assert needed_glibc <= (2, 35)
 
 
 def test_exports_only_the_api(preload_lib: Path):
@@ -512,7 +518,11 @@ def test_startup_cost(preload_lib: Path, bins):
     assert r.returncode == 0, r.stderr
     print(f"/bin/true x{runs} (fork+exec+wait), default policy:\n{r.stdout}")
     vals = dict(re.findall(r"^(delta\w*)=([-\d.]+)$", r.stdout, re.M))
+    base = float(re.search(r"^without wall median_us=([\d.]+)", r.stdout, re.M).group(1))
     # Not a benchmark: catches pathologies (a synchronous maps read, waiting
-    # for the worker, a slow probe) on a busy test machine.
-    assert float(vals["delta_median_us"]) < 5000
+    # for the worker, a slow probe).  CPU time (all threads of the child) is
+    # robust on a busy machine; wall time only when the machine is quiet
+    # enough that /bin/true alone takes under 2 ms.
     assert float(vals["delta_cpu_median_us"]) < 5000
+    if base < 2000:
+        assert float(vals["delta_median_us"]) < 5000
