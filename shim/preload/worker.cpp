@@ -31,11 +31,13 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <vector>
 
@@ -82,6 +84,8 @@ std::vector<std::int64_t>* g_delays = nullptr;     // sorted, ms; never freed
 std::int64_t g_interval_ms = 0;
 std::int64_t g_duration_ms = 0;
 unsigned long long g_last_adds = 0;     // dl_iterate_phdr's load counter at the last dlopen run
+
+std::atomic<pid_t> g_worker_tid{0};   // kernel thread id of the current worker
 
 bool g_fork_ctl_locked = false;
 bool g_fork_log_locked = false;
@@ -145,6 +149,7 @@ void wait_for_loads() {
 
 void* worker_main(void*) {
     ::prctl(PR_SET_NAME, "upm-worker", 0, 0, 0);
+    g_worker_tid.store(::gettid());
     if (backend().kind == BackendKind::none) {
         // Nothing can be advised: disarm everything and end.
         ::pthread_mutex_lock(&g_ctl);
@@ -344,6 +349,18 @@ bool quiesce_worker(int timeout_ms) {
     g_joinable = false;
     g_running = false;
     ::pthread_mutex_unlock(&g_ctl);
+    // pthread_join() returns when the kernel clears the thread's tid, which
+    // is slightly before the thread leaves the thread group (what
+    // unshare(CLONE_NEWUSER) checks).  Wait until its /proc entry is gone
+    // (at most 100 ms; without /proc there is nothing to wait for).
+    if (pid_t tid = g_worker_tid.exchange(0); tid > 0) {
+        char path[64];
+        std::snprintf(path, sizeof path, "/proc/self/task/%d", static_cast<int>(tid));
+        for (int i = 0; i < 5000 && ::access(path, F_OK) == 0; i++) {
+            struct timespec ts = {0, 20000};
+            ::nanosleep(&ts, nullptr);
+        }
+    }
     return true;
 }
 
