@@ -19,7 +19,7 @@ present and run unchanged elsewhere::
         upm.advise(weights)
 
 The library is looked up, in order: in the running process (preloaded or
-already loaded), at ``$UPM_PRELOAD_PATH``, next to this module's install
+already loaded), at ``$UPM_PRELOAD_PATH`` (or ``$UPM_PRELOAD``), next to this module's install
 location (``<libdir>/upm/libupm-preload.so``), and in the standard install
 directories.  Loading it explicitly (not preloaded) enables the C API only:
 the policy's automatic triggers run only when the library was preloaded.
@@ -69,9 +69,9 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 def _candidates() -> list[str]:
     out = []
-    env = os.environ.get("UPM_PRELOAD_PATH")
-    if env:
-        out.append(env)
+    for var in ("UPM_PRELOAD_PATH", "UPM_PRELOAD"):     # the latter is what `upm run` reads
+        if os.environ.get(var):
+            out.append(os.environ[var])
     here = Path(__file__).resolve().parent
     out.append(str(here.parent / _LIB_NAME))        # <libdir>/upm/python/upm.py -> <libdir>/upm/
     out.extend(os.path.join(d, _LIB_NAME) for d in _STANDARD_DIRS)
