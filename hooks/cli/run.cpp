@@ -6,7 +6,6 @@
 // CMD only when asked to fail closed: --fail-closed, or a policy that parses
 // and says "on_error": "closed" (an invalid one, or a valid one when the
 // preload is missing).
-#include <limits.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -18,9 +17,9 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.hpp"
+#include "upm/launch.hpp"
 #include "upm/log.hpp"
 #include "upm/policy.hpp"
-#include "upm_config.hpp"
 
 namespace upm::cli {
 
@@ -36,57 +35,6 @@ struct RunOptions {
 // operator must learn why a program runs without upm), in the logger's format.
 void say(const char* level, const std::string& message) {
     std::fprintf(stderr, "upm[%d] %s: %s\n", static_cast<int>(::getpid()), level, message.c_str());
-}
-
-bool file_exists(const std::string& path) { return !path.empty() && ::access(path.c_str(), R_OK) == 0; }
-
-std::string real_path(const std::string& path) {
-    char buf[PATH_MAX];
-    return ::realpath(path.c_str(), buf) ? std::string(buf) : path;
-}
-
-std::string exe_dir() {
-    char buf[PATH_MAX];
-    ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
-    if (n <= 0) return {};
-    std::string exe(buf, static_cast<std::size_t>(n));
-    return exe.substr(0, exe.rfind('/'));
-}
-
-// $UPM_PRELOAD, else the installed layout next to this executable, else the
-// build tree.  Returns "" (after saying why) when there is none.
-std::string find_preload() {
-    if (const char* env = std::getenv("UPM_PRELOAD"); env && *env) {
-        if (file_exists(env)) return real_path(env);
-        say("error", fmt::format("$UPM_PRELOAD names `{}`, which cannot be read: {}", env, std::strerror(errno)));
-        return {};
-    }
-    std::vector<std::string> candidates;
-    if (auto dir = exe_dir(); !dir.empty()) {
-        candidates.push_back(dir + "/../" UPM_INSTALL_LIBDIR "/upm/libupm-preload.so");
-        if (std::string_view(UPM_INSTALL_LIBDIR) != "lib")
-            candidates.push_back(dir + "/../lib/upm/libupm-preload.so");
-    }
-    candidates.emplace_back(UPM_BUILD_PRELOAD);
-    for (const auto& c : candidates)
-        if (file_exists(c)) return real_path(c);
-    std::string tried;
-    for (const auto& c : candidates) tried += (tried.empty() ? "`" : ", `") + c + "`";
-    say("error", fmt::format("libupm-preload.so not found (tried {}); set $UPM_PRELOAD to its path", tried));
-    return {};
-}
-
-// LD_PRELOAD entries are separated by ':' or ' '; append ours unless present.
-std::string add_preload(const char* existing, const std::string& preload) {
-    std::string cur = existing ? existing : "";
-    std::string_view rest = cur;
-    while (!rest.empty()) {
-        auto sep = rest.find_first_of(": ");
-        std::string entry(rest.substr(0, sep));
-        rest.remove_prefix(sep == std::string_view::npos ? rest.size() : sep + 1);
-        if (!entry.empty() && (entry == preload || real_path(entry) == preload)) return cur;
-    }
-    return cur.empty() ? preload : cur + ":" + preload;
 }
 
 [[noreturn]] void exec_command(const RunOptions& o) {
@@ -145,21 +93,26 @@ int do_run(RunOptions& o) {
         closed = closed || check.policy->on_error == FailMode::closed;
     }
 
-    std::string preload = find_preload();
-    if (preload.empty()) without_upm(o, closed, "libupm-preload.so not found");
+    auto found = find_preload();
+    if (!found) {
+        say("error", found.error().message);
+        without_upm(o, closed, "libupm-preload.so not found");
+    }
+    const std::string& preload = *found;
     if (preload.find_first_of(": ") != std::string::npos)
         without_upm(o, closed, "the preload path `" + preload + "` contains `:` or a space");
 
-    std::string ld = add_preload(std::getenv("LD_PRELOAD"), preload);
+    const char* old_ld = std::getenv("LD_PRELOAD");
+    std::string ld = append_ld_preload(old_ld ? old_ld : "", preload);
     ::setenv("LD_PRELOAD", ld.c_str(), 1);
     if (policy_path.empty())
-        ::unsetenv("UPM_POLICY");
+        ::unsetenv(kEnvPolicy);
     else
-        ::setenv("UPM_POLICY", policy_path.c_str(), 1);
-    if (!o.backend.empty()) ::setenv("UPM_BACKEND", o.backend.c_str(), 1);
-    if (!o.domain.empty()) ::setenv("UPM_DOMAIN", o.domain.c_str(), 1);
-    if (!o.log.empty()) ::setenv("UPM_LOG", o.log.c_str(), 1);
-    if (o.fail_closed) ::setenv("UPM_FAIL_CLOSED", "1", 1);  // the preload fails closed too
+        ::setenv(kEnvPolicy, policy_path.c_str(), 1);
+    if (!o.backend.empty()) ::setenv(kEnvBackend, o.backend.c_str(), 1);
+    if (!o.domain.empty()) ::setenv(kEnvDomain, o.domain.c_str(), 1);
+    if (!o.log.empty()) ::setenv(kEnvLog, o.log.c_str(), 1);
+    if (o.fail_closed) ::setenv(kEnvFailClosed, "1", 1);  // the preload fails closed too
     logger()->debug("exec `{}` with LD_PRELOAD=`{}` UPM_POLICY=`{}`", o.command[0], ld, policy_path);
     exec_command(o);
 }

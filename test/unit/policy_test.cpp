@@ -103,6 +103,7 @@ TEST_CASE("policy: default.json equals default_policy()", "[policy]") {
     // and absent keys take the same defaults
     auto minimal = parse_ok("{\"version\": 1}");
     minimal.name = "default";
+    CHECK(minimal.description.empty());  // free text is not inherited
     minimal.description = default_policy().description;
     CHECK(minimal == default_policy());
     CHECK(parse_ok("{}").classes == default_policy().classes);
@@ -234,6 +235,7 @@ TEST_CASE("policy: near-miss keys get a suggestion", "[policy]") {
     CHECK_THAT(fix_for(R"({"zzzzzz": 1})"), Catch::StartsWith("remove it; allowed keys here: `version`"));
     CHECK(fix_for(R"({"classes": ["libdta"]})") == "did you mean `libdata`?");
     CHECK(fix_for(R"({"log_level": "warning"})") == "did you mean `warn`?");
+    CHECK(fix_for(R"({"triggers": {"signal": "USR2"}})") == "did you mean `SIGUSR2`?");
 }
 
 TEST_CASE("policy: names, domains and backends", "[policy]") {

@@ -368,6 +368,11 @@ void check_triggers(Validator& val, const json& v, Triggers& t) {
                               ", or null for none");
                 continue;
             }
+            if (value.is_string() && signal_from_name("SIG" + value.get<std::string>()) != 0) {
+                val.error(item, "unknown signal `" + value.get<std::string>() + "`",
+                          "did you mean `SIG" + value.get<std::string>() + "`?");
+                continue;
+            }
             if (auto s = val.one_of(item, value, kSignals, "signal")) t.signal = signal_from_name(*s);
         }
     }
@@ -579,6 +584,7 @@ PolicyCheck parse_policy(std::string_view text, std::string_view name) {
         check.syntax_ok = true;
         Policy p = default_policy();
         p.name = std::string(name);
+        p.description.clear();  // free text: not inherited from the default
         Validator val(check.problems);
         check_root(val, doc, p, check.declared_on_error);
         if (val.errors() == 0) check.policy = std::move(p);
