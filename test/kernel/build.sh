@@ -14,6 +14,10 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# The body is one compound command, so bash parses all of it before running:
+# editing this file while it runs cannot derail a running instance.
+{
+
 usage() {
 	cat <<EOF
 usage: test/kernel/build.sh [--debug] [--force] [--clean] [--print-key] [--help]
@@ -280,3 +284,5 @@ rm -rf "$OUT"
 mv "$TMP" "$OUT"
 log "built $FLAVOUR kernel in $((T2 - T0))s (compile $((T2 - T1))s): $OUT"
 echo "$OUT/bzImage"
+exit
+}
