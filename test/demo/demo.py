@@ -3,8 +3,9 @@
 """The measuring half of demo.sh (which checks the host, switches ksmd to
 fast settings and restores them); run it through demo.sh.
 
-Two phases on the same workload, N upm-memhog processes holding the same
-M MiB (seed 1):
+For each workload (N upm-memhog processes holding the same M MiB, seed 1;
+then, if python3-numpy is installed, N python3 processes each building the
+same M MiB numpy array from a fixed seed), two phases:
 
   with upm     each started as `upm run --backend ksm -- upm-memhog ...`
   without upm  each started directly (the baseline), given as long as the
@@ -46,6 +47,7 @@ MIB = 1024 * 1024
 KSM = Path("/sys/kernel/mm/ksm")
 TICK = os.sysconf("SC_CLK_TCK")
 POLL = 0.1
+T_START = time.monotonic()
 PFN_MASK = (1 << 55) - 1
 SETTLE = 1.0
 NEVER_HASHED = {"[stack]", "[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]", "[uprobes]"}
@@ -97,14 +99,16 @@ def ksmd_cpu_s() -> float:
 class Hog:
     """One upm-memhog, started in its own session."""
 
-    def __init__(self, argv: list[str], timeout: float) -> None:
+    def __init__(self, argv: list[str]) -> None:
         self.argv = argv
         self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, start_new_session=True)
+
+    def wait_ready(self, timeout: float) -> None:
         line = self._read_line(timeout)
         m = re.match(r"ready (0x[0-9a-f]+) (\d+) pid=(\d+)", line)
         if not m:
-            raise RuntimeError(f"unexpected first line from `{' '.join(argv)}`: {line!r}")
+            raise RuntimeError(f"unexpected first line from `{' '.join(self.argv)}`: {line!r}")
         self.addr, self.length, self.pid = int(m[1], 16), int(m[2]), int(m[3])
         self.pss_ready_kib = pss_kib(self.pid)
 
@@ -215,15 +219,21 @@ def ideal_saved_pages(pids: list[int]) -> tuple[int, int]:
     return total, total - len(counter)
 
 
+def log(msg: str) -> None:
+    print(f"demo: [{time.monotonic() - T_START:5.1f} s] {msg}", file=sys.stderr)
+
+
 def run_phase(name: str, argv_of, n: int, expect_saved: int, timeout: float,
               min_wait: float, ready_timeout: float) -> dict:
-    print(f"demo: phase `{name}`: starting {n} processes", file=sys.stderr)
+    log(f"phase `{name}`: starting {n} processes")
     mem_start = meminfo_kib()
     hogs: list[Hog] = []
     try:
         t_start = time.monotonic()
-        for i in range(n):
-            hogs.append(Hog(argv_of(i), ready_timeout))
+        for i in range(n):          # all at once, like a burst of containers
+            hogs.append(Hog(argv_of(i)))
+        for h in hogs:
+            h.wait_ready(ready_timeout)
         t0 = time.monotonic()
         k0, mem_ready, cpu0 = ksm_counters(), meminfo_kib(), ksmd_cpu_s()
         series = []     # (seconds since ready, frames saved, pages_sharing change)
@@ -243,7 +253,9 @@ def run_phase(name: str, argv_of, n: int, expect_saved: int, timeout: float,
         for p in procs:
             p["saved_kib"] = p["pss_ready_kib"] - p["pss_end_kib"]
         frames = frames_saved(pids)
+        log(f"phase `{name}`: {elapsed:.1f} s observed; hashing every page for the ideal")
         hashed, ideal = ideal_saved_pages(pids)
+        log(f"phase `{name}`: stopping the processes")
         results = [h.stop() for h in hogs]
     finally:
         for h in hogs:
@@ -282,7 +294,7 @@ def run_phase(name: str, argv_of, n: int, expect_saved: int, timeout: float,
     }
 
 
-def settle_ksmd(scans: int = 2, timeout: float = 15) -> None:
+def settle_ksmd(scans: int = 1, timeout: float = 5) -> None:
     start, deadline = ksm_counters()["full_scans"], time.monotonic() + timeout
     while ksm_counters()["full_scans"] < start + scans and time.monotonic() < deadline:
         time.sleep(POLL)
@@ -292,16 +304,15 @@ def mib(kib_or_bytes: float, unit: int = 1024) -> str:
     return f"{kib_or_bytes * unit / MIB:.1f}"
 
 
-def print_tables(cfg: dict, upm: dict, base: dict) -> None:
+def print_tables(cfg: dict, wl: dict, upm: dict, base: dict) -> None:
     w = print
-    w(f"\nupm demo: {cfg['procs']} processes x {cfg['mib']} MiB of identical data "
-      f"(upm-memhog --seed 1), `upm run --backend ksm`, ksmd pages_to_scan="
-      f"{cfg['ksm']['pages_to_scan']} sleep_millisecs={cfg['ksm']['sleep_millisecs']}\n")
-    w("with upm, per process     PSS at ready   PSS merged   ksm_merging_pages   saved MiB")
+    w(f"\n== {wl['title']}: {cfg['procs']} processes x {cfg['mib']} MiB, `upm run --backend ksm`, "
+      f"ksmd pages_to_scan={cfg['ksm'].get('pages_to_scan')} sleep_millisecs={cfg['ksm'].get('sleep_millisecs')}\n")
+    w("with upm, per process       PSS at ready   PSS merged   ksm_merging_pages   saved MiB")
     for i, p in enumerate(upm["processes"], 1):
-        w(f"  memhog #{i:<2} pid {p['pid']:<8} {mib(p['pss_ready_kib']):>9} MiB"
+        w(f"  {wl['name']:<8} #{i:<2} pid {p['pid']:<8} {mib(p['pss_ready_kib']):>8} MiB"
           f" {mib(p['pss_end_kib']):>8} MiB {p['ksm_merging_pages']:>19} {mib(p['saved_kib']):>11}")
-    w(f"  total{'':17} {mib(upm['pss_ready_kib']):>9} MiB {mib(upm['pss_end_kib']):>8} MiB"
+    w(f"  total{'':20} {mib(upm['pss_ready_kib']):>8} MiB {mib(upm['pss_end_kib']):>8} MiB"
       f" {upm['ksm_merging_pages']:>19} {mib(upm['pss_ready_kib'] - upm['pss_end_kib']):>11}\n")
 
     def row(label, a, b, ratio=""):
@@ -326,11 +337,27 @@ def print_tables(cfg: dict, upm: dict, base: dict) -> None:
     t90 = lambda ph: "never" if ph["time_to_90pct_s"] is None else f"{ph['time_to_90pct_s']:.2f}"
     row("time to 90% of ideal (s, from ready)", t90(base), t90(upm))
     row("observed for (s)", f"{base['observed_s']:.1f}", f"{upm['observed_s']:.1f}")
-    gib = upm["pages_sharing_delta"] * PAGE / (1024 * MIB)
+    gib = upm["frames_saved_pages"] * PAGE / (1024 * MIB)
     row("ksmd CPU (s)", f"{base['ksmd_cpu_s']:.2f}", f"{upm['ksmd_cpu_s']:.2f}")
     row("ksmd CPU-s per GiB saved", "-", f"{upm['ksmd_cpu_s'] / gib:.2f}" if gib > 0 else "-")
-    row("data intact (memhog verification)", "yes" if base["all_intact"] else "NO",
+    row("data intact (checked by the processes)", "yes" if base["all_intact"] else "NO",
         "yes" if upm["all_intact"] else "NO")
+
+
+def workloads(a) -> list[dict]:
+    """The workloads to run: upm-memhog always, python3 + numpy if importable."""
+    out = [{"name": "memhog", "title": "upm-memhog --seed 1 (page-distinct, identical across processes)",
+            "argv": [a.memhog, "--mib", str(a.mib), "--seed", "1", "--hold-until-signal", "--checksum"]}]
+    wanted = a.workloads.split(",")
+    if "numpy" in wanted:
+        probe = subprocess.run([sys.executable, "-c", "import numpy"], capture_output=True, text=True)
+        if probe.returncode == 0:
+            out.append({"name": "numpy", "title": "python3 + numpy, a float64 array from a fixed seed",
+                        "argv": [sys.executable, str(Path(__file__).with_name("numpy_worker.py")), str(a.mib)]})
+        else:
+            print("demo: skipping the numpy workload: python3-numpy is not installed "
+                  "(packaging/install-deps.sh workloads)", file=sys.stderr)
+    return [w for w in out if w["name"] in wanted]
 
 
 def main() -> int:
@@ -340,31 +367,36 @@ def main() -> int:
     ap.add_argument("--procs", type=int, default=4)
     ap.add_argument("--mib", type=int, default=128)
     ap.add_argument("--timeout", type=float, default=30)
+    ap.add_argument("--workloads", default="memhog,numpy")
     ap.add_argument("--json", required=True)
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    hog = [a.memhog, "--mib", str(a.mib), "--seed", "1", "--hold-until-signal", "--checksum"]
     expect = (a.procs - 1) * a.mib * MIB // PAGE
     cfg = {"procs": a.procs, "mib": a.mib, "page_size": PAGE, "upm": a.upm, "memhog": a.memhog,
            "kernel": os.uname().release,
            "ksm": {k: (KSM / k).read_text().strip() for k in
                    ("pages_to_scan", "sleep_millisecs", "smart_scan", "max_page_sharing")
                    if (KSM / k).exists()}}
-    upm = run_phase("with upm", lambda i: [a.upm, "run", "--backend", "ksm", "--", *hog],
-                    a.procs, expect, a.timeout, 0, 30)
-    # ksmd releases the exited processes' KSM pages while it scans; let it,
-    # so that the baseline's pages_sharing change is its own.
-    settle_ksmd()
-    base = run_phase("without upm", lambda i: hog, a.procs, expect,
-                     max(upm["observed_s"], 3.0), max(upm["observed_s"], 3.0), 30)
-    print_tables(cfg, upm, base)
-    doc = {"config": cfg, "with_upm": upm, "without_upm": base,
-           "pss_ratio_with_over_without": (upm["pss_end_kib"] / base["pss_end_kib"]
-                                           if base["pss_end_kib"] else None)}
+    doc = {"config": cfg, "workloads": {}}
+    ok = True
+    for wl in workloads(a):
+        upm = run_phase(f"{wl['name']} with upm", lambda i: [a.upm, "run", "--backend", "ksm", "--", *wl["argv"]],
+                        a.procs, expect, a.timeout, 0, 60)
+        # ksmd releases the exited processes' KSM pages while it scans; let
+        # it, so that the next phase's pages_sharing change is its own.
+        settle_ksmd()
+        wait = max(upm["observed_s"], 3.0)
+        base = run_phase(f"{wl['name']} without upm", lambda i: wl["argv"], a.procs, expect, wait, wait, 60)
+        settle_ksmd()
+        print_tables(cfg, wl, upm, base)
+        doc["workloads"][wl["name"]] = {
+            "title": wl["title"], "argv": wl["argv"], "with_upm": upm, "without_upm": base,
+            "pss_ratio_with_over_without": (upm["pss_end_kib"] / base["pss_end_kib"]
+                                            if base["pss_end_kib"] else None)}
+        ok = ok and upm["all_intact"] and base["all_intact"]
     Path(a.json).write_text(json.dumps(doc, indent=1) + "\n")
     print(f"\njson: {a.json}")
-    ok = upm["all_intact"] and base["all_intact"]
     if not ok:
         print("demo: error: a process found its data changed", file=sys.stderr)
     return 0 if ok else 1

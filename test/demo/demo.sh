@@ -3,24 +3,27 @@
 # demo.sh -- several processes holding the same data, merged under upm.
 #
 #   test/demo/demo.sh --build DIR [--procs N] [--mib M] [--json PATH] [--timeout S]
+#                     [--workloads memhog,numpy]
 #
 # Starts N (default 4) upm-memhog processes holding the same M MiB (default
-# 128) twice: first without upm (the baseline), then each under
-# `upm run --backend ksm`, with ksmd switched to fast settings for the whole
-# run.  Prints a table of memory before and after merging (PSS per process,
-# ksm_merging_pages, saved MiB, node totals, time to 90% of the achievable
-# savings, fraction of the ideal) and writes the same as JSON (path printed
-# last).  Needs root (it switches ksmd) and a build (`make build`).
+# 128) twice: each under `upm run --backend ksm`, then without upm (the
+# baseline), with ksmd switched to fast settings for the whole run; then the
+# same with N python3 processes building the same numpy array (skipped, with
+# the reason, when python3-numpy is missing).  Prints a table of memory
+# before and after merging (PSS per process, ksm_merging_pages, saved MiB,
+# node totals, time to 90% of the achievable savings, fraction of the ideal)
+# and writes the same as JSON (path printed last).  Needs root (it switches
+# ksmd) and a build (`make build`).
 #
 # The host's KSM settings are saved first and restored on exit, Ctrl-C or
 # SIGTERM; every process the demo starts is stopped.
 set -euo pipefail
 
-usage() { sed -n '3,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '3,19p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { printf 'demo: error: %s\n' "$*" >&2; exit 1; }
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-build=build procs=4 mib=128 json="" timeout=30
+build=build procs=4 mib=128 json="" timeout=30 workloads=memhog,numpy
 while [ $# -gt 0 ]; do
 	case $1 in
 	--build) build=${2:?--build needs a directory}; shift 2 ;;
@@ -28,6 +31,7 @@ while [ $# -gt 0 ]; do
 	--mib) mib=${2:?--mib needs a number}; shift 2 ;;
 	--json) json=${2:?--json needs a path}; shift 2 ;;
 	--timeout) timeout=${2:?--timeout needs seconds}; shift 2 ;;
+	--workloads) workloads=${2:?--workloads needs a list}; shift 2 ;;
 	-h|--help) usage; exit 0 ;;
 	*) usage >&2; die "unknown argument \`$1\`" ;;
 	esac
@@ -35,6 +39,7 @@ done
 [[ $procs =~ ^[0-9]+$ && $procs -ge 2 && $procs -le 64 ]] || die "--procs wants 2..64, got \`$procs\`"
 [[ $mib =~ ^[0-9]+$ && $mib -ge 1 ]] || die "--mib wants a positive integer, got \`$mib\`"
 [[ $timeout =~ ^[0-9]+$ && $timeout -ge 1 ]] || die "--timeout wants whole seconds, got \`$timeout\`"
+[[ $workloads =~ ^(memhog|numpy)(,(memhog|numpy))*$ ]] || die "--workloads wants memhog and/or numpy, got \`$workloads\`"
 
 build=$(cd "$build" 2>/dev/null && pwd) || die "build directory \`$build\` does not exist (run \`make build\`)"
 upm=""
@@ -110,6 +115,6 @@ mkdir -p "$(dirname "$json")"
 
 # In the background, so that the traps run as soon as a signal arrives.
 $python "$here/demo.py" --upm "$upm" --memhog "$memhog" --procs "$procs" --mib "$mib" \
-	--timeout "$timeout" --json "$json" &
+	--timeout "$timeout" --workloads "$workloads" --json "$json" &
 child=$!
 wait "$child"
