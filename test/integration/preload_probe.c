@@ -16,6 +16,10 @@
  *       policy's signal).
  *   preload_probe dlopen MIB TIMEOUT_MS LIBRARY
  *       map, check "not mg", dlopen(LIBRARY), wait for "mg".
+ *   preload_probe threads MIB NTHREADS
+ *       NTHREADS threads each map MIB MiB and call upm_advise() on it and
+ *       upm_advise_all() 20 times, concurrently; every call must return 0
+ *       and every region must end up mergeable.
  *   preload_probe runpath LIBRARY
  *       dlopen(LIBRARY) (absolute path) and call its mid_load(), which
  *       dlopen()s a neighbour through its own RUNPATH; prints "leaf=N".
@@ -26,6 +30,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -150,6 +155,47 @@ static int mode_api(size_t len)
 	return 0;
 }
 
+static size_t thread_len;
+
+static void *advise_thread(void *arg)
+{
+	(void)arg;
+	char *p = map_region(thread_len);
+	for (int i = 0; i < 20; i++) {
+		int rc = upm_advise(p, thread_len);
+		int rc_all = upm_advise_all();
+		if (rc != 0 || rc_all != 0) {
+			printf("thread: upm_advise = %d, upm_advise_all = %d\n", rc, rc_all);
+			return (void *)1;
+		}
+	}
+	return mergeable(p) == 1 ? NULL : (void *)1;
+}
+
+static int mode_threads(size_t len, int n)
+{
+#ifndef LINKED
+	if (!upm_advise) {
+		printf("no upm_advise: library not loaded\n");
+		return 3;
+	}
+#endif
+	pthread_t t[64];
+	thread_len = len;
+	if (n < 1 || n > 64)
+		return 2;
+	for (int i = 0; i < n; i++)
+		pthread_create(&t[i], NULL, advise_thread, NULL);
+	int failed = 0;
+	for (int i = 0; i < n; i++) {
+		void *r;
+		pthread_join(t[i], &r);
+		failed += r != NULL;
+	}
+	printf("%s\n", failed ? "failed" : "ok");
+	return failed ? 3 : 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -170,6 +216,8 @@ int main(int argc, char **argv)
 		goto usage;
 	if (strcmp(argv[1], "api") == 0)
 		return mode_api(len);
+	if (strcmp(argv[1], "threads") == 0 && argc >= 4)
+		return mode_threads(len, atoi(argv[3]));
 	if (argc < 4)
 		goto usage;
 	long timeout = atol(argv[3]);
@@ -191,6 +239,7 @@ int main(int argc, char **argv)
 		return wait_mg(p, timeout);
 	}
 usage:
-	fprintf(stderr, "usage: preload_probe api MIB | wait MIB TIMEOUT_MS | dlopen MIB TIMEOUT_MS LIB | runpath LIB\n");
+	fprintf(stderr, "usage: preload_probe api MIB | threads MIB N | wait MIB TIMEOUT_MS | "
+			"dlopen MIB TIMEOUT_MS LIB | runpath LIB\n");
 	return 2;
 }

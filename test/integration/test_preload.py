@@ -91,8 +91,8 @@ def bins(tmp_path_factory, preload_lib: Path) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("preload-bins")
     libdir = preload_lib.parent
     b = {
-        "probe": cc(d / "probe", f"-I{UPM_H_DIR}", HERE / "preload_probe.c"),
-        "probe_linked": cc(d / "probe-linked", "-DLINKED", f"-I{UPM_H_DIR}", HERE / "preload_probe.c",
+        "probe": cc(d / "probe", "-pthread", f"-I{UPM_H_DIR}", HERE / "preload_probe.c"),
+        "probe_linked": cc(d / "probe-linked", "-pthread", "-DLINKED", f"-I{UPM_H_DIR}", HERE / "preload_probe.c",
                            f"-L{libdir}", "-l:libupm-preload.so", f"-Wl,-rpath,{libdir}"),
         "forker": cc(d / "forker", "-pthread", HERE / "preload_forker.c"),
         "startup": cc(d / "startup", HERE / "preload_startup.c"),
@@ -369,6 +369,14 @@ def test_c_api_preloaded_and_absent(preload_lib: Path, bins, tmp_path: Path):
     assert r.returncode == 3 and "library not loaded" in r.stdout
 
 
+def test_c_api_concurrent_threads(preload_lib: Path, bins, tmp_path: Path):
+    busy = policy(tmp_path, "busy", **BUSY)
+    r = run([bins["probe"], "threads", "4", "8"], preloaded(preload_lib, busy), timeout=120)
+    assert r.returncode == 0 and r.stdout == "ok\n", r.stdout + r.stderr
+    r = run([bins["probe_linked"], "threads", "4", "8"], clean_env(), timeout=120)
+    assert r.returncode == 0 and r.stdout == "ok\n", r.stdout + r.stderr
+
+
 def test_c_api_enosys_when_disabled(preload_lib: Path, bins):
     r = run([bins["probe_linked"], "api", "16"], clean_env(UPM_DISABLE="1"))
     assert r.returncode == 3 and "backend=none" in r.stdout and "= 38" in r.stdout
@@ -430,6 +438,67 @@ def test_python_helper_without_upm():
     if "True" not in r.stdout:
         pytest.skip("an installed libupm-preload.so was found in a standard path")
     assert r.returncode == 0
+
+
+NUMPY_HELPER = r"""
+import json, numpy, upm
+a = numpy.full((4096, 1024), 7, dtype=numpy.float32)          # 16 MiB, C-contiguous
+n = upm.advise(a)
+try:
+    upm.advise(a[:, ::2])                                       # not contiguous
+    strided = "accepted"
+except ValueError:
+    strided = "ValueError"
+ro = numpy.frombuffer(bytes(1 << 20), dtype=numpy.uint8)        # read-only buffer
+print(json.dumps({"advised": n, "strided": strided, "readonly": upm.advise(ro) >= 0}))
+"""
+
+
+def test_python_helper_numpy(preload_lib: Path, tmp_path: Path):
+    probe = run([PYTHON, "-c", "import numpy"], clean_env())
+    if probe.returncode != 0:
+        pytest.skip("numpy is not installed for /usr/bin/python3")
+    env = clean_env(PYTHONPATH=PYTHON_HELPER_DIR, LD_PRELOAD=preload_lib, UPM_POLICY=policy(tmp_path, "quiet"))
+    r = run([PYTHON, "-c", NUMPY_HELPER], env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["advised"] >= (16 << 20) - 4096 and out["strided"] == "ValueError" and out["readonly"]
+
+
+FORK_CHILD = r"""
+import mmap, os, sys, time
+def mg(addr):
+    cur = None
+    for line in open("/proc/self/smaps"):
+        f = line.split()
+        if len(f) >= 5 and "-" in f[0] and not f[0].endswith(":"):
+            lo, hi = (int(x, 16) for x in f[0].split("-"))
+            cur = lo <= addr < hi
+        elif f and f[0] == "VmFlags:" and cur:
+            return "mg" in f[1:]
+pid = os.fork()
+if pid == 0:
+    m = mmap.mmap(-1, 16 << 20, flags=mmap.MAP_PRIVATE)   # after the fork: only the child's worker can advise it
+    m.write(b"c" * (16 << 20))
+    import ctypes
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not mg(addr):
+        time.sleep(0.05)
+    ok = mg(addr)
+    del addr
+    os._exit(0 if ok else 1)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_fork_child_gets_its_own_worker(preload_lib: Path, tmp_path: Path):
+    """The child restarts the periodic trigger at the fork and runs it on a
+    worker of its own."""
+    pol = policy(tmp_path, "periodic", triggers={"periodic": {"interval_ms": 200, "duration_ms": 0}})
+    r = run([PYTHON, "-c", FORK_CHILD], preloaded(preload_lib, pol))
+    assert r.returncode == 0 and r.stdout == "child 0\n", r.stdout + r.stderr
 
 
 def test_signal_trigger(preload_lib: Path, bins, tmp_path: Path):
