@@ -4,7 +4,7 @@
 What the CLI reports is checked against the kernel: `upm maps --json`
 against /proc/PID/maps and the VmFlags of /proc/PID/smaps, `upm status
 --json` against /proc/PID/ksm_merging_pages and /sys/kernel/mm/ksm.  JSON
-field names are those of docs/cli.md.
+field names and exit statuses are those of docs/cli.md.
 """
 
 from __future__ import annotations
@@ -79,9 +79,15 @@ def test_version(procs, upm_bin, source_dir):
                          ids=["unknown-command", "maps-without-pid", "maps-bad-pid", "run-without-command",
                               "unknown-option"])
 def test_usage_errors(procs, upm_bin, argv):
+    """Usage errors exit 2 with a message on stderr (docs/cli.md)."""
     r = procs.run([upm_bin, *argv])
-    assert r.returncode not in (0, 127) and r.returncode > 0, f"exit {r.returncode}: {r.stdout}{r.stderr}"
+    assert r.returncode == 2, f"exit {r.returncode}: {r.stdout}{r.stderr}"
     assert r.stderr.strip(), "a usage error without a message"
+
+
+def test_unknown_command_is_named(procs, upm_bin):
+    r = procs.run([upm_bin, "frobnicate"])
+    assert "frobnicate" in r.stderr, f"the message does not name the unknown command: {r.stderr!r}"
 
 
 # --- upm run -----------------------------------------------------------------
@@ -169,7 +175,7 @@ def test_maps_policy_changes_decision(procs, upm_bin, memhog, write_policy):
 def test_maps_missing_process(procs, upm_bin):
     pid = 2 ** 22 + 12345   # above the largest pid_max
     r = procs.run([upm_bin, "maps", str(pid)])
-    assert r.returncode != 0
+    assert r.returncode == 1, f"exit {r.returncode}"
     assert str(pid) in r.stderr, r.stderr
 
 
@@ -225,5 +231,16 @@ def test_status_agrees_with_kernel(ksm_fast, procs, upm_bin, memhog):
 def test_status_missing_process(procs, upm_bin):
     pid = 2 ** 22 + 12345
     r = procs.run([upm_bin, "status", "--json", str(pid)])
-    assert r.returncode != 0, r.stdout
+    assert r.returncode == 1, f"exit {r.returncode}: {r.stdout}"
     assert str(pid) in r.stderr
+
+
+def test_status_missing_and_live_process(procs, upm_bin, memhog):
+    """A pid that cannot be read is named and makes the exit status 1; the
+    others are still shown."""
+    hog = procs.memhog([memhog, "--mib", "1", "--hold-until-signal"])
+    pid = 2 ** 22 + 12345
+    r = procs.run([upm_bin, "status", "--json", str(pid), str(hog.pid)])
+    assert r.returncode == 1, f"exit {r.returncode}"
+    assert str(pid) in r.stderr
+    assert [p["pid"] for p in json.loads(r.stdout)["processes"]] == [hog.pid]
