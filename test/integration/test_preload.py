@@ -349,6 +349,30 @@ def test_broken_policy_fails_closed(preload_lib: Path, tmp_path: Path):
     assert r.returncode == 127 and r.stdout == "" and "fail-closed" in r.stderr
 
 
+def _kernel_has_madv_upm(bins) -> bool:
+    r = run([bins["probe_linked"], "api", "1"], clean_env(UPM_BACKEND="upm"))
+    return "backend=upm" in r.stdout
+
+
+def test_missing_backend(preload_lib: Path, bins, tmp_path: Path):
+    if _kernel_has_madv_upm(bins):
+        pytest.skip("this kernel has MADV_UPM: backend `upm` is not missing")
+    # Asked for by name and missing: a warning when logging, nothing otherwise.
+    r = run(["sleep", "0.1"], preloaded(preload_lib, UPM_BACKEND="upm", UPM_LOG="warn"))
+    print(r.stderr)
+    assert r.returncode == 0 and re.search(r"upm\[\d+\] warn: no backend: .*MADV_UPM.*dedup is off", r.stderr)
+    r = run(["sleep", "0.1"], preloaded(preload_lib, UPM_BACKEND="upm"))
+    assert r.returncode == 0 and r.stderr == ""
+    # ... and fatal when failing closed.
+    pol = policy(tmp_path, "closed-upm", backend="upm", on_error="closed")
+    r = run(["echo", "hello"], preloaded(preload_lib, pol))
+    print(r.stderr)
+    assert r.returncode == 127 and r.stdout == "" and "no backend" in r.stderr and "fail-closed" in r.stderr
+    # UPM_BACKEND=none: the API says so.
+    r = run([bins["probe_linked"], "api", "1"], clean_env(UPM_BACKEND="none"))
+    assert "backend=none" in r.stdout and "= 38" in r.stdout
+
+
 # ---------------------------------------------------------------------------
 # Triggers and the APIs (the "mg" VmFlag is the kernel's record of advice)
 
