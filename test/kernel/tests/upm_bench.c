@@ -9,7 +9,9 @@
  * one.  Best possible: pages_sharing = common_pages * (NPROC - 1).
  * Methods (fresh processes and a clean KSM state each):
  *   upm              every process madvise(MADV_UPM)s its region at once,
- *                    ksmd stopped
+ *                    ksmd stopped (they contend for ksm_thread_mutex)
+ *   upm-serial       the same, one process after the other (as a node
+ *                    agent advising containers in turn would)
  *   ksmd-aggressive  MADV_MERGEABLE, ksmd pages_to_scan=10000 sleep_millisecs=0
  *   ksmd-default     MADV_MERGEABLE, ksmd pages_to_scan=100 sleep_millisecs=20
  * Measured: time until pages_sharing >= 90% of the best (polled), CPU
@@ -90,13 +92,13 @@ static pid_t start_worker(int idx, int advice, int go_fd, int rep_fd, int ready_
 	return c;
 }
 
-static void run_method(struct result *res, int upm, int pages_to_scan, int sleep_ms)
+static void run_method(struct result *res, int upm, int serial, int pages_to_scan, int sleep_ms)
 {
 	int go[2], rep[2], ready[2];
 	pid_t pids[64], kp = ksmd_pid();
 	long best = (long)(npg - npg / 10) * (nproc - 1), target = best * 9 / 10, s;
 	double t0, cpu0, adv_cpu = 0, c, tnow;
-	int done = 0;
+	int done = 0, sent = 0;
 	char b;
 
 	ksm_unmerge_all();
@@ -115,7 +117,7 @@ static void run_method(struct result *res, int upm, int pages_to_scan, int sleep
 	cpu0 = proc_cpu(kp);
 	t0 = ut_now();
 	b = 1;
-	for (int i = 0; i < nproc; i++)
+	for (; sent < (serial ? 1 : nproc); sent++) /* serial: one process after the other */
 		if (write(go[1], &b, 1) != 1)
 			ut_fail("go");
 	if (!upm) { /* wait for the (cheap) MADV_MERGEABLE calls, then start ksmd */
@@ -147,6 +149,11 @@ static void run_method(struct result *res, int upm, int pages_to_scan, int sleep
 				adv_cpu += c;
 				done++;
 				tv.tv_usec = 0;
+				if (sent < nproc) {
+					if (write(go[1], &b, 1) != 1)
+						ut_fail("go");
+					sent++;
+				}
 			}
 			if (done == nproc && res->reached)
 				break;
@@ -189,7 +196,8 @@ static void run_method(struct result *res, int upm, int pages_to_scan, int sleep
 
 int main(int argc, char **argv)
 {
-	struct result r[3] = { { .method = "upm" }, { .method = "ksmd-aggressive" }, { .method = "ksmd-default" } };
+	struct result r[4] = { { .method = "upm" }, { .method = "upm-serial" }, { .method = "ksmd-aggressive" },
+			       { .method = "ksmd-default" } };
 	const char *why = "";
 	int have_upm, ref;
 
@@ -203,22 +211,24 @@ int main(int argc, char **argv)
 	npg = (size_t)mib * MiB / PG;
 	have_upm = upm_supported(&why);
 	ksm_quiesce();
-	if (have_upm)
-		run_method(&r[0], 1, 100, 20);
-	else
-		ut_note("%s: upm row skipped", why);
-	run_method(&r[1], 0, 10000, 0);
-	run_method(&r[2], 0, 100, 20);
+	if (have_upm) {
+		run_method(&r[0], 1, 0, 100, 20);
+		run_method(&r[1], 1, 1, 100, 20);
+	} else {
+		ut_note("%s: upm rows skipped", why);
+	}
+	run_method(&r[2], 0, 0, 10000, 0);
+	run_method(&r[3], 0, 0, 100, 20);
 	ksm_set("pages_to_scan", 100);
 	ksm_set("sleep_millisecs", 20);
 	ksm_set("run", 0);
 
-	ref = have_upm ? 0 : 1;
+	ref = have_upm ? 0 : 2;
 	printf("UPM-BENCH-TABLE-BEGIN\n");
 	printf("%d processes x %d MiB, 90%% identical; ratios are to %s\n", nproc, mib, r[ref].method);
 	printf("%-16s %8s %9s %10s %12s %9s %12s\n", "method", "t90_s", "cpu_s", "saved_MiB", "cpu_s/GiB",
 	       "t90_ratio", "cpu/GiB_ratio");
-	for (int i = 0; i < 3; i++) {
+	for (int i = 0; i < 4; i++) {
 		double cpg, rcpg;
 
 		if (!r[i].ran)
@@ -235,7 +245,7 @@ int main(int argc, char **argv)
 	       nproc, mib, (long)(npg - npg / 10) * (nproc - 1), limit_s);
 	printf("  \"upm_available\": %s,\n  \"reference\": \"%s\",\n  \"results\": [", have_upm ? "true" : "false",
 	       r[ref].method);
-	for (int i = 0, first = 1; i < 3; i++) {
+	for (int i = 0, first = 1; i < 4; i++) {
 		double cpg, rcpg;
 
 		if (!r[i].ran)
