@@ -247,13 +247,11 @@ const char* backend_name(BackendKind k) {
 
 namespace {
 
-// Creates the statics the worker will use (function-local statics of the
-// core library and spdlog), so that their destructors are registered before
-// our exit handler and therefore run after it.
+// Creates the statics with destructors that the worker will use, so that
+// their destructors are registered before our exit handler and therefore
+// run after it.  (maps/classify/decide have none; default_policy() was
+// built by init; the logger only exists when logging is on.)
 void warm_up(const upm::preload::Config& c) {
-    (void)upm::decide(c.policy, upm::classify({}));
-    (void)upm::parse_maps("");
-    (void)upm::preload::page_size();
     if (c.log_on) (void)upm::logger();
 }
 
