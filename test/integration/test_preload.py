@@ -525,6 +525,21 @@ def test_fork_child_gets_its_own_worker(preload_lib: Path, tmp_path: Path):
     assert r.returncode == 0 and r.stdout == "child 0\n", r.stdout + r.stderr
 
 
+def test_everything_anonymous_uses_prctl(preload_lib: Path, policies_dir: Path):
+    """all-anonymous.json on the KSM backend: prctl(PR_SET_MEMORY_MERGE) once."""
+    script = ("import time, upm; time.sleep(0.2)\n"
+              "stat = open('/proc/self/ksm_stat').read() if __import__('os').path.exists('/proc/self/ksm_stat') else ''\n"
+              "print(upm.backend(), 'ksm_merge_any: yes' in stat)\n")
+    env = preloaded(preload_lib, policies_dir / "all-anonymous.json", PYTHONPATH=PYTHON_HELPER_DIR)
+    r = run([PYTHON, "-c", script], env)
+    assert r.returncode == 0, r.stderr
+    backend, merge_any = r.stdout.split()
+    print(r.stdout)
+    if backend != "ksm-process":
+        pytest.skip(f"backend is `{backend}` here (kernel with MADV_UPM, or without PR_SET_MEMORY_MERGE)")
+    assert merge_any == "True"
+
+
 def test_signal_trigger(preload_lib: Path, bins, tmp_path: Path):
     pol = policy(tmp_path, "sig", triggers={"signal": "SIGUSR2"})
     p = subprocess.Popen([str(bins["probe"]), "wait", "16", "5000"], env=preloaded(preload_lib, pol),
