@@ -190,6 +190,13 @@ NODE_SCRIPT = ("const c = require('crypto'); const zlib = require('zlib');"
                "setTimeout(() => console.log(JSON.stringify({h, z, a: [1, 2, 3].map(x => x * 2)})), 300);")
 
 
+# torch dlopen()s dozens of libraries that find each other through RUNPATH.
+TORCH_SCRIPT = ("import torch; torch.manual_seed(0)\n"
+                "m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),"
+                " torch.nn.Linear(8 * 62 * 62, 10))\n"
+                "print(round(float(m(torch.ones(1, 3, 64, 64)).sum()), 4))\n")
+
+
 def _commands(tmp: Path) -> dict[str, list]:
     data = tmp / "lines.txt"
     if not data.exists():
@@ -203,10 +210,12 @@ def _commands(tmp: Path) -> dict[str, list]:
     }
     if shutil.which("node"):
         cmds["node"] = ["node", "-e", NODE_SCRIPT]
+    if subprocess.run([PYTHON, "-c", "import torch"], capture_output=True).returncode == 0:
+        cmds["torch"] = [PYTHON, "-c", TORCH_SCRIPT]
     return cmds
 
 
-@pytest.mark.parametrize("which", ["python3", "node", "sort", "sha256sum", "ls", "exit-status"])
+@pytest.mark.parametrize("which", ["python3", "node", "torch", "sort", "sha256sum", "ls", "exit-status"])
 @pytest.mark.parametrize("pol", ["default", "busy"])
 def test_same_behaviour(which, pol, preload_lib: Path, tmp_path: Path):
     cmds = _commands(tmp_path)
