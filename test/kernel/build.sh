@@ -76,7 +76,6 @@ compute_key() {
 		echo "source-version $VERSION"
 		echo "debug $DEBUG"
 		echo "build.sh $(sha256sum <"$UPM_KDIR/build.sh" | cut -d' ' -f1)"
-		echo "lib.sh $(sha256sum <"$UPM_KDIR/lib.sh" | cut -d' ' -f1)"
 		local f
 		for f in "$MOD/configs/upm.config" "$MOD/configs/debug.config"; do
 			[[ -f $f ]] && echo "${f#"$UPM_REPO"/} $(sha256sum <"$f" | cut -d' ' -f1)"
@@ -125,12 +124,13 @@ PSRC="$PRISTINE/linux-source-6.1"
 
 # --- build tree ----------------------------------------------------------------
 # One persistent tree per flavour, created as a hard-link copy of the pristine
-# source (cp -al; overlay copies use --remove-destination and GNU patch writes
-# new files, so the pristine tree is never modified).  Every path the overlay
-# or the patches touch is listed in .upm-touched; the next build first puts
-# those paths back to pristine (fresh mtime, so make recompiles what depends
-# on them), then applies the current overlay and series.  Objects of
-# untouched files are kept: incremental rebuilds.  --clean starts afresh.
+# source (cp -al; files are only ever replaced, never written in place, so
+# the pristine tree is never modified).  The overlay and the patch series are
+# applied in a small staging tree that holds pristine copies of just the
+# paths they touch (plus those the previous build touched, listed in
+# .upm-touched); then each of those paths is copied into the build tree (or
+# deleted there) only if its content differs.  Unchanged files keep their
+# mtime, so make recompiles only what really changed.  --clean starts afresh.
 BUILD="$UPM_CACHE/build-$FLAVOUR"
 TOUCHED="$BUILD/.upm-touched"
 for old in "$UPM_CACHE"/build-*.old.*; do # leftovers of an interrupted --clean
@@ -143,21 +143,10 @@ if ((CLEAN)) || [[ ! -f $BUILD/.upm-tree-ok ]]; then
 		(rm -rf "$BUILD.old.$$" 9>&- &)
 	fi
 	cp -al "$PSRC" "$BUILD"
+	rm -f "$TOUCHED"
 	touch "$BUILD/.upm-tree-ok"
 else
-	n=0
-	if [[ -f $TOUCHED ]]; then
-		while IFS= read -r rel; do
-			[[ -z $rel ]] && continue
-			if [[ -f $PSRC/$rel ]]; then
-				cp --remove-destination "$PSRC/$rel" "$BUILD/$rel"
-			else
-				rm -f "$BUILD/$rel"
-			fi
-			n=$((n + 1))
-		done <"$TOUCHED"
-	fi
-	log "reusing build tree $BUILD ($n file(s) restored to pristine)"
+	log "reusing build tree $BUILD (incremental)"
 fi
 
 # Paths (relative to the tree) touched by the overlay and by the patches.
@@ -176,15 +165,30 @@ touched_paths() {
 				grep -v '^/dev/null$' | sed 's|^[^/]*/||'
 		done <"$MOD/patches/series"
 	fi
+	return 0
 }
-touched_paths | LC_ALL=C sort -u >"$TOUCHED"
+
+STAGE=$(mktemp -d "$UPM_CACHE/stage.XXXXXX")
+trap 'rm -rf "$STAGE"' EXIT
+{ [[ -f $TOUCHED ]] && cat "$TOUCHED"; touched_paths; } | LC_ALL=C sort -u >"$STAGE.paths"
+mv "$STAGE.paths" "$STAGE/.paths"
+# stage pristine copies of every involved path
+while IFS= read -r rel; do
+	[[ -z $rel || $rel == *..* ]] && continue
+	if [[ -f $PSRC/$rel ]]; then
+		mkdir -p "$STAGE/tree/$(dirname "$rel")"
+		cp "$PSRC/$rel" "$STAGE/tree/$rel"
+	fi
+done <"$STAGE/.paths"
+mkdir -p "$STAGE/tree"
 
 # --- overlay new files -------------------------------------------------------
 for d in mm include Documentation; do
 	if [[ -d $MOD/$d ]]; then
 		n=$(find "$MOD/$d" -type f | wc -l)
 		log "overlay module/$d ($n files)"
-		cp -r --remove-destination "$MOD/$d/." "$BUILD/$d/"
+		mkdir -p "$STAGE/tree/$d"
+		cp -r --remove-destination "$MOD/$d/." "$STAGE/tree/$d/"
 	fi
 done
 
@@ -196,14 +200,32 @@ if [[ -f $MOD/patches/series ]]; then
 		p="$MOD/patches/$name"
 		[[ -f $p ]] || die "module/patches/series lists '$name' but module/patches/$name does not exist"
 		log "applying patch $name"
-		if ! patch -p1 --forward --batch --no-backup-if-mismatch -s -d "$BUILD" <"$p" >&2; then
-			die "patch module/patches/$name FAILED to apply (series order: see module/patches/series); build tree: $BUILD"
+		if ! patch -p1 --forward --batch --no-backup-if-mismatch -s -d "$STAGE/tree" <"$p" >&2; then
+			die "patch module/patches/$name FAILED to apply on top of the overlay and the patches before it (order: module/patches/series)"
 		fi
 		PATCHES+=("$name")
 	done <"$MOD/patches/series"
 elif [[ -d $MOD/patches ]] && compgen -G "$MOD/patches/*.patch" >/dev/null; then
 	die "module/patches/*.patch exist but module/patches/series is missing: list the patches in order there"
 fi
+
+# --- sync the staged result into the build tree (changed files only) ---------
+changed=0
+while IFS= read -r rel; do
+	[[ -z $rel || $rel == *..* ]] && continue
+	if [[ -f $STAGE/tree/$rel ]]; then
+		if ! cmp -s "$STAGE/tree/$rel" "$BUILD/$rel"; then
+			mkdir -p "$BUILD/$(dirname "$rel")"
+			cp --remove-destination "$STAGE/tree/$rel" "$BUILD/$rel"
+			changed=$((changed + 1))
+		fi
+	elif [[ -e $BUILD/$rel ]]; then # created by an earlier overlay/patch, gone now
+		rm -f "$BUILD/$rel"
+		changed=$((changed + 1))
+	fi
+done <"$STAGE/.paths"
+touched_paths | LC_ALL=C sort -u >"$TOUCHED"
+log "$changed file(s) of the tree changed since its last build"
 
 # --- configuration -----------------------------------------------------------
 KMAKE=(make -C "$BUILD" ARCH=x86_64 KBUILD_BUILD_TIMESTAMP="upm-test" KBUILD_BUILD_USER=upm KBUILD_BUILD_HOST=upm)

@@ -6,7 +6,9 @@
 # and the dependency check that defers to packaging/install-deps.sh.
 
 UPM_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck disable=SC2034 # used by the sourcing scripts
 UPM_KDIR="$UPM_REPO/test/kernel"
+# shellcheck disable=SC2034
 UPM_CACHE="${UPM_CACHE_DIR:-/var/cache/upm}/kernel"
 UPM_SRC_PKG=linux-source-6.1
 UPM_SRC_TARBALL=/usr/src/linux-source-6.1.tar.xz
@@ -55,17 +57,19 @@ file_is_static() {
 # packaging/install-deps.sh, or fail saying exactly what to install.
 ensure_deps() {
 	local missing
-	missing=$(missing_deps "$@")
+	missing=$(missing_deps "$@" | tr '\n' ' ')
+	missing=${missing% }
 	[[ -z $missing ]] && return 0
 	local inst="$UPM_REPO/packaging/install-deps.sh"
 	if [[ -x $inst || -f $inst ]]; then
-		log "missing: $(echo $missing); running packaging/install-deps.sh kernel"
-		bash "$inst" kernel >&2 || die "packaging/install-deps.sh kernel failed; install by hand: apt-get install -y $(echo $missing)"
-		missing=$(missing_deps "$@")
+		log "missing: $missing; running packaging/install-deps.sh kernel"
+		bash "$inst" kernel >&2 || die "packaging/install-deps.sh kernel failed; install by hand: apt-get install -y $missing"
+		missing=$(missing_deps "$@" | tr '\n' ' ')
+		missing=${missing% }
 		[[ -z $missing ]] && return 0
-		die "still missing after packaging/install-deps.sh kernel: $(echo $missing) (apt-get install -y $(echo $missing))"
+		die "still missing after packaging/install-deps.sh kernel: $missing (apt-get install -y $missing)"
 	fi
-	die "missing Debian packages: $(echo $missing); packaging/install-deps.sh does not exist yet, so install them by hand: apt-get install -y $(echo $missing)"
+	die "missing Debian packages: $missing; packaging/install-deps.sh does not exist yet, so install them by hand: apt-get install -y $missing"
 }
 
 src_version() { dpkg-query -W -f='${Version}' "$UPM_SRC_PKG"; }
