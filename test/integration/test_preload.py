@@ -336,7 +336,9 @@ def test_broken_policy_fails_open(preload_lib: Path, tmp_path: Path):
 def test_syntax_error_and_missing_policy_fail_open(preload_lib: Path, tmp_path: Path):
     bad = tmp_path / "syntax.json"
     bad.write_text('{"version": 1,, }')
-    for path, what in ((bad, "line 1"), (tmp_path / "missing.json", "missing.json")):
+    fifo = tmp_path / "fifo.json"     # would block the constructor forever if opened
+    os.mkfifo(fifo)
+    for path, what in ((bad, "line 1"), (tmp_path / "missing.json", "missing.json"), (fifo, "not a regular file")):
         r = run(["echo", "hello"], preloaded(preload_lib, path))
         print(r.stderr)
         assert r.returncode == 0 and r.stdout == "hello\n"
