@@ -24,14 +24,14 @@ usage: test/kernel/run.sh [--debug] [--kernel BZIMAGE] [--stress SECONDS] [--ben
 Boot the upm test kernel under QEMU and run the in-guest tests.
 
   --debug            use the debug kernel (build.sh --debug) and boot with
-                     panic_on_warn=1
+                     panic_on_warn=1; time limits x4 (UPM_DEBUG_TIME_SCALE)
   --kernel BZIMAGE   boot this bzImage instead of building/reusing one
   --stress SECONDS   also run upm_stress for SECONDS (after the check suite)
   --bench            run only the benchmark (upm_bench); its JSON is saved
   --bench-args A:B   arguments for upm_bench, ':'-separated (e.g. 4:32 =
                      4 processes x 32 MiB)
   --timeout SECONDS  overall QEMU timeout (default: check 1100, stress
-                     SECONDS+1500, bench 2700)
+                     SECONDS+1500, bench 2700; doubled with --debug)
   --kvm              use KVM instead of TCG (faster; not the reference setup)
   TEST...            run only these tests (names from test/kernel/tests/SUITE)
 
@@ -77,6 +77,7 @@ if [[ -z $TIMEOUT ]]; then
 	stress) TIMEOUT=$((STRESS + 1500)) ;;
 	bench) TIMEOUT=2700 ;;
 	esac
+	((DEBUG)) && TIMEOUT=$((TIMEOUT * 2))
 fi
 
 # --- kernel and initramfs ------------------------------------------------------
@@ -100,7 +101,7 @@ FLAV=normal
 LOG="$LOGDIR/console-$STAMP-$FLAV-$MODE.log"
 
 APPEND="console=ttyS0 panic=-1 upm.mode=$MODE"
-((DEBUG)) && APPEND+=" panic_on_warn=1"
+((DEBUG)) && APPEND+=" panic_on_warn=1 upm.scale=${UPM_DEBUG_TIME_SCALE:-4}"
 [[ -n $STRESS ]] && APPEND+=" upm.stress=$STRESS"
 [[ -n $BENCH_ARGS ]] && APPEND+=" upm.bench=$BENCH_ARGS"
 if ((${#TESTS[@]})); then

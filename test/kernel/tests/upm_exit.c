@@ -16,10 +16,10 @@ static void wait_counters(long max_sharing, long max_shared, const char *what)
 	double t0 = ut_now();
 
 	while ((ksm_get("pages_sharing") > max_sharing || ksm_get("pages_shared") > max_shared) &&
-	       ut_now() - t0 < 10)
+	       ut_now() - t0 < 10 * ut_scale())
 		usleep(50000);
 	UT_CHECK(ksm_get("pages_sharing") <= max_sharing && ksm_get("pages_shared") <= max_shared,
-		 "%s: pages_sharing=%ld (want <= %ld) pages_shared=%ld (want <= %ld) after 10s", what,
+		 "%s: pages_sharing=%ld (want <= %ld) pages_shared=%ld (want <= %ld) after the wait", what,
 		 ksm_get("pages_sharing"), max_sharing, ksm_get("pages_shared"), max_shared);
 }
 

@@ -40,7 +40,7 @@ int main(void)
 	ut_note("after move: ksm_merging_pages=%ld", ut_merging_pages(0));
 	UT_CHECK(upm_advise(q, len) == 0, "advise at new address: %s", strerror(errno));
 	m = ut_merging_pages(0);
-	for (double t0 = ut_now(); m > (long)n && ut_now() - t0 < 5; m = ut_merging_pages(0))
+	for (double t0 = ut_now(); m > (long)n && ut_now() - t0 < 5 * ut_scale(); m = ut_merging_pages(0))
 		usleep(50000); /* allow deferred reconciliation */
 	ut_note("after re-advise at new address: ksm_merging_pages=%ld of %zu", m, n);
 	UT_CHECK(m * 100 >= (long)n * 99, "re-advise after move: ksm_merging_pages=%ld of %zu", m, n);

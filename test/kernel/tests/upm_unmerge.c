@@ -14,7 +14,7 @@ static long wait_merging(struct ut_sharer *s, long want_max)
 	double t0 = ut_now();
 	long m;
 
-	while ((m = ut_sharer_send(s, SH_MERGING)) > want_max && ut_now() - t0 < 5)
+	while ((m = ut_sharer_send(s, SH_MERGING)) > want_max && ut_now() - t0 < 5 * ut_scale())
 		usleep(20000);
 	return m;
 }
@@ -46,7 +46,7 @@ int main(void)
 	m = wait_merging(&a, 0);
 	UT_CHECK(m == 0, "A ksm_merging_pages=%ld after MADV_UNMERGEABLE, want 0", m);
 	t0 = ut_now();
-	while ((ksm_get("pages_shared") || ksm_get("pages_sharing")) && ut_now() - t0 < 5)
+	while ((ksm_get("pages_shared") || ksm_get("pages_sharing")) && ut_now() - t0 < 5 * ut_scale())
 		usleep(20000);
 	UT_CHECK(!ksm_get("pages_shared") && !ksm_get("pages_sharing"),
 		 "pages_shared=%ld pages_sharing=%ld after both unmerged, want 0", ksm_get("pages_shared"),
