@@ -57,19 +57,19 @@ constexpr std::int64_t kStartDelayMs = 10;
 
 // ---- state -----------------------------------------------------------------
 
-pthread_mutex_t g_ctl = PTHREAD_MUTEX_INITIALIZER;     // protects the four below
+pthread_mutex_t g_ctl = PTHREAD_MUTEX_INITIALIZER;     // protects the three below
 pthread_t g_worker;
 bool g_running = false;         // a worker thread exists and has not decided to end
 bool g_joinable = false;        // g_worker must be joined before starting another
-bool g_armed = false;           // arm_triggers() ran with automatic triggers
 
 sem_t g_wake;
 std::atomic<bool> g_stop{false};
 std::atomic<bool> g_pending_signal{false};
 std::atomic<bool> g_pending_dlopen{false};
-bool g_dlopen_armed = false;
-bool g_signal_armed = false;
-bool g_passive = false;         // fork child that could not take the locks: do nothing
+std::atomic<bool> g_armed{false};           // arm_triggers() ran with automatic triggers
+std::atomic<bool> g_dlopen_armed{false};
+std::atomic<bool> g_signal_armed{false};
+std::atomic<bool> g_passive{false};         // fork child that could not take the locks: do nothing
 
 // The timeline: read and written by the worker, or by others only when no
 // worker exists (constructor, fork child, after a successful quiesce).
