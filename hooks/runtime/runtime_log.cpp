@@ -1,0 +1,196 @@
+// upm-runtime's two log sinks; see runtime_log.hpp.
+#include "runtime_log.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <ctime>
+#include <spdlog/details/null_mutex.h>
+#include <spdlog/pattern_formatter.h>
+#include <spdlog/sinks/base_sink.h>
+#include <spdlog/spdlog.h>
+
+namespace upm::runtime {
+
+namespace {
+
+spdlog::level::level_enum to_spdlog(NoteLevel level) {
+    switch (level) {
+        case NoteLevel::debug: return spdlog::level::debug;
+        case NoteLevel::info: return spdlog::level::info;
+        case NoteLevel::warn: return spdlog::level::warn;
+        case NoteLevel::error: return spdlog::level::err;
+    }
+    return spdlog::level::info;
+}
+
+spdlog::level::level_enum parse_level(const std::string& level) {
+    if (level == "off") return spdlog::level::off;
+    if (level == "error") return spdlog::level::err;
+    if (level == "warn") return spdlog::level::warn;
+    if (level == "debug") return spdlog::level::debug;
+    return spdlog::level::info;
+}
+
+void write_all(int fd, const char* p, std::size_t left) {
+    while (left > 0) {
+        ssize_t n = ::write(fd, p, left);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return;
+        p += n;
+        left -= static_cast<std::size_t>(n);
+    }
+}
+
+// Short lowercase level names, as every upm program prints them.
+class LevelFlag final : public spdlog::custom_flag_formatter {
+public:
+    void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
+        static constexpr std::string_view names[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+        auto i = static_cast<std::size_t>(msg.level);
+        auto name = i < std::size(names) ? names[i] : std::string_view("log");
+        dest.append(name.data(), name.data() + name.size());
+    }
+    std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<LevelFlag>(); }
+};
+
+// A file opened on the first line written to it.
+class LazyFileSink : public spdlog::sinks::base_sink<spdlog::details::null_mutex> {
+public:
+    LazyFileSink(std::string path, int flags, mode_t mode) : path_(std::move(path)), flags_(flags), mode_(mode) {}
+    ~LazyFileSink() override {
+        if (fd_ >= 0) ::close(fd_);
+    }
+
+protected:
+    virtual void format_line(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& out) = 0;
+    virtual void before_open() {}
+
+    void sink_it_(const spdlog::details::log_msg& msg) override {
+        if (fd_ == -1) {
+            before_open();
+            fd_ = ::open(path_.c_str(), flags_, mode_);
+            if (fd_ < 0) fd_ = -2;  // do not try again
+        }
+        if (fd_ < 0) return;
+        spdlog::memory_buf_t buf;
+        format_line(msg, buf);
+        write_all(fd_, buf.data(), buf.size());
+    }
+    void flush_() override {}
+
+    std::string path_;
+
+private:
+    int flags_;
+    mode_t mode_;
+    int fd_ = -1;
+};
+
+// The node's log file: "TIME upm-runtime[PID] LEVEL: MESSAGE".
+class NodeLogSink final : public LazyFileSink {
+public:
+    explicit NodeLogSink(const std::string& path)
+        : LazyFileSink(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC, 0640) {
+        auto f = std::make_unique<spdlog::pattern_formatter>(spdlog::pattern_time_type::utc);
+        f->add_flag<LevelFlag>('*');
+        f->set_pattern("%Y-%m-%dT%H:%M:%S.%fZ %n[%P] %*: %v");
+        formatter_ = std::move(f);
+    }
+
+protected:
+    void before_open() override {
+        // /var/log/upm may not exist yet on a fresh node; create that one level.
+        auto slash = path_.rfind('/');
+        if (slash != std::string::npos && slash > 0) ::mkdir(path_.substr(0, slash).c_str(), 0750);
+    }
+    void format_line(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& out) override {
+        formatter_->clone()->format(msg, out);
+    }
+};
+
+// The real runtime's --log file, in logrus's json or text format.
+class RuntimeLogSink final : public LazyFileSink {
+public:
+    RuntimeLogSink(const std::string& path, bool json)
+        : LazyFileSink(path, O_WRONLY | O_APPEND | O_CREAT | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0644), json_(json) {}
+
+protected:
+    void format_line(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& out) override {
+        std::string level = msg.level <= spdlog::level::debug ? "debug"
+                            : msg.level == spdlog::level::info ? "info"
+                            : msg.level == spdlog::level::warn ? "warning"
+                                                               : "error";
+        std::time_t t = std::chrono::system_clock::to_time_t(msg.time);
+        std::tm tm {};
+        ::gmtime_r(&t, &tm);
+        char when[32];
+        std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        std::string text = "upm-runtime: " + std::string(msg.payload.data(), msg.payload.size());
+        std::string line;
+        if (json_)
+            line = "{\"level\":\"" + level + "\",\"msg\":" + quote(text, true) + ",\"time\":\"" + when + "\"}\n";
+        else
+            line = "time=\"" + std::string(when) + "\" level=" + level + " msg=" + quote(text, false) + "\n";
+        out.append(line.data(), line.data() + line.size());
+    }
+
+private:
+    static std::string quote(const std::string& s, bool json) {
+        static constexpr char hex[] = "0123456789abcdef";
+        std::string out = "\"";
+        for (unsigned char c : s) {
+            if (c == '"' || c == '\\') {
+                out += '\\';
+                out += static_cast<char>(c);
+            } else if (c == '\n') {
+                out += "\\n";
+            } else if (c < 0x20 || c == 0x7f) {
+                out += json ? "\\u00" : "\\x";
+                out += hex[c >> 4];
+                out += hex[c & 15];
+            } else {
+                out += static_cast<char>(c);
+            }
+        }
+        return out + "\"";
+    }
+    bool json_;
+};
+
+}  // namespace
+
+Log::Log(const NodeConfig& config, const RuntimeArgs& args) {
+    try {
+        std::vector<spdlog::sink_ptr> sinks;
+        auto lowest = spdlog::level::off;
+        if (!config.log_file.empty() && config.log_level != "off") {
+            auto sink = std::make_shared<NodeLogSink>(config.log_file);
+            sink->set_level(parse_level(config.log_level));
+            lowest = std::min(lowest, sink->level());
+            sinks.push_back(std::move(sink));
+        }
+        if (!args.log_file.empty()) {
+            auto sink = std::make_shared<RuntimeLogSink>(args.log_file, args.log_format == "json");
+            sink->set_level(args.debug ? spdlog::level::debug : spdlog::level::warn);
+            lowest = std::min(lowest, sink->level());
+            sinks.push_back(std::move(sink));
+        }
+        logger_ = std::make_shared<spdlog::logger>("upm-runtime", sinks.begin(), sinks.end());
+        logger_->set_level(lowest);
+    } catch (...) {
+        logger_.reset();  // out of memory: no logging, the container still starts
+    }
+}
+
+void Log::write(NoteLevel level, const std::string& message) {
+    if (!logger_) return;
+    try {
+        logger_->log(to_spdlog(level), std::string_view(message));
+    } catch (...) {
+    }
+}
+
+}  // namespace upm::runtime

@@ -1,0 +1,164 @@
+// OCI bundles: what upm-runtime does to a container's config.json before the
+// real runtime (runc, crun) reads it.
+//
+// An OCI hook cannot change a container's environment: the runtime has read
+// config.json before any hook runs (runtime-spec, lifecycle step 2).  So the
+// wrapper edits the bundle's config.json first and then execs the real
+// runtime with the same argv.  This header holds every step of that, as
+// library code the unit tests drive on fixture bundles:
+//
+//   parse_runtime_args()  which subcommand, which bundle, where the runtime logs
+//   read_bundle_config()  config.json, bounded, O_NOFOLLOW, relative to the bundle dir
+//   read_upm_annotations() upm.enabled / upm.policy / upm.domain
+//   edit_spec()           the injection: two read-only binds, env, hooks
+//   write_bundle_config() temporary file + fsync + renameat, mode and owner kept
+//   prepare_bundle()      all of it, with the fail-open / fail-closed rules
+//
+// The bundle and its config.json are input of whoever created them (the
+// container engine, from an image and a user's pod spec): every read is
+// bounded, nothing is read or written outside the bundle directory, and
+// annotation values never name host paths (policy names are restricted to
+// [A-Za-z0-9][A-Za-z0-9._-]{0,63}).  Unannotated bundles are never written.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "upm/nodeconfig.hpp"
+#include "upm/result.hpp"
+
+namespace upm {
+
+inline constexpr std::size_t kMaxSpecFile = 4 * 1024 * 1024;  // config.json
+inline constexpr int kMaxSpecDepth = 64;                       // JSON nesting of config.json
+
+// Where the injected files appear inside the container.  runc and crun create
+// a missing bind-mount destination (file and parent directories) in the
+// rootfs, so the image needs no /run/upm.
+inline constexpr const char* kContainerPreload = "/run/upm/libupm-preload.so";
+inline constexpr const char* kContainerPolicy = "/run/upm/policy.json";
+
+inline constexpr const char* kAnnotationEnabled = "upm.enabled";  // only "true" enables
+inline constexpr const char* kAnnotationPolicy = "upm.policy";    // policy NAME
+inline constexpr const char* kAnnotationDomain = "upm.domain";    // sharing domain
+
+// ---- the runtime's command line -------------------------------------------
+
+struct RuntimeArgs {
+    int command_index = -1;      // index (in the args given) of the subcommand; -1 = none
+    std::string command;         // "create", "run", "state", ...; "" = none (e.g. --version)
+    std::string bundle = ".";    // create/run: --bundle/-b, default the working directory
+    std::string container_id;    // create/run: the first operand after the subcommand
+    std::string log_file;        // global --log; "" = none
+    std::string log_format = "text";  // global --log-format: "text" or "json"
+    bool debug = false;          // global --debug
+    bool config_override = false;  // crun create/run --config/-f: the spec is not config.json
+};
+
+// Parses a runc/crun command line (without argv[0]) the way runc does: global
+// flags before the subcommand as `--flag value`, `--flag=value` or with a
+// single dash; value-taking globals are --log, --log-format, --log-level,
+// --root, --criu, --rootless, --cgroup-manager.  For create and run it also
+// finds --bundle/-b (`-b X`, `-bX`, `--bundle=X`, anywhere before `--`) and
+// the container id.  Never throws; unknown flags are taken as booleans.
+RuntimeArgs parse_runtime_args(const std::vector<std::string>& args);
+
+// create and run read config.json; every other command is passed through.
+bool edits_bundle(const RuntimeArgs& args);
+
+// ---- config.json ------------------------------------------------------------
+
+struct BundleConfig {
+    std::string text;            // the whole file
+    unsigned mode = 0644;        // permission bits
+    unsigned uid = 0;
+    unsigned gid = 0;
+    unsigned long long dev = 0;  // identity of the file read: the rename replaces
+    unsigned long long ino = 0;  // config.json only if it is still this file
+};
+
+// Opens the bundle directory, then config.json relative to it with
+// O_NOFOLLOW; it must be a regular file of at most kMaxSpecFile bytes.
+Result<BundleConfig> read_bundle_config(const std::string& bundle_dir);
+
+// Replaces <bundle>/config.json atomically: a new file created with O_EXCL in
+// the bundle directory, given the original's mode (and owner, when we may),
+// written, fsync'ed and renamed over config.json.  On error the temporary file
+// is removed and config.json is left as it was.
+Status write_bundle_config(const std::string& bundle_dir, std::string_view text, const BundleConfig& original);
+
+struct UpmAnnotations {
+    bool enabled = false;        // upm.enabled is exactly "true"
+    bool enabled_present = false;  // upm.enabled is there, whatever its value
+    std::string enabled_value;   // its value when it is a string
+    bool policy_present = false;
+    std::string policy;          // upm.policy, unchecked
+    bool domain_present = false;
+    std::string domain;          // upm.domain, unchecked
+};
+
+// Reads the upm.* annotations.  Fails when config.json is not a JSON object
+// (or nests deeper than kMaxSpecDepth); annotations that are not strings
+// count as absent.
+Result<UpmAnnotations> read_upm_annotations(std::string_view config_text);
+
+struct SpecEdit {
+    std::string preload_source;  // host path, bind-mounted read-only at kContainerPreload
+    std::string policy_source;   // host path, bind-mounted read-only at kContainerPolicy; "" = none
+    std::string domain;          // UPM_DOMAIN; "" = leave the environment's as it is
+    std::string hook;            // host path of upm-hook for poststart/poststop; "" = no hooks
+    int hook_timeout_s = 10;
+};
+
+// The edited config.json.  Every field upm does not touch is kept, in order;
+// the edit is idempotent (our mounts and hooks are replaced, not added twice):
+// - mounts: + {kContainerPreload, bind, ro,nosuid,nodev} (+ the policy);
+// - process.env: LD_PRELOAD gets kContainerPreload appended (each LD_PRELOAD
+//   entry; a new entry when there is none; never twice), UPM_POLICY set when
+//   a policy is mounted, UPM_DOMAIN set when a domain is given;
+// - hooks.poststart / hooks.poststop: + [hook, "poststart"|"poststop"].
+// Fails when the document has no `process` object, or a field upm edits has
+// the wrong type.
+Result<std::string> edit_spec(std::string_view config_text, const SpecEdit& edit);
+
+// LD_PRELOAD value with `entry` appended (separators ':' and ' '), unchanged
+// when it is already listed.  Unlike append_ld_preload() it never resolves
+// anything: the entries are paths inside the container.
+std::string append_preload_entry(std::string_view existing, std::string_view entry);
+
+// ---- the whole step ---------------------------------------------------------
+
+enum class NoteLevel { debug, info, warn, error };
+
+struct Note {
+    NoteLevel level;
+    std::string message;         // lowercase, no final period, no environment values
+};
+
+enum class Verdict {
+    untouched,                   // config.json not written (not annotated, or failed open)
+    edited,                      // injected
+    refused,                     // the policy fails closed: do not start the container
+};
+
+struct Preparation {
+    Verdict verdict = Verdict::untouched;
+    std::string policy;          // the policy used ("" = built-in default)
+    std::vector<Note> notes;     // what to log, in order
+};
+
+// Reads <bundle>/config.json and, when it is annotated upm.enabled=true,
+// injects the preload as the node configuration says.  Fails open: every
+// problem leaves config.json untouched and is reported in the notes, unless
+// the policy chosen is well-formed with "on_error": "closed" (then the
+// verdict is `refused`).  Never throws.
+Preparation prepare_bundle(const NodeConfig& config, const std::string& bundle_dir, std::string_view container_id);
+
+std::string_view to_string(NoteLevel level);  // "debug", "info", "warn", "error"
+
+// `value` made safe for a log line: control characters escaped, at most
+// `max` characters (annotation values and container ids are untrusted).
+std::string printable(std::string_view value, std::size_t max = 128);
+
+}  // namespace upm

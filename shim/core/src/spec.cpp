@@ -1,0 +1,567 @@
+// OCI bundles: the runtime command line, reading, editing and writing
+// config.json, and the fail-open rules of upm-runtime; see spec.hpp and
+// docs/runtime.md.
+//
+// The document is parsed as nlohmann::ordered_json so that every field upm
+// does not understand survives, in its order; only `mounts`, `process.env`
+// and `hooks` are changed.  A cheap scan bounds the nesting depth before
+// parsing, because dumping a deeply nested document recurses.  Files are
+// opened relative to the bundle directory's fd, config.json with O_NOFOLLOW
+// (a symlink there is refused, not followed); the new config.json is a
+// temporary file in the same directory renamed over the old one, and the
+// rename happens only if config.json is still the file that was read.
+#include "upm/spec.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <optional>
+
+#include "upm/launch.hpp"
+#include "upm/policy.hpp"
+
+namespace upm {
+
+using json = nlohmann::ordered_json;
+
+namespace {
+
+constexpr const char* kConfigName = "config.json";
+
+struct Fd {
+    int fd = -1;
+    explicit Fd(int f) : fd(f) {}
+    Fd(const Fd&) = delete;
+    Fd& operator=(const Fd&) = delete;
+    ~Fd() {
+        if (fd >= 0) ::close(fd);
+    }
+};
+
+template <typename Set>
+bool contains(const Set& set, std::string_view s) {
+    return std::find(std::begin(set), std::end(set), s) != std::end(set);
+}
+
+// ---- command line ----------------------------------------------------------
+
+// Global flags of runc (urfave/cli) and crun (argp) that take a value.
+constexpr std::string_view kGlobalValueFlags[] = {
+    "log", "log-format", "log-level", "root", "criu", "rootless", "cgroup-manager"};
+// Options of create/run (runc and crun) that take a value; "bundle"/"b" and
+// "config"/"f" are handled apart.
+constexpr std::string_view kCommandValueFlags[] = {"console-socket", "pid-file",
+                                                                        "preserve-fds", "pidfd-socket"};
+constexpr std::string_view kCommandLongFlags[] = {
+    "bundle", "config", "console-socket", "pid-file", "preserve-fds", "pidfd-socket", "detach", "keep",
+    "no-pivot", "no-new-keyring", "no-subreaper", "help"};
+
+bool flag_true(const std::optional<std::string>& value) {
+    return !value || *value == "true" || *value == "1" || *value == "t" || *value == "TRUE" || *value == "True";
+}
+
+// ---- JSON --------------------------------------------------------------------
+
+// Deepest nesting of objects and arrays, scanning outside strings; stops
+// counting past `limit`.
+int nesting_depth(std::string_view text, int limit) {
+    int depth = 0, deepest = 0;
+    bool in_string = false;
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        char c = text[i];
+        if (in_string) {
+            if (c == '\\') ++i;
+            else if (c == '"') in_string = false;
+            continue;
+        }
+        if (c == '"') {
+            in_string = true;
+        } else if (c == '{' || c == '[') {
+            deepest = std::max(deepest, ++depth);
+            if (deepest > limit) return deepest;
+        } else if (c == '}' || c == ']') {
+            --depth;
+        }
+    }
+    return deepest;
+}
+
+Result<json> parse_spec(std::string_view text) {
+    if (nesting_depth(text, kMaxSpecDepth) > kMaxSpecDepth)
+        return Error{EINVAL, "config.json nests deeper than " + std::to_string(kMaxSpecDepth) + " levels"};
+    try {
+        json doc = json::parse(text);
+        if (!doc.is_object()) return Error{EINVAL, "config.json is not a JSON object"};
+        return doc;
+    } catch (const json::exception& e) {
+        std::string what = e.what();
+        auto at = what.find("] ");
+        return Error{EINVAL, "config.json is not valid JSON: " + (at == std::string::npos ? what : what.substr(at + 2))};
+    }
+}
+
+bool starts_with_var(const json& entry, std::string_view name) {
+    if (!entry.is_string()) return false;
+    const auto& s = entry.get_ref<const std::string&>();
+    return s.size() > name.size() && s.compare(0, name.size(), name) == 0 && s[name.size()] == '=';
+}
+
+void set_env(json& env, std::string_view name, const std::string& value) {
+    json kept = json::array();
+    for (auto& e : env)
+        if (!starts_with_var(e, name)) kept.push_back(std::move(e));
+    kept.push_back(std::string(name) + "=" + value);
+    env = std::move(kept);
+}
+
+void drop_mounts(json& mounts, const std::array<std::string_view, 2>& destinations) {
+    json kept = json::array();
+    for (auto& m : mounts) {
+        bool ours = m.is_object() && m.contains("destination") && m["destination"].is_string() &&
+                    contains(destinations, m["destination"].get_ref<const std::string&>());
+        if (!ours) kept.push_back(std::move(m));
+    }
+    mounts = std::move(kept);
+}
+
+json bind_mount(const std::string& source, const char* destination) {
+    json m = json::object();
+    m["destination"] = destination;
+    m["type"] = "bind";
+    m["source"] = source;
+    m["options"] = json::array({"bind", "ro", "nosuid", "nodev"});
+    return m;
+}
+
+// The member `key` of `parent` as the JSON type `kind`, created when absent.
+Result<json*> member(json& parent, const char* key, json::value_t kind, const std::string& where) {
+    if (!parent.contains(key)) parent[key] = kind == json::value_t::array ? json::array() : json::object();
+    json& m = parent[key];
+    if (m.type() != kind)
+        return Error{EINVAL, "`" + where + "` in config.json is not an " +
+                                 (kind == json::value_t::array ? "array" : "object")};
+    return &m;
+}
+
+// ---- prepare_bundle ------------------------------------------------------------
+
+class Notes {
+public:
+    Notes(Preparation& p, std::string_view id) : p_(p), prefix_("container `" + printable(id) + "`: ") {}
+    void add(NoteLevel level, const std::string& message) { p_.notes.push_back({level, prefix_ + message}); }
+
+private:
+    Preparation& p_;
+    std::string prefix_;
+};
+
+std::string policy_problems(const PolicyCheck& check, const std::string& file) {
+    std::string out;
+    std::size_t shown = 0;
+    for (const auto& problem : check.problems) {
+        if (problem.warning) continue;
+        if (++shown > 5) {
+            out += "; ...";
+            break;
+        }
+        out += (out.empty() ? "" : "; ") + format_problem(file, problem);
+    }
+    return out;
+}
+
+}  // namespace
+
+// ---- command line ----------------------------------------------------------------
+
+RuntimeArgs parse_runtime_args(const std::vector<std::string>& args) {
+    RuntimeArgs r;
+    try {
+        std::size_t i = 0;
+        for (; i < args.size(); ++i) {
+            const std::string& a = args[i];
+            if (a == "--") {
+                ++i;
+                break;
+            }
+            if (a.size() < 2 || a[0] != '-') break;
+            std::string name = a.substr(a[1] == '-' ? 2 : 1);
+            std::optional<std::string> value;
+            if (auto eq = name.find('='); eq != std::string::npos) {
+                value = name.substr(eq + 1);
+                name.resize(eq);
+            }
+            if (contains(kGlobalValueFlags, name) && !value) value = i + 1 < args.size() ? args[++i] : "";
+            if (name == "log") r.log_file = *value;
+            else if (name == "log-format") r.log_format = *value;
+            else if (name == "debug") r.debug = flag_true(value);
+        }
+        if (i >= args.size()) return r;
+        r.command_index = static_cast<int>(i);
+        r.command = args[i];
+        if (!edits_bundle(r)) return r;
+        for (std::size_t j = i + 1; j < args.size(); ++j) {
+            const std::string& a = args[j];
+            if (a == "--") break;
+            if (a.size() < 2 || a[0] != '-') {
+                if (r.container_id.empty()) r.container_id = a;
+                continue;
+            }
+            std::string name = a.substr(a[1] == '-' ? 2 : 1);
+            std::optional<std::string> value;
+            if (auto eq = name.find('='); eq != std::string::npos) {
+                value = name.substr(eq + 1);
+                name.resize(eq);
+            }
+            if (a[1] != '-' && !value && !contains(kCommandLongFlags, name) && name.size() > 1 &&
+                (name[0] == 'b' || name[0] == 'f')) {
+                // argp's attached short value: -b/path/to/bundle
+                value = name.substr(1);
+                name.resize(1);
+            }
+            bool is_bundle = name == "bundle" || name == "b";
+            bool is_config = name == "config" || name == "f";
+            if ((is_bundle || is_config || contains(kCommandValueFlags, name)) && !value)
+                value = j + 1 < args.size() ? args[++j] : "";
+            if (is_bundle) r.bundle = value->empty() ? "." : *value;
+            if (is_config) r.config_override = true;
+        }
+    } catch (...) {
+        // Out of memory: whatever was parsed; the caller passes through.
+    }
+    return r;
+}
+
+bool edits_bundle(const RuntimeArgs& args) { return args.command == "create" || args.command == "run"; }
+
+// ---- config.json -----------------------------------------------------------------
+
+Result<BundleConfig> read_bundle_config(const std::string& bundle_dir) {
+    try {
+        Fd dir(::open(bundle_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+        if (dir.fd < 0) return Error::sys(errno, "open bundle `" + bundle_dir + "`");
+        Fd f(::openat(dir.fd, kConfigName, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
+        if (f.fd < 0) {
+            int e = errno;
+            if (e == ELOOP) return Error{e, "`config.json` in bundle `" + bundle_dir + "` is a symbolic link"};
+            return Error::sys(e, "open `config.json` in bundle `" + bundle_dir + "`");
+        }
+        struct stat st {};
+        if (::fstat(f.fd, &st) != 0) return Error::sys(errno, "stat `config.json`");
+        if (!S_ISREG(st.st_mode)) return Error{EINVAL, "`config.json` in bundle `" + bundle_dir + "` is not a regular file"};
+        if (static_cast<std::uint64_t>(st.st_size) > kMaxSpecFile)
+            return Error{EFBIG, "`config.json` is larger than " + std::to_string(kMaxSpecFile) + " bytes"};
+        BundleConfig out;
+        out.mode = st.st_mode & 07777;
+        out.uid = st.st_uid;
+        out.gid = st.st_gid;
+        out.dev = st.st_dev;
+        out.ino = st.st_ino;
+        out.text.resize(static_cast<std::size_t>(st.st_size) + 1);
+        std::size_t have = 0;
+        for (;;) {
+            if (have == out.text.size()) {
+                if (out.text.size() > kMaxSpecFile)
+                    return Error{EFBIG, "`config.json` is larger than " + std::to_string(kMaxSpecFile) + " bytes"};
+                out.text.resize(std::min(out.text.size() * 2, kMaxSpecFile + 1));
+            }
+            ssize_t n = ::read(f.fd, out.text.data() + have, out.text.size() - have);
+            if (n < 0) {
+                if (errno == EINTR) continue;
+                return Error::sys(errno, "read `config.json`");
+            }
+            if (n == 0) break;
+            have += static_cast<std::size_t>(n);
+        }
+        out.text.resize(have);
+        return out;
+    } catch (const std::exception& e) {
+        return Error::msg(std::string("read `config.json`: ") + e.what());
+    }
+}
+
+Status write_bundle_config(const std::string& bundle_dir, std::string_view text, const BundleConfig& original) {
+    try {
+        Fd dir(::open(bundle_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+        if (dir.fd < 0) return Error::sys(errno, "open bundle `" + bundle_dir + "`");
+        std::string tmp;
+        int fd = -1;
+        for (int attempt = 0; attempt < 16 && fd < 0; ++attempt) {
+            tmp = ".config.json.upm-" + std::to_string(::getpid()) + "-" + std::to_string(attempt);
+            fd = ::openat(dir.fd, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+            if (fd < 0 && errno != EEXIST) return Error::sys(errno, "create `" + tmp + "` in bundle `" + bundle_dir + "`");
+        }
+        if (fd < 0) return Error::sys(EEXIST, "create a temporary file in bundle `" + bundle_dir + "`");
+        Fd f(fd);
+        auto fail = [&](int e, const std::string& what) -> Status {
+            ::unlinkat(dir.fd, tmp.c_str(), 0);
+            return Error::sys(e, what);
+        };
+        if (::geteuid() == 0 && ::fchown(f.fd, original.uid, original.gid) != 0)
+            return fail(errno, "chown `" + tmp + "`");
+        if (::fchmod(f.fd, original.mode) != 0) return fail(errno, "chmod `" + tmp + "`");
+        std::size_t done = 0;
+        while (done < text.size()) {
+            ssize_t n = ::write(f.fd, text.data() + done, text.size() - done);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) return fail(n < 0 ? errno : EIO, "write `" + tmp + "`");
+            done += static_cast<std::size_t>(n);
+        }
+        if (::fsync(f.fd) != 0) return fail(errno, "fsync `" + tmp + "`");
+        // Replace config.json only if it is still the file we read.
+        struct stat st {};
+        if (::fstatat(dir.fd, kConfigName, &st, AT_SYMLINK_NOFOLLOW) != 0)
+            return fail(errno, "stat `config.json` in bundle `" + bundle_dir + "`");
+        if (st.st_dev != original.dev || st.st_ino != original.ino)
+            return fail(EAGAIN, "`config.json` in bundle `" + bundle_dir + "` was replaced while upm edited it");
+        if (::renameat(dir.fd, tmp.c_str(), dir.fd, kConfigName) != 0)
+            return fail(errno, "rename `" + tmp + "` to `config.json`");
+        ::fsync(dir.fd);  // best effort: the rename is already visible to the runtime
+        return Ok{};
+    } catch (const std::exception& e) {
+        return Error::msg(std::string("write `config.json`: ") + e.what());
+    }
+}
+
+Result<UpmAnnotations> read_upm_annotations(std::string_view config_text) {
+    auto doc = parse_spec(config_text);
+    if (!doc) return doc.error();
+    try {
+        UpmAnnotations a;
+        auto it = doc->find("annotations");
+        if (it == doc->end() || !it->is_object()) return a;
+        auto get = [&](const char* key, bool& present, std::string& value) {
+            auto v = it->find(key);
+            if (v == it->end()) return;
+            present = true;
+            if (v->is_string()) value = v->get<std::string>();
+        };
+        get(kAnnotationEnabled, a.enabled_present, a.enabled_value);
+        get(kAnnotationPolicy, a.policy_present, a.policy);
+        get(kAnnotationDomain, a.domain_present, a.domain);
+        auto v = it->find(kAnnotationEnabled);
+        a.enabled = v != it->end() && v->is_string() && a.enabled_value == "true";
+        return a;
+    } catch (const std::exception& e) {
+        return Error::msg(std::string("reading annotations: ") + e.what());
+    }
+}
+
+std::string append_preload_entry(std::string_view existing, std::string_view entry) {
+    std::string_view rest = existing;
+    while (!rest.empty()) {
+        auto sep = rest.find_first_of(": ");
+        if (rest.substr(0, sep) == entry) return std::string(existing);
+        rest.remove_prefix(sep == std::string_view::npos ? rest.size() : sep + 1);
+    }
+    auto end = existing.find_last_not_of(": ");
+    if (end == std::string_view::npos) return std::string(entry);
+    return std::string(existing.substr(0, end + 1)) + ":" + std::string(entry);
+}
+
+Result<std::string> edit_spec(std::string_view config_text, const SpecEdit& edit) {
+    auto parsed = parse_spec(config_text);
+    if (!parsed) return parsed.error();
+    try {
+        json& doc = *parsed;
+        auto process = doc.find("process");
+        if (process == doc.end() || !process->is_object())
+            return Error{EINVAL, "config.json has no `process` object"};
+
+        auto env = member(*process, "env", json::value_t::array, "process.env");
+        if (!env) return env.error();
+        bool had_preload = false;
+        for (auto& e : **env) {
+            if (!starts_with_var(e, "LD_PRELOAD")) continue;
+            had_preload = true;
+            const auto& s = e.get_ref<const std::string&>();
+            e = "LD_PRELOAD=" + append_preload_entry(std::string_view(s).substr(11), kContainerPreload);
+        }
+        if (!had_preload) (*env)->push_back(std::string("LD_PRELOAD=") + kContainerPreload);
+        if (!edit.policy_source.empty()) set_env(**env, kEnvPolicy, kContainerPolicy);
+        if (!edit.domain.empty()) set_env(**env, kEnvDomain, edit.domain);
+
+        auto mounts = member(doc, "mounts", json::value_t::array, "mounts");
+        if (!mounts) return mounts.error();
+        drop_mounts(**mounts, {std::string_view(kContainerPreload), std::string_view(kContainerPolicy)});
+        (*mounts)->push_back(bind_mount(edit.preload_source, kContainerPreload));
+        if (!edit.policy_source.empty()) (*mounts)->push_back(bind_mount(edit.policy_source, kContainerPolicy));
+
+        if (!edit.hook.empty()) {
+            auto hooks = member(doc, "hooks", json::value_t::object, "hooks");
+            if (!hooks) return hooks.error();
+            for (const char* stage : {"poststart", "poststop"}) {
+                auto list = member(**hooks, stage, json::value_t::array, std::string("hooks.") + stage);
+                if (!list) return list.error();
+                json kept = json::array();
+                for (auto& h : **list) {
+                    bool ours = h.is_object() && h.contains("path") && h["path"] == edit.hook;
+                    if (!ours) kept.push_back(std::move(h));
+                }
+                json hook = json::object();
+                hook["path"] = edit.hook;
+                hook["args"] = json::array({"upm-hook", stage});
+                hook["timeout"] = edit.hook_timeout_s;
+                kept.push_back(std::move(hook));
+                **list = std::move(kept);
+            }
+        }
+        return doc.dump();
+    } catch (const std::exception& e) {
+        return Error::msg(std::string("editing config.json: ") + e.what());
+    }
+}
+
+// ---- the whole step ----------------------------------------------------------------
+
+Preparation prepare_bundle(const NodeConfig& config, const std::string& bundle_dir, std::string_view container_id) {
+    Preparation p;
+    try {
+        Notes notes(p, container_id);
+        auto bundle = read_bundle_config(bundle_dir);
+        if (!bundle) {
+            notes.add(NoteLevel::warn, "not deduplicated: " + bundle.error().message);
+            return p;
+        }
+        auto ann = read_upm_annotations(bundle->text);
+        if (!ann) {
+            notes.add(NoteLevel::warn, "not deduplicated: " + ann.error().message);
+            return p;
+        }
+        if (!ann->enabled) {
+            if (ann->enabled_present)
+                notes.add(NoteLevel::info, "annotation `upm.enabled` is `" + printable(ann->enabled_value, 32) +
+                                               "`, not `true`: not deduplicated, config.json left as it is");
+            else
+                notes.add(NoteLevel::debug, "not annotated `upm.enabled=true`: config.json left as it is");
+            return p;
+        }
+
+        // The policy: the annotation's NAME, else the node's default.
+        std::string policy_name = config.default_policy;
+        if (ann->policy_present) {
+            if (valid_policy_name(ann->policy)) {
+                policy_name = ann->policy;
+            } else {
+                notes.add(NoteLevel::warn, "invalid policy name `" + printable(ann->policy, 80) +
+                                               "` in annotation `upm.policy` (up to 64 letters, digits, `.`, `_` "
+                                               "or `-`, starting with a letter or digit): using the default policy `" +
+                                               (policy_name.empty() ? "(built-in)" : policy_name) + "`");
+            }
+        }
+        std::string domain;
+        if (ann->domain_present) {
+            if (!ann->domain.empty() && valid_domain(ann->domain))
+                domain = ann->domain;
+            else
+                notes.add(NoteLevel::warn, "invalid domain `" + printable(ann->domain, 80) +
+                                               "` in annotation `upm.domain` (up to 64 letters, digits, `.`, `_` or "
+                                               "`-`, starting with a letter or digit): ignored");
+        }
+
+        SpecEdit edit;
+        edit.domain = domain;
+        bool closed = false;
+        if (!policy_name.empty()) {
+            auto path = resolve_node_policy(config, policy_name);
+            if (!path) {
+                notes.add(NoteLevel::error, "not deduplicated: " + path.error().message);
+                return p;
+            }
+            auto check = load_policy_file(*path);
+            closed = check.policy ? check.policy->on_error == FailMode::closed
+                                  : check.declared_on_error == FailMode::closed;
+            if (!check.policy) {
+                std::string why = "policy `" + policy_name + "` is invalid: " + policy_problems(check, *path);
+                if (closed) {
+                    notes.add(NoteLevel::error, "refused: " + why + " (the policy says `\"on_error\": \"closed\"`)");
+                    p.verdict = Verdict::refused;
+                } else {
+                    notes.add(NoteLevel::error, "not deduplicated: " + why);
+                }
+                return p;
+            }
+            edit.policy_source = *path;
+            p.policy = policy_name;
+        }
+        auto fail = [&](const std::string& why) {
+            if (closed) {
+                notes.add(NoteLevel::error, "refused: " + why + " (policy `" + policy_name +
+                                                "` says `\"on_error\": \"closed\"`)");
+                p.verdict = Verdict::refused;
+            } else {
+                notes.add(NoteLevel::error, "not deduplicated: " + why);
+            }
+            return p;
+        };
+
+        if (config.preload.empty()) return fail("libupm-preload.so not found (set `preload` in the node configuration)");
+        if (config.preload.front() != '/') return fail("preload `" + config.preload + "` is not an absolute path");
+        if (::access(config.preload.c_str(), R_OK) != 0)
+            return fail("preload `" + config.preload + "` cannot be read: " + std::strerror(errno));
+        edit.preload_source = config.preload;
+
+        if (!config.hook.empty()) {
+            struct stat st {};
+            if (::stat(config.hook.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(config.hook.c_str(), X_OK) == 0)
+                edit.hook = config.hook;
+            else
+                notes.add(NoteLevel::info, "no poststart/poststop hooks: `" + config.hook + "` is not an executable file");
+        }
+
+        auto edited = edit_spec(bundle->text, edit);
+        if (!edited) return fail(edited.error().message);
+        if (*edited != bundle->text) {
+            if (auto w = write_bundle_config(bundle_dir, *edited, *bundle); !w) return fail(w.error().message);
+        }
+        p.verdict = Verdict::edited;
+        notes.add(NoteLevel::info, std::string("injected `") + kContainerPreload + "` (from `" + edit.preload_source +
+                                       "`), policy " +
+                                       (edit.policy_source.empty() ? std::string("built-in default")
+                                                                   : "`" + policy_name + "` (`" + edit.policy_source + "`)") +
+                                       (domain.empty() ? "" : ", domain `" + domain + "`") +
+                                       (edit.hook.empty() ? ", no hooks" : ", hooks poststart and poststop"));
+    } catch (const std::exception& e) {
+        p.notes.push_back({NoteLevel::error, std::string("not deduplicated: ") + e.what()});
+    }
+    return p;
+}
+
+std::string_view to_string(NoteLevel level) {
+    switch (level) {
+        case NoteLevel::debug: return "debug";
+        case NoteLevel::info: return "info";
+        case NoteLevel::warn: return "warn";
+        case NoteLevel::error: return "error";
+    }
+    return "info";
+}
+
+std::string printable(std::string_view value, std::size_t max) {
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string out;
+    try {
+        for (unsigned char c : value) {
+            if (out.size() >= max) {
+                out += "...";
+                break;
+            }
+            if (c < 0x20 || c >= 0x7f || c == '`' || c == '\\') {
+                out += "\\x";
+                out += hex[c >> 4];
+                out += hex[c & 15];
+            } else {
+                out += static_cast<char>(c);
+            }
+        }
+    } catch (...) {
+    }
+    return out;
+}
+
+}  // namespace upm
