@@ -298,8 +298,8 @@ def _ksm_fixture(settings: dict[str, str]):
     if reason:
         print(f"skip: host KSM unavailable: {reason}")
         pytest.skip(f"host KSM unavailable: {reason}")
-    _KSM.apply(settings)
     try:
+        _KSM.apply(settings)
         yield ksm_counters
     finally:
         errors = _KSM.restore()
