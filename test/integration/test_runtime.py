@@ -1,0 +1,359 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""upm-runtime with the real runc and crun of this machine.
+
+Every test builds OCI bundles in tmp_path: a rootfs with the host's /usr
+bind-mounted read-only (bin, sbin, lib, lib64 are links into it, as on the
+host), so glibc programs run inside, plus a copy of upm-memhog in /opt.  The
+containers are started through build/bin/upm-runtime with a node
+configuration in tmp_path ($UPM_CONFIG), a state directory of their own
+(--root in tmp_path) and unique ids, and are deleted on teardown whatever
+happened.  The oracles are the container's own view (/proc/self/maps, its
+environment, the files at /run/upm), config.json's bytes, both logs (ours
+and the runtime's --log), and for merging the kernel's KSM counters of the
+container processes read from the host.
+
+crun refuses hosts where cgroup v1 and a cgroup v2 hierarchy with
+controllers are mounted side by side ("hybrid"), which is how this machine
+is set up; crun is then run in a private mount namespace in which
+/sys/fs/cgroup/unified is unmounted, so that it sees plain cgroup v1 (the
+host's mounts are not changed).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import Memhog, assert_not_merged, describe, wait_full_scans, wait_merged
+
+RUNTIMES = {"runc": Path("/usr/bin/runc"), "crun": Path("/usr/bin/crun")}
+PRELOAD_IN_CONTAINER = "/run/upm/libupm-preload.so"
+POLICY_IN_CONTAINER = "/run/upm/policy.json"
+_IDS = itertools.count()
+
+
+def _hybrid_cgroups() -> bool:
+    unified = Path("/sys/fs/cgroup/unified/cgroup.controllers")
+    try:
+        return bool(unified.read_text().split()) and os.path.ismount("/sys/fs/cgroup/unified")
+    except OSError:
+        return False
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def runtime_bin(build_dir: Path) -> Path:
+    p = build_dir / "bin" / "upm-runtime"
+    if not (p.is_file() and os.access(p, os.X_OK)):
+        pytest.fail(f"upm-runtime is not built: `{p}` (build with `make build`)", pytrace=False)
+    return p
+
+
+@pytest.fixture(scope="session")
+def base_spec(tmp_path_factory) -> dict:
+    """`runc spec` output, for the bundles to start from."""
+    if os.geteuid() != 0:
+        pytest.skip("containers need root")
+    if not RUNTIMES["runc"].exists():
+        pytest.skip("runc is not installed (/usr/bin/runc)")
+    d = tmp_path_factory.mktemp("spec")
+    subprocess.run([RUNTIMES["runc"], "spec", "--bundle", d], check=True)
+    return json.loads((d / "config.json").read_text())
+
+
+class Node:
+    """A runtime (runc or crun) behind upm-runtime, with its node configuration,
+    state directory and logs in tmp_path; deletes its containers on teardown."""
+
+    def __init__(self, name: str, tmp: Path, runtime_bin: Path, preload: Path, policies_dir: Path,
+                 memhog: Path, base_spec: dict, procs) -> None:
+        self.name = name
+        self.real = RUNTIMES[name]
+        if not self.real.exists():
+            pytest.skip(f"{name} is not installed ({self.real})")
+        self.tmp = tmp
+        self.wrapper = runtime_bin
+        self.memhog = memhog
+        self.base_spec = base_spec
+        self.procs = procs
+        self.root = tmp / f"state-{name}"
+        self.log = tmp / "upm.log"              # our log
+        self.runtime_log = tmp / "runtime.json"  # the runtime's --log, json
+        self.policy_dir = tmp / "policies"
+        self.policy_dir.mkdir(exist_ok=True)
+        for p in policies_dir.glob("*.json"):
+            shutil.copy(p, self.policy_dir / p.name)
+        self.hook_log = tmp / "hook.log"
+        self.hook = tmp / "upm-hook"
+        self.hook.write_text(f"#!/bin/sh\ncat >/dev/null\necho \"$1\" >> {self.hook_log}\nexit 0\n")
+        self.hook.chmod(0o755)
+        self.settings = {"runtime": str(self.real), "preload": str(preload),
+                         "policy_dir": str(self.policy_dir), "hook": str(self.hook),
+                         "log_file": str(self.log), "log_level": "debug"}
+        self.write_config()
+        self.ids: list[str] = []
+        self.prefix: list[str] = []
+        if name == "crun" and _hybrid_cgroups():
+            self.prefix = ["unshare", "-m", "sh", "-c",
+                           'umount -l /sys/fs/cgroup/unified 2>/dev/null; exec "$0" "$@"']
+
+    def write_config(self, **overrides) -> None:
+        self.settings.update(overrides)
+        self.config = self.tmp / "node-config.json"
+        self.config.write_text(json.dumps(self.settings, indent=2))
+
+    def env(self) -> dict[str, str]:
+        return {"UPM_CONFIG": str(self.config)}
+
+    # -- bundles ------------------------------------------------------------------
+
+    def bundle(self, args: list[str], annotations: dict[str, str] | None = None,
+               env: list[str] | None = None) -> Path:
+        n = next(_IDS)
+        b = self.tmp / f"bundle{n}"
+        rootfs = b / "rootfs"
+        for d in ("usr", "proc", "dev", "sys", "tmp", "etc", "opt"):
+            (rootfs / d).mkdir(parents=True)
+        for link, target in (("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")):
+            (rootfs / link).symlink_to(target)
+        shutil.copy2(self.memhog, rootfs / "opt" / "upm-memhog")
+        spec = copy.deepcopy(self.base_spec)
+        spec["process"]["terminal"] = False
+        spec["process"]["args"] = args
+        spec["process"]["env"] += env or []
+        spec["mounts"].append({"destination": "/usr", "type": "bind", "source": "/usr",
+                               "options": ["rbind", "ro", "nosuid"]})
+        spec["hostname"] = f"upm-test-{n}"
+        if annotations is not None:
+            spec["annotations"] = annotations
+        (b / "config.json").write_text(json.dumps(spec, indent="\t") + "\n")
+        return b
+
+    def new_id(self) -> str:
+        cid = f"upm-test-{os.getpid()}-{next(_IDS)}"
+        self.ids.append(cid)
+        return cid
+
+    # -- running ------------------------------------------------------------------
+
+    def argv(self, *args, wrapper: bool = True) -> list:
+        exe = self.wrapper if wrapper else self.real
+        return [*self.prefix, exe, "--root", self.root, "--log", self.runtime_log, "--log-format", "json", *args]
+
+    def run(self, bundle: Path, timeout: float = 60) -> tuple[subprocess.CompletedProcess, str]:
+        """`upm-runtime run --bundle B ID` in the foreground: the container's output."""
+        cid = self.new_id()
+        r = self.procs.run(self.argv("run", "--bundle", bundle, cid), timeout=timeout, env=self.env())
+        return r, cid
+
+    def start_memhog(self, bundle: Path) -> Memhog:
+        """Starts a container whose process is upm-memhog; waits for its ready line."""
+        cid = self.new_id()
+        h = self.procs.memhog(self.argv("run", "--bundle", bundle, cid), env=self.env())
+        state = self.procs.run(self.argv("state", cid), env=self.env())
+        assert state.returncode == 0, state.stderr
+        h.pid = json.loads(state.stdout)["pid"]     # the host's pid of the container's init (memhog)
+        return h
+
+    def our_log(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def runtime_log_entries(self) -> list[dict]:
+        if not self.runtime_log.exists():
+            return []
+        return [json.loads(line) for line in self.runtime_log.read_text().splitlines() if line.strip()]
+
+    def cleanup(self) -> None:
+        for cid in self.ids:
+            subprocess.run([*self.prefix, self.real, "--root", self.root, "delete", "-f", cid],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+
+
+@pytest.fixture(params=["runc", "crun"])
+def node(request, tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs):
+    n = Node(request.param, tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs)
+    try:
+        yield n
+    finally:
+        procs.cleanup()
+        n.cleanup()
+
+
+@pytest.fixture
+def runc_node(tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs):
+    n = Node("runc", tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs)
+    try:
+        yield n
+    finally:
+        procs.cleanup()
+        n.cleanup()
+
+
+PROBE = ["/bin/sh", "-c",
+         f"grep -c {PRELOAD_IN_CONTAINER} /proc/self/maps; env | sort; "
+         f"echo policy:; cat {POLICY_IN_CONTAINER} 2>/dev/null; echo :policy; "
+         f"echo x 2>/dev/null > {POLICY_IN_CONTAINER} && echo policy-writable || echo policy-read-only"]
+
+
+def probe_output(r: subprocess.CompletedProcess) -> tuple[int, dict[str, str], str, str]:
+    """(preload mappings of the probe's grep, env, policy text, writability) from PROBE's output."""
+    assert r.returncode in (0, 1), f"exit {r.returncode}; stdout {r.stdout!r}; stderr {r.stderr!r}"
+    lines = r.stdout.splitlines()
+    maps = int(lines[0])
+    env = dict(line.split("=", 1) for line in lines[1:lines.index("policy:")] if "=" in line)
+    policy = "\n".join(lines[lines.index("policy:") + 1:lines.index(":policy")])
+    return maps, env, policy, lines[-1]
+
+
+# ---------------------------------------------------------------------------
+
+
+def test_annotated_container_has_the_preload(node):
+    """upm.enabled=true: the preload is mapped in the container's processes,
+    LD_PRELOAD/UPM_POLICY/UPM_DOMAIN are set, the policy is mounted read-only,
+    the hooks ran, and our log says what was injected."""
+    b = node.bundle(PROBE, {"upm.enabled": "true", "upm.policy": "python-ml", "upm.domain": "tenant-a"})
+    r, cid = node.run(b)
+    maps, env, policy, writable = probe_output(r)
+    assert maps >= 1, f"the preload is not mapped: {r.stdout}"
+    assert env.get("LD_PRELOAD") == PRELOAD_IN_CONTAINER
+    assert env.get("UPM_POLICY") == POLICY_IN_CONTAINER
+    assert env.get("UPM_DOMAIN") == "tenant-a"
+    assert policy.strip() == (node.policy_dir / "python-ml.json").read_text().strip()
+    assert writable == "policy-read-only"
+    log = node.our_log()
+    assert f"container `{cid}`: injected `{PRELOAD_IN_CONTAINER}`" in log, log
+    assert "policy `python-ml`" in log and "domain `tenant-a`" in log
+    assert node.hook_log.read_text().split() == ["poststart", "poststop"]
+    # nothing upm-related reached the runtime's log: it carries only problems
+    assert not [e for e in node.runtime_log_entries() if "upm-runtime" in e.get("msg", "")]
+
+
+def test_unannotated_bundle_is_byte_identical(node):
+    """Without upm.enabled=true config.json is neither changed nor rewritten,
+    and no preload is mapped; `upm.enabled=True` does not enable either."""
+    for annotations in (None, {"other": "x"}, {"upm.enabled": "True", "upm.policy": "python-ml"}):
+        b = node.bundle(PROBE, annotations)
+        cfg = b / "config.json"
+        digest, st = sha256(cfg), cfg.stat()
+        r, _ = node.run(b)
+        maps, env, policy, _ = probe_output(r)
+        assert maps == 0
+        assert "LD_PRELOAD" not in env and "UPM_POLICY" not in env
+        assert policy == ""
+        assert sha256(cfg) == digest
+        after = cfg.stat()
+        assert (after.st_ino, after.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
+        assert sorted(p.name for p in b.iterdir()) == ["config.json", "rootfs"]
+    assert node.hook_log.exists() is False
+
+
+def test_existing_ld_preload_is_kept(runc_node):
+    """An LD_PRELOAD of the image stays first; ours is appended once."""
+    lib = next(p for p in (Path("/usr/lib/x86_64-linux-gnu/libdl.so.2"), Path("/usr/lib/aarch64-linux-gnu/libdl.so.2"))
+               if p.exists())
+    b = runc_node.bundle(PROBE + [], {"upm.enabled": "true"}, env=[f"LD_PRELOAD={lib}"])
+    r, _ = runc_node.run(b)
+    maps, env, _, _ = probe_output(r)
+    assert env["LD_PRELOAD"] == f"{lib}:{PRELOAD_IN_CONTAINER}"
+    assert maps >= 1
+    # a second create of the same bundle does not add it twice
+    spec = json.loads((b / "config.json").read_text())
+    r2, _ = runc_node.run(b)
+    assert probe_output(r2)[1]["LD_PRELOAD"] == f"{lib}:{PRELOAD_IN_CONTAINER}"
+    assert json.loads((b / "config.json").read_text()) == spec
+
+
+def test_invalid_policy_name_uses_default(runc_node):
+    """A policy name outside the safe set is never used as a path: the default
+    policy is mounted and the log says why."""
+    b = runc_node.bundle(PROBE, {"upm.enabled": "true", "upm.policy": "../../etc/passwd"})
+    r, cid = runc_node.run(b)
+    maps, env, policy, _ = probe_output(r)
+    assert maps >= 1
+    assert policy.strip() == (runc_node.policy_dir / "default.json").read_text().strip()
+    msg = "invalid policy name `../../etc/passwd` in annotation `upm.policy`"
+    assert msg in runc_node.our_log()
+    warnings = [e for e in runc_node.runtime_log_entries() if msg in e["msg"]]
+    assert warnings and warnings[0]["level"] == "warning"
+    assert set(warnings[0]) == {"level", "msg", "time"}
+
+
+@pytest.mark.parametrize("case", ["broken-policy", "missing-policy", "missing-preload"])
+def test_fail_open(runc_node, case):
+    """A broken or missing policy or a missing preload: the container starts
+    unchanged and both logs say why."""
+    annotations = {"upm.enabled": "true"}
+    if case == "broken-policy":
+        (runc_node.policy_dir / "broken.json").write_text('{"classes": ["hep"]}')
+        annotations["upm.policy"] = "broken"
+        why = "not deduplicated: policy `broken` is invalid"
+    elif case == "missing-policy":
+        annotations["upm.policy"] = "no-such-policy"
+        why = "not deduplicated: no policy named `no-such-policy`"
+    else:
+        runc_node.write_config(preload="/nonexistent/libupm-preload.so")
+        why = "not deduplicated: preload `/nonexistent/libupm-preload.so` cannot be read"
+    b = runc_node.bundle(PROBE, annotations)
+    digest = sha256(b / "config.json")
+    r, cid = runc_node.run(b)
+    maps, env, _, _ = probe_output(r)
+    assert maps == 0 and "LD_PRELOAD" not in env
+    assert sha256(b / "config.json") == digest
+    assert f"container `{cid}`: {why}" in runc_node.our_log()
+    errors = [e for e in runc_node.runtime_log_entries() if why in e["msg"]]
+    assert errors and errors[0]["level"] == "error", runc_node.runtime_log_entries()
+    assert errors[0]["msg"].startswith("upm-runtime: container")
+
+
+def test_fail_closed_refuses(runc_node):
+    """A valid policy with on_error=closed and no preload: upm-runtime refuses,
+    no container is created, and the runtime log carries the error."""
+    (runc_node.policy_dir / "strict.json").write_text('{"on_error": "closed"}')
+    runc_node.write_config(preload="/nonexistent/libupm-preload.so")
+    b = runc_node.bundle(PROBE, {"upm.enabled": "true", "upm.policy": "strict"})
+    r, cid = runc_node.run(b)
+    assert r.returncode == 1
+    assert "upm-runtime: error: container" in r.stderr and "refused" in r.stderr
+    errors = [e for e in runc_node.runtime_log_entries() if e["level"] == "error"]
+    assert errors and "refused: preload" in errors[-1]["msg"]
+    state = runc_node.procs.run(runc_node.argv("state", cid), env=runc_node.env())
+    assert state.returncode != 0
+
+
+def test_pass_through(node):
+    """Commands other than create/run, --version and --help are the real runtime's."""
+    for args in (["--version"], ["--help"], ["list"], ["state", "no-such-container"]):
+        ours = node.procs.run(node.argv(*args), env=node.env())
+        theirs = node.procs.run(node.argv(*args, wrapper=False), env=node.env())
+        assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout), args
+    own = node.procs.run([node.wrapper, "--upm-version"], env=node.env())
+    assert own.returncode == 0 and f"real runtime: {node.real}" in own.stdout
+
+
+def test_two_annotated_containers_merge(node, ksm_fast, report):
+    """The issue's Done criterion: two annotated containers holding the same
+    64 MiB get it merged by the host's KSM; a third, unannotated container with
+    the same data is not merged."""
+    memhog = ["/opt/upm-memhog", "--mib", "64", "--seed", "4", "--hold-until-signal"]
+    hogs = [node.start_memhog(node.bundle(memhog, {"upm.enabled": "true"})) for _ in range(2)]
+    plain = node.start_memhog(node.bundle(memhog))
+    took = wait_merged(hogs, timeout=30)
+    report(f"{node.name}: 2 annotated containers x 64 MiB, 95% merged {took:.2f} s after ready")
+    print(describe(hogs + [plain]))
+    for h in hogs:
+        assert h.region().mergeable
+    wait_full_scans(2)
+    assert not plain.region().mergeable
+    assert_not_merged(plain)
