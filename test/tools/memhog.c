@@ -38,6 +38,9 @@
  *   checksum HEX16 pages=N bad=K        (on SIGUSR1, and at exit with --checksum)
  *
  * Exit status: 0 on success, 1 on usage or system errors, 2 on corruption.
+ * The death of the parent ends the hold like SIGTERM (PR_SET_PDEATHSIG), so
+ * that a test runner killed with SIGKILL leaves no memory behind; pass
+ * --orphan-ok to keep running.
  *
  * Plain C11 + POSIX, no dependencies, so that it links statically (the
  * upm-memhog-static target) for use inside containers.  Signals are blocked
@@ -55,6 +58,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -80,6 +84,7 @@ enum pattern { PATTERN_DISTINCT, PATTERN_SAME, PATTERN_ZERO };
  * @checksum: print the checksum at exit
  * @readonly: mprotect the region read-only after filling it
  * @exec: map the region read-write-executable (like a JIT code cache)
+ * @orphan_ok: keep running when the parent dies (default: SIGTERM then)
  * @ready_file: where to write the ready line, or NULL
  */
 struct options {
@@ -94,6 +99,7 @@ struct options {
 	bool checksum;
 	bool readonly;
 	bool exec;
+	bool orphan_ok;
 	const char *ready_file;
 };
 
@@ -137,7 +143,7 @@ static void usage(FILE *out)
 		"usage: %s --mib N [--seed S] [--unique-per-process] [--malloc|--mmap]\n"
 		"       [--pattern distinct|same|zero] [--hold SECONDS|--hold-until-signal]\n"
 		"       [--write-after SECONDS [--write-stride K]] [--readonly|--exec] [--checksum]\n"
-		"       [--ready-file PATH]\n"
+		"       [--ready-file PATH] [--orphan-ok]\n"
 		"\n"
 		"Allocates N MiB whose pages have content derived from (seed, page index),\n"
 		"prints \"ready 0xADDR LEN ...\", holds, optionally rewrites every K-th page\n"
@@ -145,7 +151,8 @@ static void usage(FILE *out)
 		"at exit (--checksum).  --readonly makes the region read-only once filled;\n"
 		"--exec maps it read-write-executable from the start (either way an\n"
 		"anonymous mapping that is not a heap).  SIGTERM/SIGINT/SIGHUP end the\n"
-		"hold.  Exit status 2 means a page did not hold the content it should.\n",
+		"hold, and so does the death of the parent unless --orphan-ok is given.\n"
+		"Exit status 2 means a page did not hold the content it should.\n",
 		prog);
 }
 
@@ -235,6 +242,8 @@ static void parse_options(int argc, char **argv, struct options *o)
 			o->readonly = true;
 		} else if (!strcmp(a, "--exec")) {
 			o->exec = true;
+		} else if (!strcmp(a, "--orphan-ok")) {
+			o->orphan_ok = true;
 		} else if (!strcmp(a, "--checksum")) {
 			o->checksum = true;
 		} else if (!strcmp(a, "--ready-file")) {
@@ -453,6 +462,16 @@ int main(int argc, char **argv)
 	sigaddset(&set, SIGHUP);
 	if (sigprocmask(SIG_BLOCK, &set, NULL) != 0)
 		die(1, "sigprocmask: %s", strerror(errno));
+	if (!o.orphan_ok) {
+		/* A test runner killed with SIGKILL must not leave us holding
+		 * memory: its death ends the hold like SIGTERM. */
+		pid_t parent = getppid();
+
+		if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0)
+			die(1, "prctl(PR_SET_PDEATHSIG): %s", strerror(errno));
+		if (getppid() != parent)
+			die(1, "the parent exited before we started");
+	}
 
 	allocate(&r, &o);
 	announce_ready(&r, &o);
