@@ -130,6 +130,34 @@ static void upm_account(const struct upm_result *res)
 	atomic_long_add(res->reconciled, &upm_stats.reconciled);
 }
 
+/*
+ * Merge, charging the memory of the index (rmap_items, __GFP_ACCOUNT) to
+ * the memcg of the mm whose pages are indexed: the caller's own for
+ * madvise(), the target's for process_madvise() by an agent.
+ */
+static int upm_merge_charged(struct mm_struct *mm, unsigned long start,
+			     unsigned long end, struct upm_result *res)
+{
+	u64 domain = upm_domain_of(mm);
+#ifdef CONFIG_MEMCG
+	struct mem_cgroup *memcg = NULL, *old_memcg = NULL;
+	int err;
+
+	if (mm != current->mm) {
+		memcg = get_mem_cgroup_from_mm(mm);
+		old_memcg = set_active_memcg(memcg);
+	}
+	err = ksm_upm_merge_range(mm, start, end, domain, res);
+	if (memcg) {
+		set_active_memcg(old_memcg);
+		mem_cgroup_put(memcg);
+	}
+	return err;
+#else
+	return ksm_upm_merge_range(mm, start, end, domain, res);
+#endif
+}
+
 /**
  * upm_madvise - MADV_UPM on [@start, @end) of @mm
  * @mm: the mm to advise, pinned by the caller (current->mm, or the mm of a
@@ -159,7 +187,7 @@ int upm_madvise(struct mm_struct *mm, unsigned long start, unsigned long end)
 	if (err && err != -ENOMEM)
 		goto out;
 
-	ret = ksm_upm_merge_range(mm, start, end, upm_domain_of(mm), &res);
+	ret = upm_merge_charged(mm, start, end, &res);
 	if (ret)
 		err = ret;
 	upm_account(&res);

@@ -6,7 +6,7 @@
  * pages merged when its madvise() returns.  Then COW writes, checksums,
  * MADV_UNMERGEABLE, exit reaping, process_madvise and domains are checked.
  *
- * Build: gcc -static -O2 -o upm_smoke upm_smoke.c
+ * Build: gcc -static -O2 -o upm_smoke THIS_FILE
  * Usage: upm_smoke [MiB]
  * Exit: 0 pass, 1 fail, 77 skip (no MADV_UPM).
  */
@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
+#include <linux/types.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,21 +77,16 @@ static long self_merging(void)
 	return read_long("/proc/self/ksm_merging_pages");
 }
 
-static long ksm(const char *name)
+static long sysfs_mm(const char *dir, const char *name)
 {
 	char p[128];
 
-	snprintf(p, sizeof(p), "/sys/kernel/mm/ksm/%s", name);
+	snprintf(p, sizeof(p), "/sys/kernel/mm/%s/%s", dir, name);
 	return read_long(p);
 }
 
-static long upm(const char *name)
-{
-	char p[128];
-
-	snprintf(p, sizeof(p), "/sys/kernel/mm/upm/%s", name);
-	return read_long(p);
-}
+#define ksm(name) sysfs_mm("ksm", name)
+#define upm(name) sysfs_mm("upm", name)
 
 static double now(void)
 {
@@ -100,15 +96,17 @@ static double now(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* page i holds words derived from (seed, i): identical across processes
- * with the same seed, distinct across pages */
+/*
+ * Page i holds words derived from (seed, i): identical across processes
+ * with the same seed, distinct across pages.
+ */
 static void fill(char *buf, size_t npages, unsigned int seed)
 {
 	for (size_t i = 0; i < npages; i++) {
-		uint64_t *w = (uint64_t *)(buf + i * pagesz);
+		__u64 *w = (__u64 *)(buf + i * pagesz);
 
 		for (size_t j = 0; j < pagesz / 8; j++)
-			w[j] = ((uint64_t)seed << 48) ^ (i << 20) ^ j ^
+			w[j] = ((__u64)seed << 48) ^ (i << 20) ^ j ^
 			       0x9e3779b97f4a7c15ULL * (j + 1);
 	}
 }
@@ -119,12 +117,12 @@ static int verify(char *buf, size_t npages, unsigned int seed,
 	int bad = 0;
 
 	for (size_t i = 0; i < npages; i++) {
-		uint64_t *w = (uint64_t *)(buf + i * pagesz);
+		__u64 *w = (__u64 *)(buf + i * pagesz);
 
 		if (i >= skip_from && i < skip_to)
 			continue;
 		for (size_t j = 0; j < pagesz / 8; j++)
-			if (w[j] != (((uint64_t)seed << 48) ^ (i << 20) ^ j ^
+			if (w[j] != (((__u64)seed << 48) ^ (i << 20) ^ j ^
 				     0x9e3779b97f4a7c15ULL * (j + 1))) {
 				bad++;
 				break;
@@ -189,7 +187,7 @@ static pid_t holder(size_t npages, unsigned int seed, int advice,
 	if (read(up[0], &c, 1) != 1 || c != 'K' ||
 	    read(up[0], &holder_addr, sizeof(holder_addr)) !=
 	    sizeof(holder_addr)) {
-		printf("holder failed to advise\n");
+		printf("advise in child failed\n");
 		failures++;
 	}
 	close(up[0]);
@@ -327,11 +325,14 @@ int main(int argc, char **argv)
 	test_three_way(npages / 4);
 	test_remote(npages / 4);
 
-	printf("upm: calls %ld examined %ld merged_existing %ld pairs %ld candidates %ld stale %ld failed %ld reconciled %ld time_ns %ld index_bytes %ld\n",
+	printf("upm: calls %ld examined %ld merged_existing %ld pairs %ld ",
 	       upm("calls"), upm("pages_examined"),
-	       upm("pages_merged_existing"), upm("pairs_merged"),
+	       upm("pages_merged_existing"), upm("pairs_merged"));
+	printf("candidates %ld stale %ld failed %ld reconciled %ld ",
 	       upm("candidates"), upm("stale_dropped"), upm("merge_failed"),
-	       upm("reconciled"), upm("time_ns"), upm("index_bytes"));
+	       upm("reconciled"));
+	printf("time_ns %ld index_bytes %ld\n", upm("time_ns"),
+	       upm("index_bytes"));
 	printf("%s (%d failures)\n", failures ? "FAIL" : "PASS", failures);
 	return failures ? 1 : 0;
 }

@@ -6,16 +6,31 @@
 #ifndef _LINUX_UPM_H
 #define _LINUX_UPM_H
 
+#include <linux/compiler.h>
+#include <linux/mm_types.h>
 #include <linux/types.h>
 #include <uapi/linux/upm.h>
-
-struct mm_struct;
 
 #ifdef CONFIG_UPM
 int upm_madvise(struct mm_struct *mm, unsigned long start,
 		unsigned long end);
 void upm_unmerged(struct mm_struct *mm, unsigned long start,
 		  unsigned long end);
+
+/**
+ * upm_ksm_unmapped - a ksm page was unmapped from @mm
+ * @mm: the mm
+ *
+ * Called by page_remove_rmap() (under the PTL): the rmap_item of that
+ * mapping is stale, and with ksmd stopped nothing would take it out of the
+ * KSM counters.  Mark @mm for reconciliation by the next MADV_UPM or the
+ * UPM reaper.
+ */
+static inline void upm_ksm_unmapped(struct mm_struct *mm)
+{
+	if (!READ_ONCE(mm->upm_stale))
+		WRITE_ONCE(mm->upm_stale, 1);
+}
 #else
 static inline int upm_madvise(struct mm_struct *mm, unsigned long start,
 			      unsigned long end)
@@ -25,6 +40,10 @@ static inline int upm_madvise(struct mm_struct *mm, unsigned long start,
 
 static inline void upm_unmerged(struct mm_struct *mm, unsigned long start,
 				unsigned long end)
+{
+}
+
+static inline void upm_ksm_unmapped(struct mm_struct *mm)
 {
 }
 #endif /* CONFIG_UPM */
