@@ -25,9 +25,10 @@
  *
  * Sharing domains: pages are merged only with pages of the same domain.
  * In domain_mode "memcg" (the default) the domain of an mm is the cgroup
- * id (64 bits, never reused) of the memory cgroup of its owner, except
- * that the root memory cgroup is domain 0; in "global" mode every mm is in
- * domain 0.  Domain 0 is also the domain of mms that only ever used
+ * id (64 bits, never reused) of the memory cgroup of its owner, or of that
+ * cgroup's ancestor at depth domain_level when that is set (a pod or a
+ * tenant instead of each container); the root memory cgroup is domain 0.
+ * In "global" mode every mm is in domain 0.  Domain 0 is also the domain of mms that only ever used
  * MADV_MERGEABLE, so in global mode UPM and ksmd share everything as KSM
  * always did.  The domain is taken at each MADV_UPM call and stored in
  * mm->upm_domain (inherited by fork), where ksmd reads it too.  The stable
@@ -63,6 +64,7 @@ static const char * const upm_domain_mode_names[] = {
 /* Tunables (see Documentation/admin-guide/mm/upm.rst) */
 static bool upm_enabled __read_mostly = true;
 static int upm_domain_mode __read_mostly = UPM_DOMAIN_MEMCG;
+static unsigned int upm_domain_level __read_mostly;
 unsigned long upm_max_candidates __read_mostly;
 
 /**
@@ -110,8 +112,15 @@ static u64 upm_domain_of(struct mm_struct *mm)
 	memcg = get_mem_cgroup_from_mm(mm);
 	if (!memcg)
 		return 0;
-	if (!mem_cgroup_is_root(memcg))
-		domain = cgroup_id(memcg->css.cgroup);
+	if (!mem_cgroup_is_root(memcg)) {
+		struct cgroup *cgrp = memcg->css.cgroup;
+		unsigned int level = READ_ONCE(upm_domain_level);
+
+		/* e.g. a pod or tenant cgroup rather than each container */
+		if (level && cgrp->level > level)
+			cgrp = cgroup_ancestor(cgrp, level);
+		domain = cgroup_id(cgrp);
+	}
 	css_put(&memcg->css);
 #endif
 	return domain;
@@ -341,9 +350,31 @@ static ssize_t domain_mode_store(struct kobject *kobj,
 }
 UPM_ATTR(domain_mode);
 
+static ssize_t domain_level_show(struct kobject *kobj,
+				 struct kobj_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%u\n", READ_ONCE(upm_domain_level));
+}
+
+static ssize_t domain_level_store(struct kobject *kobj,
+				  struct kobj_attribute *attr,
+				  const char *buf, size_t count)
+{
+	unsigned int value;
+	int err;
+
+	err = kstrtouint(buf, 10, &value);
+	if (err)
+		return -EINVAL;
+	WRITE_ONCE(upm_domain_level, value);
+	return count;
+}
+UPM_ATTR(domain_level);
+
 static struct attribute *upm_attrs[] = {
 	&enabled_attr.attr,
 	&domain_mode_attr.attr,
+	&domain_level_attr.attr,
 	&max_candidates_attr.attr,
 	&calls_attr.attr.attr,
 	&pages_examined_attr.attr.attr,
