@@ -15,10 +15,10 @@
 //   g_ctl       (worker.cpp) pthread mutex: the worker's life cycle (running,
 //               joinable, handle).  Held for microseconds; never while
 //               logging or advising.
-//   g_log_lock  (run.cpp) pthread rwlock: readers are log calls (spdlog's sink
-//               mutex and stderr's FILE lock live inside); the writer is the
-//               fork prepare handler, so no other thread holds those locks
-//               at fork and the child can log.
+//   g_log_lock  (run.cpp) pthread rwlock: readers are log calls (upmcore's
+//               logger mutex and whatever spdlog locks live inside); the
+//               writer is the fork prepare handler, so no other thread holds
+//               those locks at fork and the child can log.
 // Madvise calls and /proc reads run under no lock at all.  The fork prepare
 // handler takes both with a timeout (1 s); if it cannot, the child is marked
 // "tainted" and stays passive (no logging, no worker) instead of risking a

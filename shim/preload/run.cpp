@@ -9,7 +9,7 @@
 // Logging goes through log_msg(), which is the only place that touches
 // spdlog: it is skipped unless a level was asked for, and it holds g_log_lock
 // (read side) so that the fork prepare handler can make sure no thread is
-// inside spdlog or stdio when the process forks.
+// inside the logger (and its mutex) when the process forks.
 #include <pthread.h>
 #include <time.h>
 #include <unistd.h>
