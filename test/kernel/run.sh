@@ -18,13 +18,15 @@ set -euo pipefail
 
 usage() {
 	cat <<EOF
-usage: test/kernel/run.sh [--debug] [--kernel BZIMAGE] [--stress SECONDS] [--bench]
+usage: test/kernel/run.sh [--debug [--keep-going]] [--kernel BZIMAGE] [--stress SECONDS] [--bench]
                           [--timeout SECONDS] [--kvm] [TEST...]
 
 Boot the upm test kernel under QEMU and run the in-guest tests.
 
   --debug            use the debug kernel (build.sh --debug) and boot with
                      panic_on_warn=1; time limits x4 (UPM_DEBUG_TIME_SCALE)
+  --keep-going       with --debug: no panic_on_warn (run every test even
+                     after a kernel warning; console-clean still fails)
   --kernel BZIMAGE   boot this bzImage instead of building/reusing one
   --stress SECONDS   also run upm_stress for SECONDS (after the check suite)
   --bench            run only the benchmark (upm_bench); its JSON is saved
@@ -43,11 +45,12 @@ UPM_CACHE_DIR=/var/cache/upm).
 EOF
 }
 
-DEBUG=0 KERNEL='' STRESS='' BENCH=0 TIMEOUT='' ACCEL=${UPM_QEMU_ACCEL:-tcg} BENCH_ARGS=''
+DEBUG=0 KEEP_GOING=0 KERNEL='' STRESS='' BENCH=0 TIMEOUT='' ACCEL=${UPM_QEMU_ACCEL:-tcg} BENCH_ARGS=''
 TESTS=()
 while (($#)); do
 	case $1 in
 	--debug) DEBUG=1 ;;
+	--keep-going) KEEP_GOING=1 ;;
 	--kernel) KERNEL=${2:?--kernel needs a path}; shift ;;
 	--stress) STRESS=${2:?--stress needs SECONDS}; shift ;;
 	--bench) BENCH=1 ;;
@@ -101,7 +104,8 @@ FLAV=normal
 LOG="$LOGDIR/console-$STAMP-$FLAV-$MODE.log"
 
 APPEND="console=ttyS0 panic=-1 upm.mode=$MODE"
-((DEBUG)) && APPEND+=" panic_on_warn=1 upm.scale=${UPM_DEBUG_TIME_SCALE:-4}"
+((DEBUG)) && APPEND+=" upm.scale=${UPM_DEBUG_TIME_SCALE:-4}"
+((DEBUG && !KEEP_GOING)) && APPEND+=" panic_on_warn=1"
 [[ -n $STRESS ]] && APPEND+=" upm.stress=$STRESS"
 [[ -n $BENCH_ARGS ]] && APPEND+=" upm.bench=$BENCH_ARGS"
 if ((${#TESTS[@]})); then
