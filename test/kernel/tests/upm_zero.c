@@ -73,6 +73,8 @@ int main(void)
 	*(uint64_t *)(p + 7 * PG) = 43;
 	UT_CHECK(all_zero(p, n, 7, 43), "use_zero_pages=1: write after zero-page merge wrong");
 	munmap(p, (n + 1) * PG);
+	ksm_unmerge_all(); /* start the last part with clean counters */
+	ksm_set("run", 0);
 	ksm_set("use_zero_pages", 0);
 
 	/* untouched and read-faulted ranges */
