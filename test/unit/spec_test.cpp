@@ -248,7 +248,7 @@ TEST_CASE("spec: the write is atomic and keeps the mode", "[spec]") {
     TempBundle b("plain", 0604);
     auto r = read_bundle_config(b.dir);
     REQUIRE(r.ok());
-    REQUIRE(write_bundle_config(b.dir, "{\"new\":1}", *r).ok());
+    REQUIRE(write_bundle_config(b.dir, "{\"new\":1}", *r, /*sync=*/true).ok());
     CHECK(b.config() == "{\"new\":1}");
     struct stat st {};
     REQUIRE(::stat(b.path().c_str(), &st) == 0);
@@ -389,7 +389,7 @@ TEST_CASE("spec: node configuration", "[spec]") {
         // comments are allowed
         "runtime": "/usr/bin/crun", "preload": "/opt/upm/lib/libupm-preload.so",
         "policy_dir": "/srv/policies", "default_policy": "python-ml", "hook": "",
-        "log_file": "/tmp/x.log", "log_level": "debug"})", defaults);
+        "log_file": "/tmp/x.log", "log_level": "debug", "fsync": true})", defaults);
     CHECK(ok.problems.empty());
     CHECK(ok.config.runtime == "/usr/bin/crun");
     CHECK(ok.config.preload == "/opt/upm/lib/libupm-preload.so");
@@ -397,15 +397,18 @@ TEST_CASE("spec: node configuration", "[spec]") {
     CHECK(ok.config.default_policy == "python-ml");
     CHECK(ok.config.hook.empty());
     CHECK(ok.config.log_level == "debug");
+    CHECK(ok.config.fsync);
+    CHECK_FALSE(defaults.fsync);
 
     // a wrong key keeps its default; the others apply
     auto bad = parse_node_config(R"({"runtime": "runc", "log_level": "loud", "preload": 3, "colour": "x",
-                                    "default_policy": "../x", "policy_dir": "/p"})", defaults);
+                                    "default_policy": "../x", "policy_dir": "/p", "fsync": "yes"})", defaults);
     CHECK(bad.config.runtime == "/usr/bin/runc");
     CHECK(bad.config.log_level == "info");
     CHECK(bad.config.policy_dir == "/p");
     CHECK(bad.config.default_policy == "default");
-    REQUIRE(bad.problems.size() == 5);
+    REQUIRE(bad.problems.size() == 6);
+    CHECK_FALSE(bad.config.fsync);
     CHECK(bad.problems[3].warning);  // unknown key
     CHECK(format_problem("c.json", bad.problems[0]) == "c.json: /runtime: error: `runtime` must be an absolute path; the default is used");
 

@@ -91,6 +91,11 @@ NodeConfigLoad parse_node_config(std::string_view text, const NodeConfig& defaul
             else if (key == "default_policy") target = &out.config.default_policy, absolute = false, empty_ok = true;
             else if (key == "log_level") target = &out.config.log_level, absolute = false;
             else if (key == "$comment") continue;
+            else if (key == "fsync") {
+                if (value.is_boolean()) out.config.fsync = value.get<bool>();
+                else error(key, "`fsync` must be true or false; the default is used");
+                continue;
+            }
             else {
                 out.problems.push_back({"/" + key, "unknown key `" + key + "` ignored", true});
                 continue;

@@ -30,6 +30,7 @@ struct NodeConfig {
     std::string hook;            // host path of upm-hook; "" = add no hooks
     std::string log_file = "/var/log/upm/runtime.log";  // "" = no log file
     std::string log_level = "info";                     // off|error|warn|info|debug
+    bool fsync = false;          // fsync the new config.json before the rename (see docs/runtime.md)
     std::string source;          // the file read, "" when none existed
 };
 

@@ -84,9 +84,13 @@ Result<BundleConfig> read_bundle_config(const std::string& bundle_dir);
 
 // Replaces <bundle>/config.json atomically: a new file created with O_EXCL in
 // the bundle directory, given the original's mode (and owner, when we may),
-// written, fsync'ed and renamed over config.json.  On error the temporary file
-// is removed and config.json is left as it was.
-Status write_bundle_config(const std::string& bundle_dir, std::string_view text, const BundleConfig& original);
+// written, fsync'ed when `sync` is set, and renamed over config.json, only if
+// config.json is still the file that was read.  Readers see the old or the
+// new file, never a partial one, with or without `sync`; `sync` only adds
+// durability across a crash, which a bundle does not need (docs/runtime.md).
+// On error the temporary file is removed and config.json is left as it was.
+Status write_bundle_config(const std::string& bundle_dir, std::string_view text, const BundleConfig& original,
+                           bool sync = false);
 
 struct UpmAnnotations {
     bool enabled = false;        // upm.enabled is exactly "true"
