@@ -417,6 +417,13 @@ TEST_CASE("spec: node configuration", "[spec]") {
     CHECK_THAT(syntax.problems[0].where, Catch::StartsWith("line 1"));
     CHECK(parse_node_config("[]", defaults).problems.size() == 1);
 
+    // the shipped example is valid and spells out the defaults
+    auto example = parse_node_config(test::read_text(std::string(UPM_POLICIES_DIR) + "/../node/config.json"), defaults);
+    CHECK(example.problems.empty());
+    CHECK(example.config.policy_dir == NodeConfig{}.policy_dir);
+    CHECK(example.config.log_file == NodeConfig{}.log_file);
+    CHECK(example.config.fsync == NodeConfig{}.fsync);
+
     // UPM_CONFIG: a missing file named there is a problem
     ::setenv(kEnvNodeConfig, "/nonexistent/config.json", 1);
     auto missing = load_node_config("/usr/bin/upm-runtime");

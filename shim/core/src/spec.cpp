@@ -306,8 +306,10 @@ Status write_bundle_config(const std::string& bundle_dir, std::string_view text,
             ::unlinkat(dir.fd, tmp.c_str(), 0);
             return Error::sys(e, what);
         };
-        if (::geteuid() == 0 && ::fchown(f.fd, original.uid, original.gid) != 0)
-            return fail(errno, "chown `" + tmp + "`");
+        // Keep the owner when we may; in a user namespace the original ids may
+        // not be mapped, and a root-owned copy is still readable by the runtime.
+        if (::geteuid() == 0 && (original.uid != 0 || original.gid != 0))
+            (void)!::fchown(f.fd, original.uid, original.gid);
         if (::fchmod(f.fd, original.mode) != 0) return fail(errno, "chmod `" + tmp + "`");
         std::size_t done = 0;
         while (done < text.size()) {
