@@ -33,16 +33,23 @@ from conftest import (FRACTION, MIB, PAGES, assert_not_merged, describe, frames_
                       region_pfns, upm_run, wait_full_scans, wait_merged)
 
 
-@pytest.mark.parametrize("alloc,backend", [("--mmap", None), ("--malloc", None), ("--mmap", "ksm")],
-                         ids=["mmap", "malloc", "mmap-backend-ksm"])
-def test_two_instances_merge_95_percent(ksm_fast, procs, upm_bin, memhog, report, alloc, backend):
-    """Two `upm run -- upm-memhog --mib 64 --seed 1`: >= 95% merged within 10 s."""
+@pytest.mark.parametrize("alloc,backend,policy", [("--mmap", None, None), ("--malloc", None, None),
+                                                  ("--mmap", "ksm", None), ("--mmap", None, "all-anonymous")],
+                         ids=["mmap", "malloc", "mmap-backend-ksm", "mmap-all-anonymous"])
+def test_two_instances_merge_95_percent(ksm_fast, procs, upm_bin, memhog, policies_dir, report,
+                                        alloc, backend, policy):
+    """Two `upm run -- upm-memhog --mib 64 --seed 1`: >= 95% merged within 10 s.
+
+    Under the default policy, and under all-anonymous (which may take the
+    PR_SET_MEMORY_MERGE path instead of advising regions)."""
+    path = policies_dir / f"{policy}.json" if policy else None
     before = ksm_counters()
-    hogs = [procs.memhog(upm_run(upm_bin, memhog, "--seed", "1", alloc, backend=backend)) for _ in range(2)]
+    hogs = [procs.memhog(upm_run(upm_bin, memhog, "--seed", "1", alloc, backend=backend, policy=path))
+            for _ in range(2)]
     took = wait_merged(hogs)
     saved = frames_saved(hogs)
     after = ksm_counters()      # after the frames: merging goes on meanwhile
-    report(f"time-to-95% {took:.2f} s (2 x {MIB} MiB, {alloc[2:]}, default policy, "
+    report(f"time-to-95% {took:.2f} s (2 x {MIB} MiB, {alloc[2:]}, {policy or 'default'} policy, "
            f"backend {backend or 'auto'})")
     print(describe(hogs))
 
