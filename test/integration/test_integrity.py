@@ -128,3 +128,28 @@ def test_exit_of_one_sharer_keeps_others(ksm_fast, procs, upm_bin, memhog, n):
     check_sample_pages(last, None)
     assert last.checksum() == (ref, 0)
     assert last.stop() == 0
+
+
+def test_identical_pages_within_and_across_processes(ksm_fast, procs, upm_bin, memhog, report):
+    """Every page of two processes holds the same content (--pattern same):
+    more sharers than one KSM page may have (max_page_sharing), so the
+    kernel chains duplicates.  All pages merge into a handful of frames and
+    every page still reads back right."""
+    ref = reference_checksum(procs, memhog, "--seed", "1", "--pattern", "same")
+    hogs = [procs.memhog(upm_run(upm_bin, memhog, "--seed", "1", "--pattern", "same", "--checksum"))
+            for _ in range(2)]
+    took = wait_merged(hogs)
+    frames = {pfn for h in hogs for pfn in region_pfns(h.pid, h.addr, h.length) if pfn}
+    max_sharing = int(open("/sys/kernel/mm/ksm/max_page_sharing").read())
+    report(f"2 x {MIB} MiB of one repeated page: 95% merged in {took:.2f} s into {len(frames)} frames "
+           f"(max_page_sharing {max_sharing})")
+    # Each KSM page has at most max_page_sharing mappers; allow the 5% not
+    # merged yet and some slack for chains being filled.
+    assert len(frames) <= 2 * PAGES // max_sharing * 2 + 0.05 * 2 * PAGES, f"{len(frames)} frames"
+    expected = memhog_page(1, 0)
+    for h in hogs:
+        for index in (0, 1, h.pages // 2, h.pages - 1):
+            assert read_process_memory(h.pid, h.addr + index * PAGE_SIZE, PAGE_SIZE) == expected
+        assert h.checksum() == (ref, 0)
+    for h in hogs:
+        assert h.stop() == 0, h.proc.stderr
