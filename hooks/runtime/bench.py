@@ -158,7 +158,7 @@ def main() -> int:
                     direct[v].append((t1 - t0) * 1000)
                     direct_cpu[v].append((r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) * 1000)
         log = (tmp / "upm.log").read_text() if (tmp / "upm.log").exists() else ""
-        injected = log.count("injected `/run/upm/libupm-preload.so`")
+        injected = log.count("injected `/dev/upm/libupm-preload.so`")
         if injected < 2 * total:
             print(f"bench: only {injected} of {total} injected creates were logged:\n{log[-2000:]}", file=sys.stderr)
             return 1

@@ -35,8 +35,10 @@ import pytest
 from conftest import Memhog, assert_not_merged, describe, wait_full_scans, wait_merged
 
 RUNTIMES = {"runc": Path("/usr/bin/runc"), "crun": Path("/usr/bin/crun")}
-PRELOAD_IN_CONTAINER = "/run/upm/libupm-preload.so"
-POLICY_IN_CONTAINER = "/run/upm/policy.json"
+# The specs of these tests mount a tmpfs on /dev (as every engine does), so
+# the files go to /dev/upm (docs/runtime.md).
+PRELOAD_IN_CONTAINER = "/dev/upm/libupm-preload.so"
+POLICY_IN_CONTAINER = "/dev/upm/policy.json"
 _IDS = itertools.count()
 
 
@@ -201,7 +203,7 @@ def runc_node(tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spe
 
 
 PROBE = ["/bin/sh", "-c",
-         f"grep -c {PRELOAD_IN_CONTAINER} /proc/self/maps; env | sort; "
+         "grep -c libupm-preload.so /proc/self/maps; env | sort; "
          f"echo policy:; cat {POLICY_IN_CONTAINER} 2>/dev/null; echo :policy; "
          f"echo x 2>/dev/null > {POLICY_IN_CONTAINER} && echo policy-writable || echo policy-read-only"]
 
@@ -357,3 +359,77 @@ def test_two_annotated_containers_merge(node, ksm_fast, report):
     wait_full_scans(2)
     assert not plain.region().mergeable
     assert_not_merged(plain)
+
+
+@pytest.mark.parametrize("link", ["absolute", "dotdot"])
+@pytest.mark.parametrize("where", ["dev-tmpfs", "run"])
+def test_hostile_rootfs_links_stay_inside(node, link, where):
+    """The image's /run, /etc and its /dev/upm (the injection target) are
+    symbolic links to a host directory (absolute, or a `..` chain): nothing is
+    written there, the rootfs is not changed when the spec mounts a tmpfs on
+    /dev (it hides the image's /dev), and the container still has the
+    preload.  Without the /dev tmpfs the files go to /run/upm: runc then
+    resolves the link inside the rootfs; crun refuses to create a mount
+    target below a link that does not resolve inside the rootfs and the
+    container does not start -- which is why upm prefers the runtime's own
+    /dev (docs/runtime.md)."""
+    host_dir = node.tmp / f"host-{link}"
+    host_dir.mkdir()
+    b = node.bundle(PROBE, {"upm.enabled": "true"})
+    rootfs = b / "rootfs"
+    target = str(host_dir) if link == "absolute" else "../" * 40 + str(host_dir).lstrip("/")
+    (rootfs / "run").symlink_to(target)
+    if where == "run":
+        spec = json.loads((b / "config.json").read_text())
+        spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != "/dev"]
+        (b / "config.json").write_text(json.dumps(spec))
+    else:
+        (rootfs / "etc").rmdir()
+        (rootfs / "etc").symlink_to(target)
+        (rootfs / "dev" / "upm").symlink_to(target)
+    before = sorted(str(p.relative_to(rootfs)) for p in rootfs.rglob("*"))
+    r, _ = node.run(b)
+    assert list(host_dir.iterdir()) == [], "the runtime wrote outside the rootfs"
+    if where == "run" and node.name == "crun":
+        assert r.returncode != 0 and "run" in r.stderr
+        return
+    maps, env, policy, writable = probe_output(r)
+    assert maps >= 1
+    assert env.get("UPM_POLICY") == (POLICY_IN_CONTAINER if where == "dev-tmpfs" else "/run/upm/policy.json")
+    assert writable == "policy-read-only"
+    if where == "dev-tmpfs":
+        assert sorted(str(p.relative_to(rootfs)) for p in rootfs.rglob("*")) == before
+
+
+def test_symlinked_config_is_not_followed(runc_node):
+    """config.json as a symbolic link: upm-runtime neither reads nor writes
+    through it (the target keeps its bytes), says so, and the runtime runs."""
+    b = runc_node.bundle(PROBE, {"upm.enabled": "true"})
+    outside = runc_node.tmp / "outside-config.json"
+    (b / "config.json").rename(outside)
+    (b / "config.json").symlink_to(outside)
+    digest = sha256(outside)
+    r, cid = runc_node.run(b)
+    maps, _, _, _ = probe_output(r)
+    assert maps == 0
+    assert sha256(outside) == digest
+    assert (b / "config.json").is_symlink()
+    assert f"container `{cid}`: not deduplicated: `config.json` in bundle" in runc_node.our_log()
+
+
+def test_bundle_from_working_directory_and_text_log(runc_node):
+    """Without --bundle the bundle is the working directory; with the default
+    text --log-format, our warnings are logrus text lines; --debug adds info."""
+    b = runc_node.bundle(PROBE, {"upm.enabled": "true", "upm.domain": "bad domain"})
+    cid = runc_node.new_id()
+    log = runc_node.tmp / "runtime.log"
+    argv = [*runc_node.prefix, runc_node.wrapper, "--root", runc_node.root, "--log", log, "--debug", "run", cid]
+    r = runc_node.procs.run(argv, env=runc_node.env(), cwd=b) if False else subprocess.run(
+        [str(a) for a in argv], env={**os.environ, **runc_node.env()}, cwd=b, capture_output=True, text=True,
+        timeout=60)
+    maps, env, _, _ = probe_output(r)
+    assert maps >= 1 and "UPM_DOMAIN" not in env
+    lines = [line for line in log.read_text().splitlines() if "upm-runtime:" in line]
+    assert any(line.startswith('time="') and " level=warning msg=\"upm-runtime: container `" in line
+               and "invalid domain `bad domain`" in line for line in lines), lines
+    assert any(" level=info msg=\"upm-runtime: container `" in line and "injected" in line for line in lines), lines

@@ -136,7 +136,7 @@ TEST_CASE("spec: the edit keeps every other field and is idempotent", "[spec]") 
     auto out = edit_spec(text, edit);
     REQUIRE(out.ok());
     auto before = ojson::parse(text);
-    auto after = ojson::parse(*out);
+    auto after = ojson::parse(out->text);
 
     // untouched fields survive, in order
     CHECK(after["vendor.example.unknown"] == before["vendor.example.unknown"]);
@@ -152,8 +152,8 @@ TEST_CASE("spec: the edit keeps every other field and is idempotent", "[spec]") 
 
     // env: LD_PRELOAD appended, UPM_POLICY replaced, UPM_DOMAIN added
     auto env = env_of(after);
-    CHECK(std::count(env.begin(), env.end(), "LD_PRELOAD=/usr/lib/libvendor.so:/run/upm/libupm-preload.so") == 1);
-    CHECK(std::count(env.begin(), env.end(), "UPM_POLICY=/run/upm/policy.json") == 1);
+    CHECK(std::count(env.begin(), env.end(), "LD_PRELOAD=/usr/lib/libvendor.so:/dev/upm/libupm-preload.so") == 1);
+    CHECK(std::count(env.begin(), env.end(), "UPM_POLICY=/dev/upm/policy.json") == 1);
     CHECK(std::count(env.begin(), env.end(), "UPM_DOMAIN=tenant-a") == 1);
     CHECK(std::count(env.begin(), env.end(), "UPM_POLICY=/image/policy.json") == 0);
     CHECK(env.front() == env_of(before).front());
@@ -163,8 +163,8 @@ TEST_CASE("spec: the edit keeps every other field and is idempotent", "[spec]") 
     REQUIRE(mounts.size() == before["mounts"].size() + 2);
     for (std::size_t i = 0; i < before["mounts"].size(); ++i) CHECK(mounts[i] == before["mounts"][i]);
     CHECK(mounts[mounts.size() - 2].dump() ==
-          R"({"destination":"/run/upm/libupm-preload.so","type":"bind","source":"/usr/lib/upm/libupm-preload.so","options":["bind","ro","nosuid","nodev"]})");
-    CHECK(mounts.back()["destination"] == "/run/upm/policy.json");
+          R"({"destination":"/dev/upm/libupm-preload.so","type":"bind","source":"/usr/lib/upm/libupm-preload.so","options":["bind","ro","nosuid","nodev"]})");
+    CHECK(mounts.back()["destination"] == "/dev/upm/policy.json");
     CHECK(mounts.back()["source"] == "/etc/upm/policies/python-ml.json");
 
     // hooks: existing ones kept, ours appended
@@ -175,33 +175,46 @@ TEST_CASE("spec: the edit keeps every other field and is idempotent", "[spec]") 
     CHECK(after["hooks"]["poststop"][0]["args"][1] == "poststop");
 
     // a second edit changes nothing
-    auto again = edit_spec(*out, edit);
+    auto again = edit_spec(out->text, edit);
     REQUIRE(again.ok());
-    CHECK(*again == *out);
+    CHECK(again->text == out->text);
 }
 
 TEST_CASE("spec: the edit without policy, domain or hook", "[spec]") {
     std::string text = test::read_text(test::fixture("bundles/containerd/config.json"));
     auto out = edit_spec(text, SpecEdit{"/p/libupm-preload.so", "", "", "", 10});
     REQUIRE(out.ok());
-    auto after = ojson::parse(*out);
+    auto after = ojson::parse(out->text);
     auto env = env_of(after);
-    CHECK(std::count(env.begin(), env.end(), "LD_PRELOAD=/run/upm/libupm-preload.so") == 1);
+    CHECK(std::count(env.begin(), env.end(), "LD_PRELOAD=/dev/upm/libupm-preload.so") == 1);
     for (const auto& e : env) {
         CHECK_FALSE(e.starts_with("UPM_POLICY="));
         CHECK_FALSE(e.starts_with("UPM_DOMAIN="));
     }
     CHECK_FALSE(after.contains("hooks"));
-    CHECK(after["mounts"].back()["destination"] == "/run/upm/libupm-preload.so");
+    CHECK(after["mounts"].back()["destination"] == "/dev/upm/libupm-preload.so");
+    CHECK(out->preload == "/dev/upm/libupm-preload.so");
+    CHECK(out->policy.empty());
     // wrong types are errors, not guesses
     CHECK_FALSE(edit_spec(R"({"process":{"env":"x"}})", SpecEdit{"/p", "", "", "", 10}).ok());
     CHECK_FALSE(edit_spec(R"({"process":{},"mounts":{}})", SpecEdit{"/p", "", "", "", 10}).ok());
     CHECK_FALSE(edit_spec(R"({"process":{},"hooks":[]})", SpecEdit{"/p", "", "", "/h", 10}).ok());
     CHECK_FALSE(edit_spec(test::read_text(test::fixture("bundles/no-process/config.json")), SpecEdit{"/p", "", "", "", 10}).ok());
+    // without a tmpfs on /dev the files go to /run/upm; an edit made under the
+    // other directory is replaced, not doubled
+    auto run = edit_spec(R"({"process":{},"mounts":[{"destination":"/dev","type":"bind","source":"/dev"},
+        {"destination":"/dev/upm/policy.json","type":"bind","source":"/old"}]})", SpecEdit{"/p", "/q", "", "", 10});
+    REQUIRE(run.ok());
+    CHECK(run->preload == "/run/upm/libupm-preload.so");
+    CHECK(run->policy == "/run/upm/policy.json");
+    auto run_doc = ojson::parse(run->text);
+    REQUIRE(run_doc["mounts"].size() == 3);
+    CHECK(run_doc["mounts"][1]["destination"] == "/run/upm/libupm-preload.so");
+    CHECK(run_doc["process"]["env"][1] == "UPM_POLICY=/run/upm/policy.json");
     // a spec without env gets one
     auto minimal = edit_spec(R"({"process":{"args":["x"]}})", SpecEdit{"/p", "", "", "", 10});
     REQUIRE(minimal.ok());
-    CHECK(*minimal == R"({"process":{"args":["x"],"env":["LD_PRELOAD=/run/upm/libupm-preload.so"]},"mounts":[{"destination":"/run/upm/libupm-preload.so","type":"bind","source":"/p","options":["bind","ro","nosuid","nodev"]}]})");
+    CHECK(minimal->text == R"({"process":{"args":["x"],"env":["LD_PRELOAD=/run/upm/libupm-preload.so"]},"mounts":[{"destination":"/run/upm/libupm-preload.so","type":"bind","source":"/p","options":["bind","ro","nosuid","nodev"]}]})");
 }
 
 TEST_CASE("spec: LD_PRELOAD entries are compared, never resolved", "[spec]") {
@@ -290,7 +303,7 @@ TEST_CASE("spec: prepare_bundle injects into annotated bundles", "[spec]") {
     auto p = prepare_bundle(config, b.dir, "c2");
     REQUIRE(p.verdict == Verdict::edited);
     CHECK(p.policy == "python-ml");
-    CHECK(has_message(p, "container `c2`: injected `/run/upm/libupm-preload.so`"));
+    CHECK(has_message(p, "container `c2`: injected `/dev/upm/libupm-preload.so`"));
     auto doc = ojson::parse(b.config());
     CHECK(doc["mounts"].back()["source"] == fs::canonical(test::policy_file("python-ml.json")).string());
     CHECK(doc["hooks"]["poststop"].back()["path"] == "/bin/true");

@@ -123,17 +123,29 @@ void set_env(json& env, std::string_view name, const std::string& value) {
     env = std::move(kept);
 }
 
-void drop_mounts(json& mounts, const std::array<std::string_view, 2>& destinations) {
-    json kept = json::array();
-    for (auto& m : mounts) {
-        bool ours = m.is_object() && m.contains("destination") && m["destination"].is_string() &&
-                    contains(destinations, m["destination"].get_ref<const std::string&>());
-        if (!ours) kept.push_back(std::move(m));
-    }
-    mounts = std::move(kept);
+// Our mounts, wherever an earlier edit put them.
+bool our_mount(const json& m) {
+    if (!m.is_object() || !m.contains("destination") || !m["destination"].is_string()) return false;
+    const auto& d = m["destination"].get_ref<const std::string&>();
+    for (const char* dir : {kContainerDirDev, kContainerDirRun})
+        for (const char* file : {kPreloadFile, kPolicyFile})
+            if (d == std::string(dir) + "/" + file) return true;
+    return false;
 }
 
-json bind_mount(const std::string& source, const char* destination) {
+// The spec mounts a tmpfs on /dev: the runtime's own, hiding the image's /dev.
+bool has_dev_tmpfs(const json& mounts) {
+    for (const auto& m : mounts) {
+        if (!m.is_object()) continue;
+        auto d = m.find("destination");
+        auto t = m.find("type");
+        if (d != m.end() && t != m.end() && d->is_string() && t->is_string() && *d == "/dev" && *t == "tmpfs")
+            return true;
+    }
+    return false;
+}
+
+json bind_mount(const std::string& source, const std::string& destination) {
     json m = json::object();
     m["destination"] = destination;
     m["type"] = "bind";
@@ -370,14 +382,28 @@ std::string append_preload_entry(std::string_view existing, std::string_view ent
     return std::string(existing.substr(0, end + 1)) + ":" + std::string(entry);
 }
 
-Result<std::string> edit_spec(std::string_view config_text, const SpecEdit& edit) {
+Result<EditedSpec> edit_spec(std::string_view config_text, const SpecEdit& edit) {
     auto parsed = parse_spec(config_text);
     if (!parsed) return parsed.error();
     try {
         json& doc = *parsed;
-        auto process = doc.find("process");
-        if (process == doc.end() || !process->is_object())
+        if (!doc.contains("process") || !doc["process"].is_object())
             return Error{EINVAL, "config.json has no `process` object"};
+        // Top-level members are created first: ordered_json keeps them in a
+        // vector, so an insertion moves its siblings.  Nested values stay put.
+        auto mounts = member(doc, "mounts", json::value_t::array, "mounts");
+        if (!mounts) return mounts.error();
+        Result<json*> hooks = Error{0, ""};
+        if (!edit.hook.empty()) {
+            hooks = member(doc, "hooks", json::value_t::object, "hooks");
+            if (!hooks) return hooks.error();
+            mounts = &doc["mounts"];
+        }
+        json* process = &doc["process"];
+        EditedSpec out;
+        std::string dir = has_dev_tmpfs(**mounts) ? kContainerDirDev : kContainerDirRun;
+        out.preload = dir + "/" + kPreloadFile;
+        if (!edit.policy_source.empty()) out.policy = dir + "/" + kPolicyFile;
 
         auto env = member(*process, "env", json::value_t::array, "process.env");
         if (!env) return env.error();
@@ -386,21 +412,20 @@ Result<std::string> edit_spec(std::string_view config_text, const SpecEdit& edit
             if (!starts_with_var(e, "LD_PRELOAD")) continue;
             had_preload = true;
             const auto& s = e.get_ref<const std::string&>();
-            e = "LD_PRELOAD=" + append_preload_entry(std::string_view(s).substr(11), kContainerPreload);
+            e = "LD_PRELOAD=" + append_preload_entry(std::string_view(s).substr(11), out.preload);
         }
-        if (!had_preload) (*env)->push_back(std::string("LD_PRELOAD=") + kContainerPreload);
-        if (!edit.policy_source.empty()) set_env(**env, kEnvPolicy, kContainerPolicy);
+        if (!had_preload) (*env)->push_back("LD_PRELOAD=" + out.preload);
+        if (!out.policy.empty()) set_env(**env, kEnvPolicy, out.policy);
         if (!edit.domain.empty()) set_env(**env, kEnvDomain, edit.domain);
 
-        auto mounts = member(doc, "mounts", json::value_t::array, "mounts");
-        if (!mounts) return mounts.error();
-        drop_mounts(**mounts, {std::string_view(kContainerPreload), std::string_view(kContainerPolicy)});
-        (*mounts)->push_back(bind_mount(edit.preload_source, kContainerPreload));
-        if (!edit.policy_source.empty()) (*mounts)->push_back(bind_mount(edit.policy_source, kContainerPolicy));
+        json kept = json::array();
+        for (auto& m : **mounts)
+            if (!our_mount(m)) kept.push_back(std::move(m));
+        kept.push_back(bind_mount(edit.preload_source, out.preload));
+        if (!out.policy.empty()) kept.push_back(bind_mount(edit.policy_source, out.policy));
+        **mounts = std::move(kept);
 
         if (!edit.hook.empty()) {
-            auto hooks = member(doc, "hooks", json::value_t::object, "hooks");
-            if (!hooks) return hooks.error();
             for (const char* stage : {"poststart", "poststop"}) {
                 auto list = member(**hooks, stage, json::value_t::array, std::string("hooks.") + stage);
                 if (!list) return list.error();
@@ -417,7 +442,8 @@ Result<std::string> edit_spec(std::string_view config_text, const SpecEdit& edit
                 **list = std::move(kept);
             }
         }
-        return doc.dump();
+        out.text = doc.dump();
+        return out;
     } catch (const std::exception& e) {
         return Error::msg(std::string("editing config.json: ") + e.what());
     }
@@ -522,11 +548,12 @@ Preparation prepare_bundle(const NodeConfig& config, const std::string& bundle_d
 
         auto edited = edit_spec(bundle->text, edit);
         if (!edited) return fail(edited.error().message);
-        if (*edited != bundle->text) {
-            if (auto w = write_bundle_config(bundle_dir, *edited, *bundle, config.fsync); !w) return fail(w.error().message);
+        if (edited->text != bundle->text) {
+            if (auto w = write_bundle_config(bundle_dir, edited->text, *bundle, config.fsync); !w)
+                return fail(w.error().message);
         }
         p.verdict = Verdict::edited;
-        notes.add(NoteLevel::info, std::string("injected `") + kContainerPreload + "` (from `" + edit.preload_source +
+        notes.add(NoteLevel::info, "injected `" + edited->preload + "` (from `" + edit.preload_source +
                                        "`), policy " +
                                        (edit.policy_source.empty() ? std::string("built-in default")
                                                                    : "`" + policy_name + "` (`" + edit.policy_source + "`)") +

@@ -33,11 +33,16 @@ namespace upm {
 inline constexpr std::size_t kMaxSpecFile = 4 * 1024 * 1024;  // config.json
 inline constexpr int kMaxSpecDepth = 64;                       // JSON nesting of config.json
 
-// Where the injected files appear inside the container.  runc and crun create
-// a missing bind-mount destination (file and parent directories) in the
-// rootfs, so the image needs no /run/upm.
-inline constexpr const char* kContainerPreload = "/run/upm/libupm-preload.so";
-inline constexpr const char* kContainerPolicy = "/run/upm/policy.json";
+// Where the injected files appear inside the container: under /dev/upm when
+// the spec mounts a tmpfs on /dev (every engine does), a directory inside
+// the runtime's own tmpfs that the image can neither see nor influence (an
+// image whose /run is a dangling symbolic link makes crun fail the mount);
+// else under /run/upm.  The runtime creates the missing destination (file and
+// parent directories), so the image needs neither.
+inline constexpr const char* kContainerDirDev = "/dev/upm";
+inline constexpr const char* kContainerDirRun = "/run/upm";
+inline constexpr const char* kPreloadFile = "libupm-preload.so";
+inline constexpr const char* kPolicyFile = "policy.json";
 
 inline constexpr const char* kAnnotationEnabled = "upm.enabled";  // only "true" enables
 inline constexpr const char* kAnnotationPolicy = "upm.policy";    // policy NAME
@@ -108,23 +113,31 @@ struct UpmAnnotations {
 Result<UpmAnnotations> read_upm_annotations(std::string_view config_text);
 
 struct SpecEdit {
-    std::string preload_source;  // host path, bind-mounted read-only at kContainerPreload
-    std::string policy_source;   // host path, bind-mounted read-only at kContainerPolicy; "" = none
+    std::string preload_source;  // host path, bind-mounted read-only at <dir>/libupm-preload.so
+    std::string policy_source;   // host path, bind-mounted read-only at <dir>/policy.json; "" = none
     std::string domain;          // UPM_DOMAIN; "" = leave the environment's as it is
     std::string hook;            // host path of upm-hook for poststart/poststop; "" = no hooks
     int hook_timeout_s = 10;
 };
 
+struct EditedSpec {
+    std::string text;            // the new config.json
+    std::string preload;         // where the preload is in the container
+    std::string policy;          // where the policy is in the container; "" = none
+};
+
 // The edited config.json.  Every field upm does not touch is kept, in order;
-// the edit is idempotent (our mounts and hooks are replaced, not added twice):
-// - mounts: + {kContainerPreload, bind, ro,nosuid,nodev} (+ the policy);
-// - process.env: LD_PRELOAD gets kContainerPreload appended (each LD_PRELOAD
+// the edit is idempotent (our mounts and hooks are replaced, not added twice).
+// <dir> is kContainerDirDev when `mounts` has a tmpfs on /dev, else
+// kContainerDirRun:
+// - mounts: + {<dir>/libupm-preload.so, bind, ro,nosuid,nodev} (+ the policy);
+// - process.env: LD_PRELOAD gets <dir>/libupm-preload.so appended (each LD_PRELOAD
 //   entry; a new entry when there is none; never twice), UPM_POLICY set when
 //   a policy is mounted, UPM_DOMAIN set when a domain is given;
 // - hooks.poststart / hooks.poststop: + [hook, "poststart"|"poststop"].
 // Fails when the document has no `process` object, or a field upm edits has
 // the wrong type.
-Result<std::string> edit_spec(std::string_view config_text, const SpecEdit& edit);
+Result<EditedSpec> edit_spec(std::string_view config_text, const SpecEdit& edit);
 
 // LD_PRELOAD value with `entry` appended (separators ':' and ' '), unchanged
 // when it is already listed.  Unlike append_ld_preload() it never resolves
