@@ -3,19 +3,26 @@
 
 The suites run real processes on the host and use the kernel's own counters
 as the oracle: /proc/PID/ksm_merging_pages, the per-region "KSM:" line and
-the VmFlags "mg" flag of /proc/PID/smaps, /sys/kernel/mm/ksm/*, and the
-content of the processes' memory (upm-memhog verifies every page and can be
-read through /proc/PID/mem).
+the VmFlags "mg" flag of /proc/PID/smaps, the page frames of
+/proc/PID/pagemap, /sys/kernel/mm/ksm/*, and the content of the processes'
+memory (upm-memhog verifies every page and can be read through
+/proc/PID/mem).  docs/testing.md describes them.
 
 Host KSM: ``ksm_fast`` and ``ksm_off`` save every writable knob of
 /sys/kernel/mm/ksm, change what they need, and restore the saved values when
-the test ends -- on failure too, at interpreter exit (atexit), on SIGTERM,
-SIGINT and SIGHUP, and, if a run was killed with SIGKILL, at the start of the
-next run from the state file the first run left behind (KSM_STATE_FILE).
+the test ends -- on failure too, at interpreter exit (atexit), on SIGTERM and
+SIGHUP (SIGINT goes through pytest's teardown), and, if a run was killed
+with SIGKILL, at the start of the next run from the state file the first run
+left behind (KSM_STATE_FILE).  Separate runs take turns (flock on
+KSM_LOCK_FILE, which test/demo/demo.sh takes too).
 
 Processes: every process a test starts goes through ``procs`` (a
 ProcessGroup), in its own session, and is killed with its whole process group
-on teardown; nothing outlives the test.
+on teardown; nothing outlives the test (upm-memhog also exits when its
+parent dies).
+
+Measurements: ``report(message)`` prints a line and repeats it in an "upm
+measurements" section at the end of the run.
 
 A missing prerequisite of the host (no KSM, read-only sysfs) is a skip with
 the reason printed (pytest -rs); a missing build product is a failure.
