@@ -99,6 +99,30 @@ def test_run_loads_preload(procs, upm_bin, preload_lib):
     assert preload_lib.name in r.stdout, "the preload is not mapped into the command"
 
 
+def test_run_appends_to_ld_preload(procs, upm_bin, preload_lib):
+    """An existing LD_PRELOAD is kept, ours appended once (docs/cli.md)."""
+    other = "/lib/x86_64-linux-gnu/libm.so.6"
+    if not Path(other).exists():
+        pytest.skip(f"{other} does not exist on this machine")
+    show = ["/bin/sh", "-c", 'printf "%s\\n" "$LD_PRELOAD"']
+    r = procs.run([upm_bin, "run", "--", *show], env={"LD_PRELOAD": other})
+    assert r.returncode == 0, r.stderr
+    entries = [e for e in re.split(r"[: ]", r.stdout.strip()) if e]
+    assert entries[0] == other and len(entries) == 2, entries
+    assert Path(entries[1]).name == preload_lib.name, entries
+    again = procs.run([upm_bin, "run", "--", *show], env={"LD_PRELOAD": r.stdout.strip()})
+    assert again.stdout == r.stdout, "the preload was added twice"
+
+
+def test_run_sets_policy_path(procs, upm_bin, policies_dir):
+    show = ["/bin/sh", "-c", 'printf "%s\\n" "${UPM_POLICY-unset}"']
+    r = procs.run([upm_bin, "run", "--policy", policies_dir / "nodejs.json", "--", *show])
+    assert r.returncode == 0, r.stderr
+    assert Path(r.stdout.strip()).is_absolute() and Path(r.stdout.strip()).name == "nodejs.json", r.stdout
+    r = procs.run([upm_bin, "run", "--", *show], env={"UPM_POLICY": "/somewhere/else.json"})
+    assert r.stdout.strip() == "unset", "an inherited UPM_POLICY survived `upm run` without --policy"
+
+
 @pytest.mark.parametrize("status", [0, 1, 7, 126])
 def test_run_passes_exit_status(procs, upm_bin, status):
     r = procs.run([upm_bin, "run", "--", "/bin/sh", "-c", f"exit {status}"])

@@ -210,3 +210,33 @@ def test_fail_closed_exits_127(procs, upm_bin, policies_dir, tmp_path, name):
     assert r.returncode == 127, f"want 127, got {r.returncode}; stderr: {r.stderr}"
     assert "out a b c" not in r.stdout, "the program ran although the policy fails closed"
     assert where in r.stderr, f"stderr does not name `{where}`: {r.stderr}"
+
+
+# --- a missing preload, --fail-closed ----------------------------------------
+
+
+def test_missing_preload_fails_open(procs, upm_bin, tmp_path):
+    missing = tmp_path / "libupm-preload.so"
+    r = procs.run([upm_bin, "run", "--", *PROGRAM], env={"UPM_PRELOAD": str(missing)})
+    assert r.returncode == 3 and r.stdout == "out a b c\n", r.stderr
+    assert str(missing) in r.stderr, f"stderr does not name the missing preload: {r.stderr}"
+
+
+def test_missing_preload_closed_policy_exits_127(procs, upm_bin, policies_dir, tmp_path):
+    path = tmp_path / "closed.json"
+    path.write_text(policy_text(policies_dir, {"on_error": "closed"}))
+    r = procs.run([upm_bin, "run", "--policy", path, "--", *PROGRAM],
+                  env={"UPM_PRELOAD": str(tmp_path / "absent.so")})
+    assert r.returncode == 127, f"exit {r.returncode}: {r.stdout}{r.stderr}"
+    assert "out a b c" not in r.stdout
+
+
+@pytest.mark.parametrize("problem", ["syntax-error", "unknown-key", "missing-file"])
+def test_fail_closed_flag_exits_127(procs, upm_bin, policies_dir, tmp_path, problem):
+    path = tmp_path / f"{problem}.json"
+    if problem != "missing-file":
+        path.write_text(policy_text(policies_dir, BROKEN[problem][0]))
+    r = procs.run([upm_bin, "run", "--fail-closed", "--policy", path, "--", *PROGRAM])
+    assert r.returncode == 127, f"exit {r.returncode}: {r.stdout}{r.stderr}"
+    assert "out a b c" not in r.stdout
+    assert path.name in r.stderr, r.stderr
