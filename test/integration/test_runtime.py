@@ -433,3 +433,22 @@ def test_bundle_from_working_directory_and_text_log(runc_node):
     assert any(line.startswith('time="') and " level=warning msg=\"upm-runtime: container `" in line
                and "invalid domain `bad domain`" in line for line in lines), lines
     assert any(" level=info msg=\"upm-runtime: container `" in line and "injected" in line for line in lines), lines
+
+
+def test_seccomp_denying_madvise_fails_open(node):
+    """A seccomp profile that denies madvise: upm leaves the spec (and the
+    profile) alone, the container starts, and the log says dedup is off."""
+    b = node.bundle(PROBE, {"upm.enabled": "true"})
+    spec = json.loads((b / "config.json").read_text())
+    spec["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW",
+                                "syscalls": [{"names": ["madvise"], "action": "SCMP_ACT_ERRNO"}]}
+    (b / "config.json").write_text(json.dumps(spec, indent="\t"))
+    digest = sha256(b / "config.json")
+    r, cid = node.run(b)
+    maps, env, _, _ = probe_output(r)
+    assert maps == 0 and "LD_PRELOAD" not in env
+    assert sha256(b / "config.json") == digest
+    why = "gives `madvise` the action `SCMP_ACT_ERRNO`"
+    assert f"container `{cid}`: not deduplicated: the preload could not advise" in node.our_log()
+    assert why in node.our_log()
+    assert any(why in e["msg"] and e["level"] == "error" for e in node.runtime_log_entries())

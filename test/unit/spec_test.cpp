@@ -217,6 +217,26 @@ TEST_CASE("spec: the edit without policy, domain or hook", "[spec]") {
     CHECK(minimal->text == R"({"process":{"args":["x"],"env":["LD_PRELOAD=/run/upm/libupm-preload.so"]},"mounts":[{"destination":"/run/upm/libupm-preload.so","type":"bind","source":"/p","options":["bind","ro","nosuid","nodev"]}]})");
 }
 
+TEST_CASE("spec: a seccomp profile denying madvise stops the edit", "[spec]") {
+    SpecEdit e{"/p", "", "", "", 10};
+    auto with = [](const std::string& seccomp) { return R"({"process":{},"linux":{"seccomp":)" + seccomp + "}}"; };
+    // default allow, no rule: fine
+    CHECK(edit_spec(with(R"({"defaultAction":"SCMP_ACT_ALLOW"})"), e).ok());
+    // an allow-list (as containerd's and Docker's default profiles) with madvise: fine
+    CHECK(edit_spec(with(R"({"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["read","madvise"],"action":"SCMP_ACT_ALLOW"}]})"), e).ok());
+    // an allow-list without madvise
+    auto denied = edit_spec(with(R"({"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["read"],"action":"SCMP_ACT_ALLOW"}]})"), e);
+    REQUIRE_FALSE(denied.ok());
+    CHECK(denied.error().err == EPERM);
+    CHECK_THAT(denied.error().message, Catch::Contains("default action is `SCMP_ACT_ERRNO` and no rule allows `madvise`"));
+    // a rule denying madvise
+    auto rule = edit_spec(with(R"({"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["madvise"],"action":"SCMP_ACT_KILL"}]})"), e);
+    REQUIRE_FALSE(rule.ok());
+    CHECK_THAT(rule.error().message, Catch::Contains("gives `madvise` the action `SCMP_ACT_KILL`"));
+    // a conditional denial leaves other calls allowed
+    CHECK(edit_spec(with(R"({"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["madvise"],"action":"SCMP_ACT_ERRNO","args":[{"index":2,"value":4,"op":"SCMP_CMP_EQ"}]}]})"), e).ok());
+}
+
 TEST_CASE("spec: LD_PRELOAD entries are compared, never resolved", "[spec]") {
     CHECK(append_preload_entry("", "/run/upm/x.so") == "/run/upm/x.so");
     CHECK(append_preload_entry("/a.so", "/run/upm/x.so") == "/a.so:/run/upm/x.so");

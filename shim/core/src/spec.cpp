@@ -164,6 +164,41 @@ Result<json*> member(json& parent, const char* key, json::value_t kind, const st
     return &m;
 }
 
+// Why the container's seccomp profile stops the preload from advising, or ""
+// when it does not.  The preload needs madvise(); upm leaves the profile
+// alone (adding a rule would widen what the operator chose) and the caller
+// fails open.  A conditional rule (with `args`) that allows madvise counts
+// as allowing it; a missing defaultAction is the runtime's error, not ours.
+std::string seccomp_denies_madvise(const json& doc) {
+    auto allows = [](const std::string& action) { return action == "SCMP_ACT_ALLOW" || action == "SCMP_ACT_LOG"; };
+    auto lin = doc.find("linux");
+    if (lin == doc.end() || !lin->is_object()) return "";
+    auto sc = lin->find("seccomp");
+    if (sc == lin->end() || !sc->is_object()) return "";
+    auto def = sc->find("defaultAction");
+    if (def == sc->end() || !def->is_string()) return "";
+    std::string denying;
+    bool allowed = false;
+    auto rules = sc->find("syscalls");
+    if (rules != sc->end() && rules->is_array()) {
+        for (const auto& r : *rules) {
+            if (!r.is_object() || !r.contains("names") || !r["names"].is_array()) continue;
+            bool names_it = false;
+            for (const auto& n : r["names"]) names_it = names_it || (n.is_string() && n == "madvise");
+            if (!names_it || !r.contains("action") || !r["action"].is_string()) continue;
+            const auto& action = r["action"].get_ref<const std::string&>();
+            bool conditional = r.contains("args") && r["args"].is_array() && !r["args"].empty();
+            if (allows(action)) allowed = true;
+            else if (!conditional) denying = action;
+        }
+    }
+    if (allowed) return "";
+    if (!denying.empty()) return "a rule of its seccomp profile gives `madvise` the action `" + printable(denying, 40) + "`";
+    const auto& d = def->get_ref<const std::string&>();
+    if (allows(d)) return "";
+    return "its seccomp profile's default action is `" + printable(d, 40) + "` and no rule allows `madvise`";
+}
+
 // ---- prepare_bundle ------------------------------------------------------------
 
 class Notes {
@@ -389,6 +424,8 @@ Result<EditedSpec> edit_spec(std::string_view config_text, const SpecEdit& edit)
         json& doc = *parsed;
         if (!doc.contains("process") || !doc["process"].is_object())
             return Error{EINVAL, "config.json has no `process` object"};
+        if (auto why = seccomp_denies_madvise(doc); !why.empty())
+            return Error{EPERM, "the preload could not advise: " + why + " (upm leaves the profile alone)"};
         // Top-level members are created first: ordered_json keeps them in a
         // vector, so an insertion moves its siblings.  Nested values stay put.
         auto mounts = member(doc, "mounts", json::value_t::array, "mounts");

@@ -135,8 +135,10 @@ struct EditedSpec {
 //   entry; a new entry when there is none; never twice), UPM_POLICY set when
 //   a policy is mounted, UPM_DOMAIN set when a domain is given;
 // - hooks.poststart / hooks.poststop: + [hook, "poststart"|"poststop"].
-// Fails when the document has no `process` object, or a field upm edits has
-// the wrong type.
+// Fails when the document has no `process` object, a field upm edits has
+// the wrong type, or the seccomp profile (linux.seccomp) denies madvise():
+// the preload could not advise, and upm does not widen a profile the
+// operator chose (docs/runtime.md).
 Result<EditedSpec> edit_spec(std::string_view config_text, const SpecEdit& edit);
 
 // LD_PRELOAD value with `entry` appended (separators ':' and ' '), unchanged
