@@ -108,6 +108,10 @@ def test_check_accepts_valid(procs, upm_bin, policies_dir, schema, tmp_path, nam
     path.write_text(text)
     r = check(procs, upm_bin, path)
     assert r.returncode == 0, f"{r.stdout}{r.stderr}"
+    r = check(procs, upm_bin, path, "--normalized")
+    assert r.returncode == 0, r.stderr
+    assert schema_errors(schema, r.stdout) == [], f"normalized form violates the schema: {r.stdout}"
+    assert_subset(json.loads(strip_json_comments(text)), json.loads(r.stdout))
 
 
 @pytest.mark.parametrize("name", sorted(BROKEN))
