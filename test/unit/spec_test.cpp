@@ -237,6 +237,35 @@ TEST_CASE("spec: a seccomp profile denying madvise stops the edit", "[spec]") {
     CHECK(edit_spec(with(R"({"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["madvise"],"action":"SCMP_ACT_ERRNO","args":[{"index":2,"value":4,"op":"SCMP_CMP_EQ"}]}]})"), e).ok());
 }
 
+TEST_CASE("spec: the /run/upm fallback is checked inside the rootfs", "[spec]") {
+    TempBundle b("");
+    std::string rootfs = b.dir + "/rootfs";
+    fs::create_directories(rootfs + "/usr");
+    auto check = [&] { return check_container_dir(b.dir, "rootfs", "/run/upm"); };
+    CHECK(check().ok());                                  // absent: the runtime creates it
+    fs::create_directory(rootfs + "/run");
+    CHECK(check().ok());
+    fs::create_symlink("/nonexistent", rootfs + "/run/upm");
+    auto dangling = check();
+    REQUIRE_FALSE(dangling.ok());
+    CHECK(dangling.error().message == "`/run/upm` in the image is a symbolic link that does not resolve inside the rootfs");
+    fs::remove(rootfs + "/run/upm");
+    fs::remove(rootfs + "/run");
+    // links are resolved inside the rootfs: /tmp exists on the host, not in the image
+    fs::create_symlink("/tmp", rootfs + "/run");
+    CHECK_FALSE(check().ok());
+    fs::remove(rootfs + "/run");
+    fs::create_symlink("../../../../../../usr", rootfs + "/run");  // `..` stops at the rootfs
+    CHECK(check().ok());
+    CHECK(check_container_dir(b.dir, rootfs, "/run/upm").ok());     // absolute root.path
+    fs::remove(rootfs + "/run");
+    { std::ofstream(rootfs + "/run") << "x"; }
+    auto file = check();
+    REQUIRE_FALSE(file.ok());
+    CHECK_THAT(file.error().message, Catch::Contains("is not a directory"));
+    CHECK_FALSE(check_container_dir(b.dir, "no-rootfs", "/run/upm").ok());
+}
+
 TEST_CASE("spec: LD_PRELOAD entries are compared, never resolved", "[spec]") {
     CHECK(append_preload_entry("", "/run/upm/x.so") == "/run/upm/x.so");
     CHECK(append_preload_entry("/a.so", "/run/upm/x.so") == "/a.so:/run/upm/x.so");

@@ -16,7 +16,9 @@
 #include "upm/spec.hpp"
 
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -405,6 +407,48 @@ Result<UpmAnnotations> read_upm_annotations(std::string_view config_text) {
     }
 }
 
+Status check_container_dir(const std::string& bundle_dir, const std::string& root_path, std::string_view dir) {
+    try {
+        auto in_root = [](int root, const std::string& path) {
+            struct open_how how {};
+            how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+            how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+            return static_cast<int>(::syscall(SYS_openat2, root, path.c_str(), &how, sizeof how));
+        };
+        Fd bundle(::open(bundle_dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+        if (bundle.fd < 0) return Error::sys(errno, "open bundle `" + bundle_dir + "`");
+        Fd root(::openat(bundle.fd, root_path.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+        if (root.fd < 0) return Error::sys(errno, "open the rootfs `" + root_path + "`");
+        std::string path;
+        std::string_view rest = dir;
+        while (!rest.empty()) {
+            auto slash = rest.find('/');
+            std::string_view name = rest.substr(0, slash);
+            rest.remove_prefix(slash == std::string_view::npos ? rest.size() : slash + 1);
+            if (name.empty()) continue;
+            std::string parent = path.empty() ? "." : path;
+            path += (path.empty() ? "" : "/") + std::string(name);
+            Fd fd(in_root(root.fd, path));
+            if (fd.fd >= 0) continue;
+            int e = errno;
+            if (e == ENOSYS) return Ok{};  // kernel < 5.6: leave it to the runtime
+            std::string shown = "`/" + path + "` in the image";
+            if (e == ENOTDIR) return Error{e, shown + " is not a directory"};
+            if (e != ENOENT) return Error::sys(e, "resolving " + shown);
+            // Absent is fine (the runtime creates it); a link to nowhere is not.
+            Fd up(in_root(root.fd, parent));
+            struct stat st {};
+            if (up.fd >= 0 && ::fstatat(up.fd, std::string(name).c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+                S_ISLNK(st.st_mode))
+                return Error{ENOENT, shown + " is a symbolic link that does not resolve inside the rootfs"};
+            return Ok{};
+        }
+        return Ok{};
+    } catch (const std::exception& e) {
+        return Error::msg(std::string("checking the rootfs: ") + e.what());
+    }
+}
+
 std::string append_preload_entry(std::string_view existing, std::string_view entry) {
     std::string_view rest = existing;
     while (!rest.empty()) {
@@ -439,6 +483,10 @@ Result<EditedSpec> edit_spec(std::string_view config_text, const SpecEdit& edit)
         json* process = &doc["process"];
         EditedSpec out;
         std::string dir = has_dev_tmpfs(**mounts) ? kContainerDirDev : kContainerDirRun;
+        out.dir = dir;
+        if (doc.contains("root") && doc["root"].is_object() && doc["root"].contains("path") &&
+            doc["root"]["path"].is_string())
+            out.root = doc["root"]["path"].get<std::string>();
         out.preload = dir + "/" + kPreloadFile;
         if (!edit.policy_source.empty()) out.policy = dir + "/" + kPolicyFile;
 
@@ -585,6 +633,10 @@ Preparation prepare_bundle(const NodeConfig& config, const std::string& bundle_d
 
         auto edited = edit_spec(bundle->text, edit);
         if (!edited) return fail(edited.error().message);
+        if (edited->dir == kContainerDirRun && !edited->root.empty()) {
+            if (auto c = check_container_dir(bundle_dir, edited->root, kContainerDirRun); !c)
+                return fail("no place for the preload: " + c.error().message + " (and the spec mounts no tmpfs on `/dev`)");
+        }
         if (edited->text != bundle->text) {
             if (auto w = write_bundle_config(bundle_dir, edited->text, *bundle, config.fsync); !w)
                 return fail(w.error().message);

@@ -124,6 +124,8 @@ struct EditedSpec {
     std::string text;            // the new config.json
     std::string preload;         // where the preload is in the container
     std::string policy;          // where the policy is in the container; "" = none
+    std::string dir;             // kContainerDirDev or kContainerDirRun
+    std::string root;            // root.path of the spec ("" when absent)
 };
 
 // The edited config.json.  Every field upm does not touch is kept, in order;
@@ -140,6 +142,15 @@ struct EditedSpec {
 // the preload could not advise, and upm does not widen a profile the
 // operator chose (docs/runtime.md).
 Result<EditedSpec> edit_spec(std::string_view config_text, const SpecEdit& edit);
+
+// For the /run/upm fallback: checks, inside the rootfs (root.path, relative
+// to the bundle or absolute) and without leaving it (openat2 with
+// RESOLVE_IN_ROOT), that every component of `dir` is a directory or absent,
+// so that the runtime can create the mount targets.  A symbolic link that
+// does not resolve inside the rootfs is an error (crun would refuse the
+// mount and the container would not start).  Succeeds without checking on
+// kernels without openat2.
+Status check_container_dir(const std::string& bundle_dir, const std::string& root_path, std::string_view dir);
 
 // LD_PRELOAD value with `entry` appended (separators ':' and ' '), unchanged
 // when it is already listed.  Unlike append_ld_preload() it never resolves
