@@ -455,3 +455,38 @@ def test_seccomp_denying_madvise_fails_open(node):
     assert f"container `{cid}`: not deduplicated: the preload could not advise" in node.our_log()
     assert why in node.our_log()
     assert any(why in e["msg"] and e["level"] == "error" for e in node.runtime_log_entries())
+
+
+def test_argv_is_passed_exactly(runc_node):
+    """The real runtime gets upm-runtime's argv unchanged, argv[0] replaced by
+    its own path, for create (edited) and for every other command."""
+    fake = runc_node.tmp / "fake-runtime"
+    out = runc_node.tmp / "argv.txt"
+    fake.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$0\" \"$@\" > {out}\nexit 7\n")
+    fake.chmod(0o755)
+    runc_node.write_config(runtime=str(fake))
+    b = runc_node.bundle(PROBE, {"upm.enabled": "true"})
+    cases = [
+        ["--root", "/r", "--log=/l", "--log-format", "json", "--systemd-cgroup", "--debug", "create",
+         f"--bundle={b}", "--pid-file", "/p", "--console-socket", "/s", "my id", "--", "--bundle", "x"],
+        ["-root", "/r", "--rootless", "auto", "create", "-b", str(b), "c2"],
+        ["state", "c1"], ["--help"], ["--version"], ["delete", "-f", "c1"], ["exec", "-t", "c1", "sh"],
+        ["kill", "c1", "KILL"], ["start", "c1"], ["features"],
+    ]
+    for args in cases:
+        r = runc_node.procs.run([runc_node.wrapper, *args], env=runc_node.env())
+        assert r.returncode == 7, (args, r.stderr)
+        assert out.read_text().split("\n")[:-1] == [str(fake), *args]
+    assert f"--bundle={b}" in cases[0] and "injected" in runc_node.our_log()
+
+
+def test_unusable_runtime_is_reported(runc_node):
+    """No real runtime, or upm-runtime itself as the real runtime: exit 127 and
+    the reason in both logs and on stderr."""
+    for runtime, why in ((runc_node.tmp / "missing-runtime", "cannot execute the real runtime"),
+                         (runc_node.wrapper, "names upm-runtime itself")):
+        runc_node.write_config(runtime=str(runtime))
+        r = runc_node.procs.run(runc_node.argv("state", "c1"), env=runc_node.env())
+        assert r.returncode == 127 and why in r.stderr
+        assert why in runc_node.our_log()
+        assert any(why in e["msg"] for e in runc_node.runtime_log_entries())
