@@ -392,6 +392,18 @@ TEST_CASE("spec: prepare_bundle fails open", "[spec]") {
         CHECK(has_message(p, "not deduplicated: no policy named `no-such-policy`"));
         CHECK(b.config() == text);
     }
+    SECTION("default policy not installed: the built-in default") {
+        TempBundle b("containerd");
+        auto config = node_config();
+        config.policy_dir = "/nonexistent";
+        auto p = prepare_bundle(config, b.dir, "c11");
+        if (!resolve_node_policy(config, "default").ok()) {  // not installed under <prefix>/share either
+            CHECK(p.verdict == Verdict::edited);
+            CHECK(p.policy.empty());
+            CHECK(has_message(p, "policy `default` not installed"));
+            CHECK(b.config().find("UPM_POLICY") == std::string::npos);
+        }
+    }
     SECTION("missing preload: untouched") {
         TempBundle b("containerd");
         auto config = node_config();

@@ -584,12 +584,20 @@ Preparation prepare_bundle(const NodeConfig& config, const std::string& bundle_d
         SpecEdit edit;
         edit.domain = domain;
         bool closed = false;
+        Result<std::string> path = std::string();
         if (!policy_name.empty()) {
-            auto path = resolve_node_policy(config, policy_name);
-            if (!path) {
+            path = resolve_node_policy(config, policy_name);
+            if (!path && path.error().err == ENOENT && policy_name == "default") {
+                // default.json is the preload's built-in default: no file needed.
+                notes.add(NoteLevel::info, "policy `default` not installed (" + path.error().message +
+                                               "): the preload's built-in default, which is the same, is used");
+                policy_name.clear();
+            } else if (!path) {
                 notes.add(NoteLevel::error, "not deduplicated: " + path.error().message);
                 return p;
             }
+        }
+        if (!policy_name.empty()) {
             auto check = load_policy_file(*path);
             closed = check.policy ? check.policy->on_error == FailMode::closed
                                   : check.declared_on_error == FailMode::closed;
