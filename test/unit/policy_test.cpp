@@ -387,3 +387,17 @@ TEST_CASE("policy: files larger than 1 MiB are refused", "[policy]") {
     CHECK_THAT(only_error(check).message, Catch::Contains("larger than 1048576 bytes"));
     CHECK_THAT(only_error(check).fix, Catch::Contains("at most 1 MiB"));
 }
+
+TEST_CASE("policy: hostile documents stay bounded", "[policy]") {
+    std::string doc = "{";
+    for (int i = 0; i < 5000; ++i) doc += (i ? ",\"k" : "\"k") + std::to_string(i) + "\": 1";
+    doc += ", \"" + std::string(100000, 'x') + "\": 1}";
+    auto check = parse_policy(doc, "x");
+    CHECK(!check.policy.has_value());
+    REQUIRE(check.problems.size() == 101);
+    CHECK(check.problems.back().message == "4901 more problems not shown");
+    CHECK(check.problems.front().message == "unknown key `k0`");
+    for (const auto& p : check.problems) CHECK(p.message.size() < 300);
+    auto deep = parse_policy(std::string(10000, '[') + std::string(10000, ']'), "x");
+    CHECK(only_error(deep).where == "(root)");
+}

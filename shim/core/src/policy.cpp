@@ -88,6 +88,7 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
 // The closest name, if it is close enough to be a plausible typo.
 template <std::size_t N>
 std::string near_miss(std::string_view word, const std::array<std::string_view, N>& names) {
+    if (word.size() > 64) return {};  // no name is that long; keeps the distance table small
     std::string_view best;
     std::size_t best_d = SIZE_MAX;
     for (auto n : names) {
@@ -139,6 +140,11 @@ std::size_t utf8_length(std::string_view s) {
         std::count_if(s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
 }
 
+// A user-supplied name, cut short for messages (keys may be very long).
+std::string clip(std::string_view s) {
+    return s.size() > 64 ? std::string(s.substr(0, 61)) + "..." : std::string(s);
+}
+
 // A short rendering of a value for messages.
 std::string show(const json& v) {
     std::string s = v.dump();
@@ -153,13 +159,20 @@ public:
     explicit Validator(std::vector<PolicyProblem>& problems) : problems_(problems) {}
 
     void error(const std::string& where, std::string message, std::string fix) {
-        problems_.push_back({where.empty() ? "(root)" : where, std::move(message), std::move(fix), false});
         ++errors_;
+        add({clip_where(where), std::move(message), std::move(fix), false});
     }
     void warn(const std::string& where, std::string message, std::string fix) {
-        problems_.push_back({where.empty() ? "(root)" : where, std::move(message), std::move(fix), true});
+        add({clip_where(where), std::move(message), std::move(fix), true});
     }
     std::size_t errors() const { return errors_; }
+
+    // At most kMaxProblems are kept; then one line says how many were not.
+    void finish() {
+        if (dropped_ > 0)
+            problems_.push_back({"(document)", std::to_string(dropped_) + " more problems not shown",
+                                 "fix the problems above first", errors_ > 0 ? false : true});
+    }
 
     void type_error(const std::string& where, const json& v, const std::string& expected, std::string fix) {
         error(where, "expected " + expected + ", got " + type_name(v), std::move(fix));
@@ -222,7 +235,7 @@ public:
         auto s = v.get<std::string>();
         if (std::find(names.begin(), names.end(), s) != names.end()) return s;
         auto guess = near_miss(s, names);
-        error(where, "unknown " + what + " `" + s + "`", guess.empty() ? fix : "did you mean `" + guess + "`?");
+        error(where, "unknown " + what + " `" + clip(s) + "`", guess.empty() ? fix : "did you mean `" + guess + "`?");
         return std::nullopt;
     }
 
@@ -236,7 +249,7 @@ public:
         for (const auto& [key, value] : v.items()) {
             if (std::find(keys.begin(), keys.end(), key) != keys.end()) continue;
             auto guess = near_miss(key, keys);
-            error(where + "/" + pointer_escape(key), "unknown key `" + key + "`",
+            error(where + "/" + pointer_escape(key), "unknown key `" + clip(key) + "`",
                   guess.empty() ? "remove it; allowed keys here: " + list_names(keys)
                                 : "did you mean `" + guess + "`?");
         }
@@ -256,8 +269,22 @@ public:
     }
 
 private:
+    static constexpr std::size_t kMaxProblems = 100;
+
+    static std::string clip_where(const std::string& where) {
+        if (where.empty()) return "(root)";
+        return where.size() > 200 ? where.substr(0, 197) + "..." : where;
+    }
+    void add(PolicyProblem p) {
+        if (problems_.size() < kMaxProblems)
+            problems_.push_back(std::move(p));
+        else
+            ++dropped_;
+    }
+
     std::vector<PolicyProblem>& problems_;
     std::size_t errors_ = 0;
+    std::size_t dropped_ = 0;
 };
 
 // ---- keys ---------------------------------------------------------------------
@@ -363,7 +390,7 @@ void check_triggers(Validator& val, const json& v, Triggers& t) {
             if (value.is_string() && value.get<std::string>().starts_with("SIG") &&
                 std::find(kSignals.begin(), kSignals.end(), value.get<std::string>()) == kSignals.end() &&
                 near_miss(value.get<std::string>(), kSignals).empty()) {
-                val.error(item, "signal `" + value.get<std::string>() + "` is not allowed",
+                val.error(item, "signal `" + clip(value.get<std::string>()) + "` is not allowed",
                           "use one a program normally leaves alone: " + list_names(kSignals) +
                               ", or null for none");
                 continue;
@@ -420,7 +447,7 @@ void check_root(Validator& val, const json& doc, Policy& p, std::optional<FailMo
                 if (valid_domain(*s))
                     p.domain = *s;
                 else
-                    val.error(where, "invalid domain `" + *s + "`",
+                    val.error(where, "invalid domain `" + clip(*s) + "`",
                               "use up to 64 letters, digits, `.`, `_` or `-`, starting with a letter or digit, "
                               "or \"\" for the runtime's default");
             }
@@ -477,8 +504,9 @@ public:
                 if (!frames_.empty() && parsed.is_string()) {
                     Frame& f = frames_.back();
                     f.current = parsed.get<std::string>();
-                    if (!f.keys.insert(f.current).second)
-                        problems_.push_back({pointer(), "duplicate key `" + f.current + "`: only the last value is used",
+                    if (!f.keys.insert(f.current).second && problems_.size() < 100)
+                        problems_.push_back({pointer(), "duplicate key `" + clip(f.current) +
+                                                            "`: only the last value is used",
                                              "remove one of them", true});
                 }
                 break;
@@ -587,6 +615,7 @@ PolicyCheck parse_policy(std::string_view text, std::string_view name) {
         p.description.clear();  // free text: not inherited from the default
         Validator val(check.problems);
         check_root(val, doc, p, check.declared_on_error);
+        val.finish();
         if (val.errors() == 0) check.policy = std::move(p);
     } catch (const std::exception& e) {
         check.policy.reset();
