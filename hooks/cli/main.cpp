@@ -2,6 +2,7 @@
 // and saved.  This file only dispatches; each command lives in its own file
 // and calls libupmcore.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <string_view>
@@ -42,6 +43,25 @@ int main(int argc, char** argv) {
     upm::cli::add_maps(app, action);
     upm::cli::add_status(app, action);
     upm::cli::add_policy(app, action);
+
+    // Name an unknown command (CLI11 would only say "A subcommand is required").
+    CLI::App* level = &app;
+    for (int i = 1; i < argc; ++i) {
+        std::string_view arg = argv[i];
+        if (arg == "--") break;
+        if (arg.starts_with("-")) continue;
+        auto subs = level->get_subcommands([](CLI::App*) { return true; });
+        if (subs.empty()) break;  // this command takes arguments, not commands
+        auto it = std::find_if(subs.begin(), subs.end(), [&](CLI::App* s) { return s->get_name() == arg; });
+        if (it == subs.end()) {
+            std::string names;
+            for (auto* s : subs) names += (names.empty() ? "`" : ", `") + s->get_name() + "`";
+            std::fprintf(stderr, "upm: unknown command `%s` (commands: %s); run `upm --help`\n", argv[i],
+                         names.c_str());
+            return 2;
+        }
+        level = *it;
+    }
 
     try {
         app.parse(argc, argv);
