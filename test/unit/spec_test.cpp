@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "helpers.hpp"
 #include "upm/nodeconfig.hpp"
@@ -364,6 +365,23 @@ TEST_CASE("spec: prepare_bundle injects into annotated bundles", "[spec]") {
     auto p2 = prepare_bundle(config, b.dir, "c2");
     CHECK(p2.verdict == Verdict::edited);
     CHECK(b.config() == once);
+}
+
+TEST_CASE("spec: concurrent prepare_bundle on one bundle", "[spec]") {
+    TempBundle b("containerd");
+    std::vector<Preparation> results(8);
+    std::vector<std::thread> threads;
+    for (std::size_t i = 0; i < results.size(); ++i)
+        threads.emplace_back([&, i] { results[i] = prepare_bundle(node_config(), b.dir, "t" + std::to_string(i)); });
+    for (auto& t : threads) t.join();
+    for (const auto& r : results) CHECK(r.verdict == Verdict::edited);
+    auto doc = ojson::parse(b.config());
+    std::size_t ours = 0;
+    for (const auto& m : doc["mounts"]) ours += m["destination"] == "/dev/upm/libupm-preload.so";
+    CHECK(ours == 1);
+    std::size_t files = 0;
+    for ([[maybe_unused]] auto& e : fs::directory_iterator(b.dir)) ++files;
+    CHECK(files == 1);
 }
 
 TEST_CASE("spec: prepare_bundle fails open", "[spec]") {

@@ -645,9 +645,17 @@ Preparation prepare_bundle(const NodeConfig& config, const std::string& bundle_d
             if (auto c = check_container_dir(bundle_dir, edited->root, kContainerDirRun); !c)
                 return fail("no place for the preload: " + c.error().message + " (and the spec mounts no tmpfs on `/dev`)");
         }
-        if (edited->text != bundle->text) {
-            if (auto w = write_bundle_config(bundle_dir, edited->text, *bundle, config.fsync); !w)
-                return fail(w.error().message);
+        // Another writer (a concurrent create of the same bundle) may replace
+        // config.json between our read and our rename: read it again and
+        // redo the edit, which is idempotent, a few times.
+        for (int attempt = 1; edited->text != bundle->text; ++attempt) {
+            auto w = write_bundle_config(bundle_dir, edited->text, *bundle, config.fsync);
+            if (w) break;
+            if (w.error().err != EAGAIN || attempt == 3) return fail(w.error().message);
+            bundle = read_bundle_config(bundle_dir);
+            if (!bundle) return fail(bundle.error().message);
+            edited = edit_spec(bundle->text, edit);
+            if (!edited) return fail(edited.error().message);
         }
         p.verdict = Verdict::edited;
         notes.add(NoteLevel::info, "injected `" + edited->preload + "` (from `" + edit.preload_source +
