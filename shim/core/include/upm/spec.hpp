@@ -10,8 +10,10 @@
 //   parse_runtime_args()  which subcommand, which bundle, where the runtime logs
 //   read_bundle_config()  config.json, bounded, O_NOFOLLOW, relative to the bundle dir
 //   read_upm_annotations() upm.enabled / upm.policy / upm.domain
-//   edit_spec()           the injection: two read-only binds, env, hooks
-//   write_bundle_config() temporary file + fsync + renameat, mode and owner kept
+//   edit_spec()           the injection: two read-only binds, env, hooks (refused
+//                         when the seccomp profile denies madvise)
+//   check_container_dir() the /run/upm fallback, resolved inside the rootfs
+//   write_bundle_config() temporary file + renameat (+ fsync), mode and owner kept
 //   prepare_bundle()      all of it, with the fail-open / fail-closed rules
 //
 // The bundle and its config.json are input of whoever created them (the
