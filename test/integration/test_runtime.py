@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Memhog, assert_not_merged, describe, wait_full_scans, wait_merged
+from conftest import FRACTION, Memhog, assert_not_merged, describe, frames_saved, wait_full_scans, wait_merged
 
 RUNTIMES = {"runc": Path("/usr/bin/runc"), "crun": Path("/usr/bin/crun")}
 # The specs of these tests mount a tmpfs on /dev (as every engine does), so
@@ -352,7 +352,10 @@ def test_two_annotated_containers_merge(node, ksm_fast, report):
     hogs = [node.start_memhog(node.bundle(memhog, {"upm.enabled": "true"})) for _ in range(2)]
     plain = node.start_memhog(node.bundle(memhog))
     took = wait_merged(hogs, timeout=30)
-    report(f"{node.name}: 2 annotated containers x 64 MiB, 95% merged {took:.2f} s after ready")
+    saved = frames_saved(hogs)      # exact: the two regions share page frames
+    report(f"{node.name}: 2 annotated containers x 64 MiB, 95% merged {took:.2f} s after ready, "
+           f"{saved} of {hogs[0].pages} pages share frames")
+    assert saved >= FRACTION * hogs[0].pages
     print(describe(hogs + [plain]))
     for h in hogs:
         assert h.region().mergeable
