@@ -93,7 +93,7 @@ private:
 class NodeLogSink final : public LazyFileSink {
 public:
     explicit NodeLogSink(const std::string& path)
-        : LazyFileSink(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC, 0640) {
+        : LazyFileSink(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0640) {
         auto f = std::make_unique<spdlog::pattern_formatter>(spdlog::pattern_time_type::utc);
         f->add_flag<LevelFlag>('*');
         f->set_pattern("%Y-%m-%dT%H:%M:%S.%fZ %n[%P] %*: %v");
