@@ -245,8 +245,8 @@ def test_annotated_container_has_the_preload(node):
 def test_unannotated_bundle_is_byte_identical(node):
     """Without upm.enabled=true config.json is neither changed nor rewritten,
     and no preload is mapped; `upm.enabled=True` does not enable either."""
-    for annotations in (None, {"other": "x"}, {"upm.enabled": "True", "upm.policy": "python-ml"}):
-        b = node.bundle(PROBE, annotations)
+    for ann in (None, {"other": "x"}, {"upm.enabled": "True", "upm.policy": "python-ml"}):
+        b = node.bundle(PROBE, ann)
         cfg = b / "config.json"
         digest, st = sha256(cfg), cfg.stat()
         r, _ = node.run(b)
@@ -265,7 +265,7 @@ def test_existing_ld_preload_is_kept(runc_node):
     """An LD_PRELOAD of the image stays first; ours is appended once."""
     lib = next(p for p in (Path("/usr/lib/x86_64-linux-gnu/libdl.so.2"), Path("/usr/lib/aarch64-linux-gnu/libdl.so.2"))
                if p.exists())
-    b = runc_node.bundle(PROBE + [], {"upm.enabled": "true"}, env=[f"LD_PRELOAD={lib}"])
+    b = runc_node.bundle(PROBE, {"upm.enabled": "true"}, env=[f"LD_PRELOAD={lib}"])
     r, _ = runc_node.run(b)
     maps, env, _, _ = probe_output(r)
     assert env["LD_PRELOAD"] == f"{lib}:{PRELOAD_IN_CONTAINER}"
@@ -430,9 +430,9 @@ def test_bundle_from_working_directory_and_text_log(runc_node):
     cid = runc_node.new_id()
     log = runc_node.tmp / "runtime.log"
     argv = [*runc_node.prefix, runc_node.wrapper, "--root", runc_node.root, "--log", log, "--debug", "run", cid]
-    r = runc_node.procs.run(argv, env=runc_node.env(), cwd=b) if False else subprocess.run(
-        [str(a) for a in argv], env={**os.environ, **runc_node.env()}, cwd=b, capture_output=True, text=True,
-        timeout=60)
+    # ProcessGroup.run() has no working directory; the container ends by itself.
+    r = subprocess.run([str(a) for a in argv], env={**os.environ, **runc_node.env()}, cwd=b,
+                       capture_output=True, text=True, timeout=60)
     maps, env, _, _ = probe_output(r)
     assert maps >= 1 and "UPM_DOMAIN" not in env
     lines = [line for line in log.read_text().splitlines() if "upm-runtime:" in line]
