@@ -346,6 +346,20 @@ TEST_CASE("spec: prepare_bundle leaves unannotated bundles byte-identical", "[sp
     }
 }
 
+TEST_CASE("spec: an escaped annotation key is still found", "[spec]") {
+    TempBundle b("plain");
+    std::string text = b.config();
+    auto pos = text.rfind('}');
+    text.insert(pos, ",\"annotations\": {\"upm\\u002eenabled\": \"true\"}");
+    { std::ofstream(b.path(), std::ios::trunc) << text; }
+    auto p = prepare_bundle(node_config(), b.dir, "esc");
+    CHECK(p.verdict == Verdict::edited);
+    // ...and a broken document without the key is "not annotated", whatever else is wrong
+    TempBundle broken("");
+    { std::ofstream(broken.path()) << "{\"process\": "; }
+    CHECK(prepare_bundle(node_config(), broken.dir, "broken").verdict == Verdict::untouched);
+}
+
 TEST_CASE("spec: prepare_bundle injects into annotated bundles", "[spec]") {
     TempBundle b("annotated", 0600);
     auto config = node_config();

@@ -544,6 +544,14 @@ Preparation prepare_bundle(const NodeConfig& config, const std::string& bundle_d
             notes.add(NoteLevel::warn, "not deduplicated: " + bundle.error().message);
             return p;
         }
+        // Fast path: without the literal key and without any \u escape (the
+        // only other way to spell it), no parsed document can carry
+        // upm.enabled; an 18 KiB spec costs about 0.3 ms of CPU to parse.
+        if (bundle->text.find(kAnnotationEnabled) == std::string::npos &&
+            bundle->text.find("\\u") == std::string::npos) {
+            notes.add(NoteLevel::debug, "not annotated `upm.enabled=true`: config.json left as it is");
+            return p;
+        }
         auto ann = read_upm_annotations(bundle->text);
         if (!ann) {
             notes.add(NoteLevel::warn, "not deduplicated: " + ann.error().message);
