@@ -15,6 +15,9 @@
 // Never advised, whatever the policy says (class `never` with a reason):
 // shared mappings, device files, [vdso]/[vvar]/[vsyscall]/[uprobes],
 // executable file text, PROT_NONE reservations.
+// The exact rules and their order (guard at most 64 KiB, [anon:NAME] is
+// anonymous, RELRO = read-only mapping right below a writable mapping of the
+// same file) are in src/classify.cpp and docs/policy.md.
 #pragma once
 
 #include <cstdint>
