@@ -12,6 +12,7 @@ tree=${1:?usage: regen-patches.sh KERNEL_GIT_TREE}
 here=$(cd "$(dirname "$0")/.." && pwd)
 rm -f "$here"/patches/*.patch
 git -C "$tree" format-patch -q --no-signature --zero-commit -N \
+	--diff-algorithm=histogram \
 	base..HEAD -o "$here/patches"
 (cd "$here/patches" && ls ./*.patch | sed 's|^\./||') > "$here/patches/series"
 cat "$here/patches/series"
