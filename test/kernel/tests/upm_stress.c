@@ -53,7 +53,7 @@ static void *writer(void *arg)
 
 	while (!stop) {
 		pthread_rwlock_rdlock(&lk);
-		for (int k = 0; k < 16 && !stop; k++) {
+		for (int k = 0; k < 8 && !stop; k++) {
 			size_t i = rand_r(&r) % npg;
 			unsigned char v = rand_r(&r) % NVER;
 
@@ -64,7 +64,8 @@ static void *writer(void *arg)
 			nwrites++;
 		}
 		pthread_rwlock_unlock(&lk);
-		usleep(rand_r(&r) % 500);
+		/* ~1-2k writes/s: enough to race every advise, not enough to starve it */
+		usleep(2000 + rand_r(&r) % 3000);
 	}
 	return NULL;
 }
