@@ -8,7 +8,7 @@
  * Supervisor: keeps NPROC (default 4) worker processes alive, restarting
  * each when it retires (sharer exit), and toggles ksm run 0 <-> 1 (ksmd with
  * pages_to_scan=1000, sleep 0 racing UPM), with an occasional run=2.
- * Worker: an 8 MiB private anonymous region where page i holds the pattern
+ * Worker: an 8 MiB (2 MiB if UPM_TIME_SCALE > 1) private anonymous region where page i holds the pattern
  * (seed + ver[i], i) with ver[i] in 0..3, so the same pages recur across
  * workers and merge.  A writer thread rewrites random pages and checks each
  * write immediately, while the main thread advises (MADV_UPM; MADV_MERGEABLE
@@ -219,7 +219,9 @@ static int worker(double until, unsigned int r)
 int main(int argc, char **argv)
 {
 	double secs = argc > 1 ? atof(argv[1]) : 60, end, next_toggle;
-	int nproc = argc > 2 ? atoi(argv[2]) : 4, mib = argc > 3 ? atoi(argv[3]) : 8;
+	/* 8 MiB regions; 2 MiB on slow (debug, UPM_TIME_SCALE > 1) kernels so
+	 * that each worker gets through many operations, not a few advises */
+	int nproc = argc > 2 ? atoi(argv[2]) : 4, mib = argc > 3 ? atoi(argv[3]) : ut_scale() > 1 ? 2 : 8;
 	const char *why = NULL;
 	pid_t pids[64];
 	unsigned int r = 12345;
