@@ -19,8 +19,8 @@
  * Locking: this file takes no lock of its own.  upm_madvise() is called by
  * do_madvise() with no mmap_lock held; it calls do_madvise(MADV_MERGEABLE),
  * which takes and drops the mmap_lock for write, and then
- * ksm_upm_merge_range(), which takes ksm_thread_mutex and, under it, the
- * mmap_lock of one mm at a time.  Statistics are atomics, the tunables are
+ * ksm_upm_merge_range(), which takes upm_pass_sem, ksm_thread_mutex and,
+ * under them, the mmap_lock of one mm at a time.  Statistics are atomics, the tunables are
  * single words read with READ_ONCE().
  *
  * Sharing domains: pages are merged only with pages of the same domain.
