@@ -284,8 +284,20 @@ TEST_CASE("policy: resolve_policy and the search path", "[policy]") {
     CHECK(absent.error().err == ENOENT);
     ::unsetenv("UPM_POLICY_PATH");
     dirs = policy_search_path();
-    REQUIRE(dirs.size() == 2);
+    REQUIRE(dirs.size() == 3);
     CHECK(dirs[0] == "/etc/upm/policies");
+    CHECK(dirs[2].ends_with("/config/policies"));  // the source tree, last
+}
+
+TEST_CASE("policy: periodic null switches the periodic trigger off", "[policy]") {
+    auto check = parse_policy(R"({"version": 1, "triggers": {"periodic": null}})", "off");
+    REQUIRE(check.policy.has_value());
+    CHECK(check.policy->triggers.periodic_interval.count() == 0);
+    std::string json = policy_to_json(*check.policy);
+    CHECK(json.find("\"periodic\": null") != std::string::npos);
+    auto again = parse_policy(json, "off");
+    REQUIRE(again.policy.has_value());
+    CHECK(*again.policy == *check.policy);
 }
 
 TEST_CASE("policy: load_policy_file reports unreadable files", "[policy]") {

@@ -381,6 +381,11 @@ void check_triggers(Validator& val, const json& v, Triggers& t) {
                 if (auto ms = val.integer(item + "/" + std::to_string(i), value[i], 0, kMaxMs, "5000"))
                     t.delays.emplace_back(*ms);
         } else if (key == "periodic") {
+            if (value.is_null()) {  // explicitly off
+                t.periodic_interval = std::chrono::milliseconds(0);
+                t.periodic_duration = std::chrono::milliseconds(0);
+                continue;
+            }
             check_periodic(val, value, t);
         } else if (key == "signal") {
             if (value.is_null()) {
@@ -675,6 +680,10 @@ std::vector<std::string> policy_search_path() {
         }
         dirs.emplace_back("/etc/upm/policies");
         dirs.emplace_back(UPM_POLICY_DIR);
+#ifdef UPM_SOURCE_POLICY_DIR
+        // Last resort for programs run from the build tree, before install.
+        dirs.emplace_back(UPM_SOURCE_POLICY_DIR);
+#endif
     } catch (...) {
     }
     return dirs;
@@ -773,6 +782,8 @@ std::string policy_to_json(const Policy& p) {
         if (p.triggers.periodic_interval.count() > 0)
             t["periodic"] = {{"interval_ms", p.triggers.periodic_interval.count()},
                              {"duration_ms", p.triggers.periodic_duration.count()}};
+        else
+            t["periodic"] = nullptr;
         t["signal"] = p.triggers.signal ? json(signal_name(p.triggers.signal)) : json(nullptr);
         doc["triggers"] = t;
         doc["backend"] = to_string(p.backend);
