@@ -112,9 +112,11 @@ if ((${#TESTS[@]})); then
 	APPEND+=" upm.tests=$(IFS=,; echo "${TESTS[*]}")"
 fi
 
-# two NUMA nodes of 1 GiB, one CPU (socket) each (ksm_tests -N, merge_across_nodes)
+# two NUMA nodes of 1 GiB, one CPU (socket) each (ksm_tests -N, merge_across_nodes);
+# merge=off keeps the guest RAM out of the host's KSM, so host-KSM tests and
+# the guest do not slow each other down
 QEMU=(qemu-system-x86_64 -nographic -no-reboot -m 2G -smp 2,sockets=2,cores=1,threads=1 -cpu max -accel "$ACCEL"
-	-object memory-backend-ram,id=m0,size=1G -object memory-backend-ram,id=m1,size=1G
+	-object memory-backend-ram,id=m0,size=1G,merge=off -object memory-backend-ram,id=m1,size=1G,merge=off
 	-numa node,nodeid=0,cpus=0,memdev=m0 -numa node,nodeid=1,cpus=1,memdev=m1
 	-kernel "$KERNEL" -initrd "$INITRD" -append "$APPEND")
 log "kernel:  $KERNEL"
