@@ -22,10 +22,10 @@ help:
 deps:
 	@packaging/install-deps.sh --check build test workloads 2>/dev/null || packaging/install-deps.sh build test workloads
 
-$(BUILD)/CMakeCache.txt:
-	cmake -S . -B $(BUILD) -DCMAKE_INSTALL_PREFIX=$(PREFIX) $(CMAKE_FLAGS)
-
-build: deps $(BUILD)/CMakeCache.txt
+# Configured every time: the install prefix is compiled in (policy and
+# preload locations), so `make install PREFIX=...` must build for that prefix.
+build: deps
+	cmake -S . -B $(BUILD) -DCMAKE_INSTALL_PREFIX=$(PREFIX) $(CMAKE_FLAGS) >/dev/null
 	cmake --build $(BUILD) -j $(JOBS)
 
 check: build
