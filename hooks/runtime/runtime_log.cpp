@@ -12,6 +12,8 @@
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/spdlog.h>
 
+#include "upm/log_sinks.hpp"
+
 namespace upm::runtime {
 
 namespace {
@@ -34,28 +36,6 @@ spdlog::level::level_enum parse_level(const std::string& level) {
     return spdlog::level::info;
 }
 
-void write_all(int fd, const char* p, std::size_t left) {
-    while (left > 0) {
-        ssize_t n = ::write(fd, p, left);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return;
-        p += n;
-        left -= static_cast<std::size_t>(n);
-    }
-}
-
-// Short lowercase level names, as every upm program prints them.
-class LevelFlag final : public spdlog::custom_flag_formatter {
-public:
-    void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
-        static constexpr std::string_view names[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
-        auto i = static_cast<std::size_t>(msg.level);
-        auto name = i < std::size(names) ? names[i] : std::string_view("log");
-        dest.append(name.data(), name.data() + name.size());
-    }
-    std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<LevelFlag>(); }
-};
-
 // A file opened on the first line written to it.
 class LazyFileSink : public spdlog::sinks::base_sink<spdlog::details::null_mutex> {
 public:
@@ -77,7 +57,7 @@ protected:
         if (fd_ < 0) return;
         spdlog::memory_buf_t buf;
         format_line(msg, buf);
-        write_all(fd_, buf.data(), buf.size());
+        write_all(fd_, std::string_view(buf.data(), buf.size()));
     }
     void flush_() override {}
 

@@ -244,13 +244,7 @@ std::size_t page_size() {
 }
 
 const char* backend_name(BackendKind k) {
-    switch (k) {
-        case BackendKind::upm: return "upm";
-        case BackendKind::ksm: return "ksm";
-        case BackendKind::ksm_process: return "ksm-process";
-        case BackendKind::none: return "none";
-    }
-    return "none";
+    return to_string(k).data();  // views of string literals: NUL-terminated
 }
 
 }  // namespace upm::preload

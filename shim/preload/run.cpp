@@ -23,6 +23,7 @@
 
 #include "preload.hpp"
 #include "upm/classify.hpp"
+#include "upm/log_sinks.hpp"
 #include "upm/log.hpp"
 #include "upm/maps.hpp"
 
@@ -97,17 +98,7 @@ void say(std::string_view msg) {
     std::string line = "upm[" + std::to_string(::getpid()) + "]: ";
     line.append(msg);
     line.push_back('\n');
-    int saved = errno;
-    const char* p = line.data();
-    std::size_t left = line.size();
-    while (left > 0) {
-        ssize_t n = ::write(STDERR_FILENO, p, left);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        p += n;
-        left -= static_cast<std::size_t>(n);
-    }
-    errno = saved;
+    write_all(STDERR_FILENO, line);
 }
 
 int run_policy(const char* trigger) {

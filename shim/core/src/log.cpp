@@ -9,6 +9,7 @@
 // cloned per message, since spdlog's pattern formatter caches state and is
 // not thread-safe; upm logs rarely, so the cost does not matter.
 #include "upm/log.hpp"
+#include "upm/log_sinks.hpp"
 
 #include <unistd.h>
 
@@ -24,34 +25,12 @@ namespace upm {
 
 namespace {
 
-// Short lowercase level names: "warn", not "warning".
-class LevelFlag final : public spdlog::custom_flag_formatter {
-public:
-    void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
-        static constexpr std::string_view names[] = {"trace", "debug", "info", "warn", "error", "critical", "off"};
-        auto i = static_cast<std::size_t>(msg.level);
-        auto name = i < std::size(names) ? names[i] : std::string_view("log");
-        dest.append(name.data(), name.data() + name.size());
-    }
-    std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<LevelFlag>(); }
-};
-
 class StderrSink final : public spdlog::sinks::base_sink<spdlog::details::null_mutex> {
 protected:
     void sink_it_(const spdlog::details::log_msg& msg) override {
         spdlog::memory_buf_t buf;
         formatter_->clone()->format(msg, buf);
-        const char* p = buf.data();
-        std::size_t left = buf.size();
-        int saved = errno;
-        while (left > 0) {
-            ssize_t n = ::write(STDERR_FILENO, p, left);
-            if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) break;
-            p += n;
-            left -= static_cast<std::size_t>(n);
-        }
-        errno = saved;
+        write_all(STDERR_FILENO, std::string_view(buf.data(), buf.size()));
     }
     void flush_() override {}
 };
