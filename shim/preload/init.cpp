@@ -20,7 +20,6 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <sys/prctl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -131,15 +130,7 @@ void init_once() {
 
     if (const char* path = env_str("UPM_POLICY")) {
         c->policy_name = path;
-        // A FIFO or device would block or feed us endlessly: only regular
-        // files (a missing file is reported by load_policy_file()).
-        struct stat st;
-        if (::stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
-            PolicyCheck bad;
-            bad.problems.push_back(PolicyProblem{"", "not a regular file", "point UPM_POLICY at a policy file", false});
-            policy_failed(path, bad, force_closed);
-            return;
-        }
+        // load_policy_file() reads only regular files (a FIFO cannot block us).
         PolicyCheck chk = load_policy_file(path);
         if (!chk.policy) {
             policy_failed(path, chk, force_closed || chk.declared_on_error == FailMode::closed);

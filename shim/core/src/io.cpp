@@ -2,6 +2,7 @@
 #include "io.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -23,8 +24,14 @@ struct Fd {
 
 Result<std::string> read_file(const std::string& path, std::size_t max) {
     try {
-        Fd f{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY)};
+        // O_NONBLOCK: opening a FIFO must not wait for a writer.  Only
+        // regular files are read (a FIFO or device would block or never end;
+        // /proc and /sys files are regular).
+        Fd f{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)};
         if (f.fd < 0) return Error::sys(errno, "open `" + path + "`");
+        struct stat st {};
+        if (::fstat(f.fd, &st) != 0) return Error::sys(errno, "stat `" + path + "`");
+        if (!S_ISREG(st.st_mode)) return Error{EINVAL, "read `" + path + "`: not a regular file"};
         std::string out;
         for (;;) {
             // Read at most one byte past the bound, to tell "exactly max" from "more".
