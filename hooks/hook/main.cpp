@@ -25,18 +25,15 @@
 #include <cerrno>
 #include <cstdio>
 #include <ctime>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 
 #include "upm/nodeconfig.hpp"
+#include "upm/ocistate.hpp"
 #include "upm/spec.hpp"
 
 namespace {
 
-constexpr std::size_t kMaxState = 1024 * 1024;  // bytes of container state read from stdin
-constexpr int kMaxStateDepth = 32;
-constexpr long kMaxPid = 4194304;                // PID_MAX_LIMIT
 constexpr const char* kAgentSocket = "/run/upm/upmd.sock";
 
 int level_rank(std::string_view level) {
@@ -90,16 +87,7 @@ private:
     int fd_ = -1;
 };
 
-struct State {
-    std::string id;
-    long pid = 0;
-    std::string status;
-    std::string policy;
-    std::string domain;
-    bool enabled = false;
-};
-
-// Reads at most kMaxState bytes; more is an error.
+// Reads at most kMaxContainerState bytes; more is an error.
 upm::Result<std::string> read_stdin() {
     std::string text;
     char buf[65536];
@@ -108,69 +96,12 @@ upm::Result<std::string> read_stdin() {
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) return upm::Error::sys(errno, "read");
         if (n == 0) break;
-        if (text.size() + static_cast<std::size_t>(n) > kMaxState)
-            return upm::Error::msg("more than " + std::to_string(kMaxState) + " bytes");
+        if (text.size() + static_cast<std::size_t>(n) > upm::kMaxContainerState)
+            return upm::Error::msg("more than " + std::to_string(upm::kMaxContainerState) + " bytes");
         text.append(buf, static_cast<std::size_t>(n));
     }
     if (text.empty()) return upm::Error::msg("empty");
     return text;
-}
-
-// Nesting depth of JSON text, brackets inside strings not counted.
-bool too_deep(std::string_view text) {
-    int depth = 0;
-    bool in_string = false, escaped = false;
-    for (char c : text) {
-        if (in_string) {
-            if (escaped) escaped = false;
-            else if (c == '\\') escaped = true;
-            else if (c == '"') in_string = false;
-        } else if (c == '"') {
-            in_string = true;
-        } else if (c == '[' || c == '{') {
-            if (++depth > kMaxStateDepth) return true;
-        } else if (c == ']' || c == '}') {
-            --depth;
-        }
-    }
-    return false;
-}
-
-upm::Result<State> parse_state(std::string_view text, bool need_pid) {
-    using json = nlohmann::json;
-    if (too_deep(text)) return upm::Error::msg("nested deeper than " + std::to_string(kMaxStateDepth) + " levels");
-    json doc = json::parse(text, nullptr, false);
-    if (doc.is_discarded()) return upm::Error::msg("not valid JSON");
-    if (!doc.is_object()) return upm::Error::msg("not a JSON object");
-    State s;
-    auto id = doc.find("id");
-    if (id == doc.end() || !id->is_string()) return upm::Error::msg("no string `id`");
-    s.id = id->get<std::string>();
-    if (s.id.empty() || s.id.size() > 1024) return upm::Error::msg("`id` is empty or longer than 1024 bytes");
-    for (unsigned char c : s.id)
-        if (c < 0x20 || c == 0x7f || c == '/') return upm::Error::msg("`id` `" + upm::printable(s.id) + "` has a control character or `/`");
-    auto pid = doc.find("pid");
-    if (pid != doc.end() && !pid->is_null()) {
-        if (!pid->is_number_integer()) return upm::Error::msg("`pid` is not an integer");
-        long long v = pid->get<long long>();
-        if (v < 0 || v > kMaxPid) return upm::Error::msg("`pid` " + std::to_string(v) + " is out of range");
-        s.pid = static_cast<long>(v);
-    }
-    if (need_pid && s.pid <= 0) return upm::Error::msg("container `" + upm::printable(s.id) + "`: no `pid`");
-    auto status = doc.find("status");
-    if (status != doc.end() && status->is_string()) s.status = status->get<std::string>();
-    auto ann = doc.find("annotations");
-    if (ann != doc.end() && !ann->is_null()) {
-        if (!ann->is_object()) return upm::Error::msg("`annotations` is not an object");
-        auto str = [&](const char* key) -> std::string {
-            auto it = ann->find(key);
-            return it != ann->end() && it->is_string() ? it->get<std::string>() : std::string();
-        };
-        s.enabled = str(upm::kAnnotationEnabled) == "true";
-        s.policy = str(upm::kAnnotationPolicy);
-        s.domain = str(upm::kAnnotationDomain);
-    }
-    return s;
 }
 
 int run_event(const std::string& event, const upm::NodeConfigLoad& load) {
@@ -184,7 +115,7 @@ int run_event(const std::string& event, const upm::NodeConfigLoad& load) {
             log.write("error", event + ": container state on stdin: " + text.error().message);
             return 0;
         }
-        auto state = parse_state(*text, event == "poststart");
+        auto state = upm::parse_container_state(*text, event == "poststart");
         if (!state) {
             log.write("error", event + ": container state on stdin: " + state.error().message);
             return 0;
