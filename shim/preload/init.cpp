@@ -226,12 +226,11 @@ const BackendState& backend() {
     return *g_backend;
 }
 
+// No function-local static (its guard is not fork-safe); sysconf() reads a
+// value the loader keeps.
 std::size_t page_size() {
-    static const std::size_t ps = [] {
-        long p = ::sysconf(_SC_PAGESIZE);
-        return p > 0 ? static_cast<std::size_t>(p) : std::size_t{4096};
-    }();
-    return ps;
+    long p = ::sysconf(_SC_PAGESIZE);
+    return p > 0 ? static_cast<std::size_t>(p) : std::size_t{4096};
 }
 
 const char* backend_name(BackendKind k) {

@@ -39,10 +39,22 @@ void* dlopen_unavailable(const char*, int) { return nullptr; }
 
 std::atomic<void*> g_real_dlopen{nullptr};
 
+// The next definition of `name` (RTLD_NEXT), looked up once and cached in
+// `cache`: an atomic rather than a function-local static, whose
+// initialisation guard, if another thread held it at fork(), would stay
+// taken in the child forever.
 template <typename Fn>
-Fn next_symbol(const char* name) {
-    return reinterpret_cast<Fn>(::dlsym(RTLD_NEXT, name));
+Fn next_symbol(std::atomic<void*>& cache, const char* name) {
+    void* p = cache.load(std::memory_order_acquire);
+    if (!p) {
+        p = ::dlsym(RTLD_NEXT, name);
+        cache.store(p, std::memory_order_release);
+    }
+    return reinterpret_cast<Fn>(p);
 }
+
+std::atomic<void*> g_real_unshare{nullptr};
+std::atomic<void*> g_real_setns{nullptr};
 
 // Namespace-changing flags the kernel refuses in a multi-threaded process.
 constexpr int kSingleThreadUnshare = CLONE_NEWUSER | CLONE_VM | CLONE_SIGHAND | CLONE_THREAD;
@@ -129,7 +141,7 @@ extern "C" UPM_EXPORT void* dlopen(const char* file, int mode) {
 #endif
 
 extern "C" UPM_EXPORT int unshare(int flags) {
-    static const auto real = next_symbol<int (*)(int)>("unshare");
+    const auto real = next_symbol<int (*)(int)>(g_real_unshare, "unshare");
     const bool quiesce = (flags & kSingleThreadUnshare) != 0;
     if (quiesce) (void)upm::preload::quiesce_worker(kQuiesceTimeoutMs);
     int rc = real ? real(flags) : static_cast<int>(::syscall(SYS_unshare, flags));
@@ -140,7 +152,7 @@ extern "C" UPM_EXPORT int unshare(int flags) {
 }
 
 extern "C" UPM_EXPORT int setns(int fd, int nstype) {
-    static const auto real = next_symbol<int (*)(int, int)>("setns");
+    const auto real = next_symbol<int (*)(int, int)>(g_real_setns, "setns");
     const bool quiesce = nstype == 0 || (nstype & kSingleThreadSetns) != 0;
     if (quiesce) (void)upm::preload::quiesce_worker(kQuiesceTimeoutMs);
     int rc = real ? real(fd, nstype) : static_cast<int>(::syscall(SYS_setns, fd, nstype));

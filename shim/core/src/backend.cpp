@@ -2,8 +2,12 @@
 //
 // Each probe maps one private anonymous page, asks the kernel, and undoes
 // everything it did (MADV_UNMERGEABLE, munmap), so that probing leaves no
-// trace in the process.  Results are computed once per process (static
-// locals; after fork the child inherits the answer, which stays true).
+// trace in the process.  Results are cached per process in atomics, not in
+// function-local statics: a static's initialisation guard held by one
+// thread at fork() stays "in progress" in the child forever, and the
+// child's first probe would block on it (the preload's worker probes while
+// the program may fork).  Two threads may probe at once; both get the same
+// answer.  After fork the child inherits the answer, which stays true.
 #include "upm/backend.hpp"
 
 #include <linux/upm.h>
@@ -11,6 +15,7 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 
 #include "io.hpp"
@@ -43,6 +48,20 @@ bool probe_madvise(int advice) {
     return ok;
 }
 
+// A probe's answer, computed at most a few times (racing threads) and never
+// under a lock or an initialisation guard (see the top of the file).
+constexpr int kUnknown = 0, kNo = 1, kYes = 2;
+
+template <typename Probe>
+bool cached(std::atomic<int>& cache, Probe probe) {
+    int v = cache.load(std::memory_order_acquire);
+    if (v == kUnknown) {
+        v = probe() ? kYes : kNo;
+        cache.store(v, std::memory_order_release);
+    }
+    return v == kYes;
+}
+
 }  // namespace
 
 std::string_view to_string(BackendKind k) {
@@ -56,23 +75,23 @@ std::string_view to_string(BackendKind k) {
 }
 
 bool kernel_has_madv_upm() {
-    static const bool has = probe_madvise(MADV_UPM);
-    return has;
+    static std::atomic<int> cache{kUnknown};
+    return cached(cache, [] { return probe_madvise(MADV_UPM); });
 }
 
 bool kernel_has_ksm() {
-    static const bool has = probe_madvise(MADV_MERGEABLE);
-    return has;
+    static std::atomic<int> cache{kUnknown};
+    return cached(cache, [] { return probe_madvise(MADV_MERGEABLE); });
 }
 
 bool kernel_has_memory_merge_prctl() {
-    static const bool has = [] {
+    static std::atomic<int> cache{kUnknown};
+    return cached(cache, [] {
         int saved = errno;
         bool ok = ::prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0) >= 0;
         errno = saved;
         return ok;
-    }();
-    return has;
+    });
 }
 
 bool ksmd_running() {
