@@ -49,6 +49,27 @@ std::optional<long> read_long(const std::string& path) {
     return static_cast<long>(*v);
 }
 
+// Writes a knob like `echo VALUE > PATH` does (O_TRUNC, which sysfs
+// ignores; it matters for the plain files of the unit tests).
+Status write_knob(const std::string& path, const std::string& value) {
+    int fd = ::open(path.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) return Error::sys(errno, "open `" + path + "`");
+    std::string text = value + "\n";
+    std::size_t done = 0;
+    while (done < text.size()) {
+        ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            int e = errno;
+            ::close(fd);
+            return Error::sys(e, "write");
+        }
+        done += static_cast<std::size_t>(n);
+    }
+    if (::close(fd) != 0) return Error::sys(errno, "close");
+    return Ok{};
+}
+
 bool exists(const std::string& path) {
     struct stat st {};
     return ::stat(path.c_str(), &st) == 0;
@@ -388,7 +409,7 @@ Status KsmTuner::apply(const KsmKnobs& want, const KsmKnobs& have) {
     std::optional<Error> first;
     auto write = [&](const char* name, const std::string& value) {
         std::string path = o_.sysfs + "/" + name;
-        auto st = detail::write_file(path, value);
+        auto st = write_knob(path, value);
         if (!st) {
             // EBUSY/EINVAL (a knob the kernel refuses now): keep going with
             // the others, report the first failure.
@@ -398,7 +419,6 @@ Status KsmTuner::apply(const KsmKnobs& want, const KsmKnobs& have) {
         }
     };
     bool adv_change = !want.advisor_mode.empty() && !have.advisor_mode.empty() && want.advisor_mode != have.advisor_mode;
-    std::string adv_after = adv_change ? want.advisor_mode : have.advisor_mode;
     // Leaving the advisor resets pages_to_scan to the kernel default: first.
     if (adv_change && want.advisor_mode == "none") write("advisor_mode", want.advisor_mode);
     bool adv_now_none = adv_change ? want.advisor_mode == "none" : have.advisor_mode != "scan-time";
@@ -410,7 +430,6 @@ Status KsmTuner::apply(const KsmKnobs& want, const KsmKnobs& have) {
     // rates, since the advisor owns pages_to_scan from then on.
     if (adv_change && want.advisor_mode != "none") write("advisor_mode", want.advisor_mode);
     if (want.run >= 0 && want.run != have.run) write("run", std::to_string(want.run));
-    (void)adv_after;
     if (first) {
         st_.last_error = first->message;
         return *first;
