@@ -5,7 +5,7 @@
 // - an edit that succeeds is idempotent (editing the result again gives the
 //   same bytes) and keeps the annotations;
 // - read_upm_annotations() and edit_spec() agree on what is JSON.
-// Build and run: hooks/runtime/fuzz/run.sh (clang with libFuzzer).
+// Seeds: test/fuzz/corpus/spec/.  Build and run: test/fuzz/README.md.
 #include <cstdint>
 #include <cstdlib>
 #include <string>

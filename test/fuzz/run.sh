@@ -1,28 +1,99 @@
 #!/bin/sh
-# Builds the libFuzzer target of upm-runtime's parsers with clang (ASan and
-# UBSan) into $OUT (default /tmp/upm-fuzz-spec) and runs it for $SECONDS_
-# seconds (default 60) on a copy of the seed corpus (the fixture bundles).
-# Exit status: libFuzzer's (0 = nothing found).  Needs clang and
-# libclang-rt (Debian: clang, which brings libFuzzer).
+# The fuzz targets of test/fuzz (libFuzzer, clang, ASan + UBSan).
+#
+#   test/fuzz/run.sh build BUILD_DIR                 configure and build them in BUILD_DIR/fuzz
+#   test/fuzz/run.sh run BUILD_DIR TARGET SECONDS    fuzz TARGET (spec, policy, ...) for SECONDS
+#   test/fuzz/run.sh list                            the targets
+#
+# BUILD_DIR is the main build directory (ctest passes it); everything goes to
+# BUILD_DIR/fuzz: the clang build, the corpus each run adds to
+# (fuzz/corpus/TARGET, seeded from test/fuzz/corpus/TARGET, which is only
+# read), and what a run finds (fuzz/artifacts/TARGET/crash-*, leak-*,
+# timeout-*, oom-*).  Exit status: 0 nothing found, 1 a finding (its
+# reproducer and how to re-run it are printed) or a build failure.
+# Environment: UPM_FUZZ_CXX (default clang++), UPM_FUZZ_JOBS (build jobs,
+# default 2), UPM_FUZZ_ARGS (more libFuzzer options).  See
+# test/fuzz/README.md.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-src=$(cd "$here/../../.." && pwd)
-out=${OUT:-/tmp/upm-fuzz-spec}
-seconds=${SECONDS_:-60}
-mkdir -p "$out/corpus"
-for f in "$src"/test/fixtures/bundles/*/config.json; do
-    cp "$f" "$out/corpus/$(basename "$(dirname "$f")").json"
-done
-cp "$src/config/node/config.json" "$out/corpus/node-config.json"
-printf -- '--root\n/run/runc\n--log\n/l\ncreate\n--bundle\n/b\nid\n' > "$out/corpus/argv"
-spdlog_inc=$(dirname "$(find /usr/include -maxdepth 2 -name spdlog -type d | head -1)")
-core="$src/shim/core/src"
-clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-    -DSPDLOG_FMT_EXTERNAL -DFMT_HEADER_ONLY \
-    -DUPM_POLICY_DIR='"/usr/share/upm/policies"' -DUPM_INSTALL_LIBDIR='"lib"' \
-    -DUPM_BUILD_PRELOAD='"/nonexistent/libupm-preload.so"' \
-    -I"$src/shim/core/include" -I"$src/module/include/uapi" -I"$spdlog_inc" \
-    "$here/fuzz_spec.cpp" "$core/spec.cpp" "$core/nodeconfig.cpp" "$core/policy.cpp" "$core/io.cpp" \
-    "$core/launch.cpp" "$core/classify.cpp" "$core/maps.cpp" \
-    -o "$out/fuzz_spec"
-exec "$out/fuzz_spec" -max_total_time="$seconds" -max_len=65536 -timeout=10 "$out/corpus"
+src=$(cd "$here/../.." && pwd)
+cxx=${UPM_FUZZ_CXX:-clang++}
+
+die() { echo "upm fuzz: $*" >&2; exit 1; }
+hint="install it with \`sudo packaging/install-deps.sh test\` (Debian packages clang and libclang-rt-14-dev)"
+
+targets() {
+    for f in "$here"/fuzz_*.cpp; do
+        n=$(basename "$f" .cpp); echo "${n#fuzz_}"
+    done
+}
+
+case "${1:-}" in
+build)
+    [ $# -eq 2 ] || die "usage: $0 build BUILD_DIR"
+    out=$2/fuzz
+    command -v "$cxx" >/dev/null 2>&1 || die "\`$cxx\` not found: the fuzz targets need clang with libFuzzer; $hint"
+    cxx=$(command -v "$cxx")
+    sources=$2/test/fuzz/upmcore-sources.cmake
+    [ -f "$sources" ] || die "\`$sources\` is missing: configure the main build in $2 first (cmake -S $src -B $2)"
+    mkdir -p "$out"
+    # Configuring again is cheap (a second or two) and keeps the compiler and
+    # the list of libupmcore's sources current.
+    cmake -S "$here/clang" -B "$out" -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_BUILD_TYPE=Fuzz \
+        -DUPM_CORE_SOURCES_FILE="$sources" >"$out/configure.log" 2>&1 || {
+        cat "$out/configure.log" >&2
+        die "configuring the fuzz targets with \`$cxx\` failed (above); if libFuzzer is missing, $hint"
+    }
+    cmake --build "$out" -j "${UPM_FUZZ_JOBS:-2}" || die "building the fuzz targets failed"
+    echo "upm fuzz: built $(targets | tr '\n' ' ')in $out"
+    ;;
+run)
+    [ $# -eq 4 ] || die "usage: $0 run BUILD_DIR TARGET SECONDS"
+    out=$2/fuzz
+    target=$3
+    seconds=$4
+    bin=$out/fuzz_$target
+    [ -f "$here/fuzz_$target.cpp" ] || die "no fuzz target \`$target\` (have: $(targets | tr '\n' ' '))"
+    [ -x "$bin" ] || die "\`$bin\` is not built: run \`$0 build $2\` (ctest runs it as \`fuzz-build\`); it needs clang: $hint"
+    seeds=$here/corpus/$target
+    [ -d "$seeds" ] || die "no seed corpus \`$seeds\`"
+    work=$out/corpus/$target
+    artifacts=$out/artifacts/$target
+    mkdir -p "$work" "$artifacts"
+    marker=$out/artifacts/.$target.start
+    : >"$marker"
+    dict=
+    [ -f "$here/$target.dict" ] && dict="-dict=$here/$target.dict"
+    # -timeout: one input taking longer is a finding (a parser must be fast);
+    # -rss_limit_mb: a parser that needs more is a finding too.  The first
+    # corpus directory receives new inputs; the seeds are only read.
+    # libFuzzer's own exit codes (77 crash, 70 timeout, 71 OOM) become 1, so
+    # that ctest never mistakes a finding for a skip.
+    status=0
+    # shellcheck disable=SC2086
+    ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0} \
+    UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
+        "$bin" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=2048 -max_len=65536 \
+        -print_final_stats=1 -artifact_prefix="$artifacts/" $dict ${UPM_FUZZ_ARGS:-} "$work" "$seeds" || status=$?
+    found=$(find "$artifacts" -maxdepth 1 -type f -newer "$marker" | sort)
+    rm -f "$marker"
+    if [ "$status" -ne 0 ] || [ -n "$found" ]; then
+        echo "upm fuzz: \`$target\` FAILED (libFuzzer exit status $status)" >&2
+        for f in $found; do
+            echo "upm fuzz: reproducer: $f" >&2
+            echo "upm fuzz:   re-run:   $bin $f" >&2
+        done
+        [ -n "$found" ] || echo "upm fuzz: no reproducer was written; see libFuzzer's output above" >&2
+        echo "upm fuzz: once fixed, add the reproducer to the seeds: cp REPRODUCER $seeds/" >&2
+        exit 1
+    fi
+    echo "upm fuzz: \`$target\`: nothing found in ${seconds}s ($(ls "$work" | wc -l) inputs in $work)"
+    ;;
+list)
+    targets
+    ;;
+*)
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    [ "${1:-}" = -h ] || [ "${1:-}" = --help ] || exit 2
+    ;;
+esac
