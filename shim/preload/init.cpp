@@ -8,7 +8,10 @@
 //
 // Environment:
 //   UPM_DISABLE=1      do nothing at all (the C API returns ENOSYS)
-//   UPM_POLICY=PATH    policy file; unset or empty: the built-in default
+//   UPM_POLICY=PATH    policy file; empty: the built-in default; unset: the
+//                      file upm-hook's hooks.d mode mounts (/dev/upm/policy.json,
+//                      a container without the variable) if it is a regular
+//                      file, else the built-in default
 //   UPM_BACKEND=auto|upm|ksm|none   overrides the policy's backend
 //   UPM_DOMAIN=NAME    sharing domain (informational until the kernel takes one)
 //   UPM_LOG=LEVEL      off|error|warn|info|debug|trace; overrides log_level
@@ -20,6 +23,7 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -118,6 +122,9 @@ void setup_log(Config& c) {
     g_log_on.store(true);
 }
 
+// Where upm-hook's createRuntime mode puts the policy (it cannot set UPM_POLICY).
+constexpr const char* kHookPolicy = "/dev/upm/policy.json";
+
 void init_once() {
     auto* c = new Config;
     g_cfg = c;
@@ -128,7 +135,11 @@ void init_once() {
     const bool force_closed = env_flag("UPM_FAIL_CLOSED");
     c->automatic = loaded_by_preload();
 
-    if (const char* path = env_str("UPM_POLICY")) {
+    const char* path = env_str("UPM_POLICY");
+    struct stat hook_policy {};
+    if (!path && !std::getenv("UPM_POLICY") && ::stat(kHookPolicy, &hook_policy) == 0 && S_ISREG(hook_policy.st_mode))
+        path = kHookPolicy;
+    if (path) {
         c->policy_name = path;
         // load_policy_file() reads only regular files (a FIFO cannot block us).
         PolicyCheck chk = load_policy_file(path);

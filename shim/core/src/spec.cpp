@@ -535,11 +535,17 @@ Result<EditedSpec> edit_spec(std::string_view config_text, const SpecEdit& edit)
 
 // ---- the whole step ----------------------------------------------------------------
 
-Preparation prepare_bundle(const NodeConfig& config, const std::string& bundle_dir, std::string_view container_id) {
+namespace {
+
+// prepare_bundle() and prepare_spec(): `given` is the document when it does
+// not come from <bundle_dir>/config.json; `write` = false stops before the
+// write (the verdict `edited` then means "would be injected").
+Preparation prepare(const NodeConfig& config, const std::string& bundle_dir, std::string_view container_id,
+                    const std::string* given, bool write) {
     Preparation p;
     try {
         Notes notes(p, container_id);
-        auto bundle = read_bundle_config(bundle_dir);
+        Result<BundleConfig> bundle = given ? Result<BundleConfig>(BundleConfig{*given}) : read_bundle_config(bundle_dir);
         if (!bundle) {
             notes.add(NoteLevel::warn, "not deduplicated: " + bundle.error().message);
             return p;
@@ -648,14 +654,14 @@ Preparation prepare_bundle(const NodeConfig& config, const std::string& bundle_d
 
         auto edited = edit_spec(bundle->text, edit);
         if (!edited) return fail(edited.error().message);
-        if (edited->dir == kContainerDirRun && !edited->root.empty()) {
+        if (edited->dir == kContainerDirRun && !edited->root.empty() && !bundle_dir.empty()) {
             if (auto c = check_container_dir(bundle_dir, edited->root, kContainerDirRun); !c)
                 return fail("no place for the preload: " + c.error().message + " (and the spec mounts no tmpfs on `/dev`)");
         }
         // Another writer (a concurrent create of the same bundle) may replace
         // config.json between our read and our rename: read it again and
         // redo the edit, which is idempotent, a few times.
-        for (int attempt = 1; edited->text != bundle->text; ++attempt) {
+        for (int attempt = 1; write && edited->text != bundle->text; ++attempt) {
             auto w = write_bundle_config(bundle_dir, edited->text, *bundle, config.fsync);
             if (w) break;
             if (w.error().err != EAGAIN || attempt == 3) return fail(w.error().message);
@@ -665,7 +671,10 @@ Preparation prepare_bundle(const NodeConfig& config, const std::string& bundle_d
             if (!edited) return fail(edited.error().message);
         }
         p.verdict = Verdict::edited;
-        notes.add(NoteLevel::info, "injected `" + edited->preload + "` (from `" + edit.preload_source +
+        p.closed = closed;
+        p.edit = edit;
+        p.edited = *edited;
+        if (write) notes.add(NoteLevel::info, "injected `" + edited->preload + "` (from `" + edit.preload_source +
                                        "`), policy " +
                                        (edit.policy_source.empty() ? std::string("built-in default")
                                                                    : "`" + policy_name + "` (`" + edit.policy_source + "`)") +
@@ -675,6 +684,18 @@ Preparation prepare_bundle(const NodeConfig& config, const std::string& bundle_d
         p.notes.push_back({NoteLevel::error, std::string("not deduplicated: ") + e.what()});
     }
     return p;
+}
+
+}  // namespace
+
+Preparation prepare_bundle(const NodeConfig& config, const std::string& bundle_dir, std::string_view container_id,
+                           bool write) {
+    return prepare(config, bundle_dir, container_id, nullptr, write);
+}
+
+Preparation prepare_spec(const NodeConfig& config, std::string_view config_text, std::string_view container_id) {
+    const std::string text(config_text);
+    return prepare(config, "", container_id, &text, false);
 }
 
 std::string_view to_string(NoteLevel level) {

@@ -178,6 +178,12 @@ struct Preparation {
     Verdict verdict = Verdict::untouched;
     std::string policy;          // the policy used ("" = built-in default)
     std::vector<Note> notes;     // what to log, in order
+    // With the verdict `edited`: what was (or would be) injected, and whether
+    // the policy fails closed (upm-hook refuses the container when its own
+    // injection fails later).
+    bool closed = false;
+    SpecEdit edit;
+    EditedSpec edited;
 };
 
 // Reads <bundle>/config.json and, when it is annotated upm.enabled=true,
@@ -185,7 +191,17 @@ struct Preparation {
 // problem leaves config.json untouched and is reported in the notes, unless
 // the policy chosen is well-formed with "on_error": "closed" (then the
 // verdict is `refused`).  Never throws.
-Preparation prepare_bundle(const NodeConfig& config, const std::string& bundle_dir, std::string_view container_id);
+//
+// write = false is upm-hook's createRuntime mode: every check and the edit,
+// but config.json is not written and no "injected" note is added.
+Preparation prepare_bundle(const NodeConfig& config, const std::string& bundle_dir, std::string_view container_id,
+                           bool write = true);
+
+// The same on a document that is not a bundle's config.json (podman's
+// precreate hook gets the spec on stdin and writes it to stdout): nothing is
+// written, the /run/upm check of the rootfs is skipped (no bundle), and the
+// verdict `edited` means `edited.text` is the new document.
+Preparation prepare_spec(const NodeConfig& config, std::string_view config_text, std::string_view container_id);
 
 std::string_view to_string(NoteLevel level);  // "debug", "info", "warn", "error"
 
