@@ -17,6 +17,7 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.hpp"
+#include "upm/hardening.hpp"
 #include "upm/launch.hpp"
 #include "upm/log.hpp"
 #include "upm/policy.hpp"
@@ -57,6 +58,20 @@ void say(const char* level, const std::string& message) {
     exec_command(o);
 }
 
+// Layout and hash seeds (docs/hardening.md), before the exec: fail open,
+// every setting that cannot be applied leaves its hardening in place.
+void apply_hardening(const Policy& policy, const std::string& domain) {
+    HardeningPlan plan = plan_hardening(policy, domain);
+    for (const auto& why : plan.problems) say("warn", why);
+    // Never replaces a value the caller set; the Perl pair only when neither is set.
+    const bool perl_set = std::getenv("PERL_HASH_SEED") || std::getenv("PERL_PERTURB_KEYS");
+    for (const auto& [name, value] : plan.env)
+        if (!(name.starts_with("PERL_") && perl_set)) ::setenv(name.c_str(), value.c_str(), 0);
+    if (auto a = apply_layout_to_self(plan); !a)
+        say("warn", "layout not applied: " + a.error().message + "; ASLR stays");
+    if (!plan.summary.empty()) logger()->info("hardening settings: {}", plan.summary);
+}
+
 int do_run(RunOptions& o) {
     if (!o.log.empty()) setup_logging("upm", o.log);
     if (o.command.empty()) {
@@ -91,6 +106,7 @@ int do_run(RunOptions& o) {
         }
         policy_path = *resolved;
         closed = closed || check.policy->on_error == FailMode::closed;
+        apply_hardening(*check.policy, o.domain.empty() ? check.policy->domain : o.domain);
     }
 
     auto found = find_preload();

@@ -268,6 +268,7 @@ void warm_up(const upm::preload::Config& c) {
 // destructors are registered before our exit handler, so they run after it.
 extern "C" __attribute__((visibility("hidden"))) void upm_preload_start(void) {
     try {
+        upm::preload::restore_thread_stack_default();   // before main() can start threads
         const auto& c = upm::preload::config();
         if (!c.active) return;
         if (c.closed) (void)upm::preload::backend();   // may _exit(127) before main()

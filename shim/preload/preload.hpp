@@ -117,6 +117,15 @@ void resume_worker();
 // signal at SIG_DFL; returns true when installed.
 bool install_signal_trigger(int signo);
 
+// ---- hardening.cpp ---------------------------------------------------------
+
+// policy `trim`: returns the allocator's free memory to the kernel and logs
+// how much anonymous resident memory that released.
+void trim_before_advice(const char* trigger);
+// Under a per-domain layout (UPM_STACK_RLIMIT set by the launcher): gives
+// glibc's threads the default stack size of the original RLIMIT_STACK.
+void restore_thread_stack_default();
+
 // ---- helpers ---------------------------------------------------------------
 
 std::size_t page_size();

@@ -111,6 +111,7 @@ int run_policy(const char* trigger) {
         ~Leave() { inflight_leave(); }
     } leave;
 
+    if (c.policy.trim) trim_before_advice(trigger);
     auto maps = read_maps(0);
     if (!maps) {
         int err = maps.error().err ? maps.error().err : EIO;

@@ -41,9 +41,12 @@ namespace {
 
 // ---- vocabulary -----------------------------------------------------------
 
-constexpr std::array<std::string_view, 12> kRootKeys{
+constexpr std::array<std::string_view, 15> kRootKeys{
     "$comment", "version", "description", "classes", "include_paths", "exclude_paths",
-    "min_region_kib", "triggers", "backend", "domain", "on_error", "log_level"};
+    "min_region_kib", "triggers", "backend", "domain", "on_error", "log_level",
+    "trim", "layout", "hash_seed"};
+constexpr std::array<std::string_view, 3> kLayouts{"randomized", "shared-per-domain", "fixed"};
+constexpr std::array<std::string_view, 2> kHashSeeds{"random", "per-domain"};
 constexpr std::array<std::string_view, 6> kTriggerKeys{"$comment", "start", "dlopen", "delays_ms", "periodic",
                                                        "signal"};
 constexpr std::array<std::string_view, 3> kPeriodicKeys{"$comment", "interval_ms", "duration_ms"};
@@ -468,6 +471,35 @@ void check_root(Validator& val, const json& doc, Policy& p, std::optional<FailMo
             }
         } else if (key == "log_level") {
             if (auto s = val.one_of(where, value, kLogLevels, "log level")) p.log_level = *s;
+        } else if (key == "trim") {
+            if (auto b = val.boolean(where, value)) p.trim = *b;
+        } else if (key == "layout") {
+            if (auto s = val.one_of(where, value, kLayouts, "layout")) {
+                p.layout = *s == "fixed" ? Layout::fixed
+                           : *s == "shared-per-domain" ? Layout::shared_per_domain
+                                                       : Layout::randomized;
+                if (p.layout == Layout::fixed)
+                    val.warn(where,
+                             "layout `fixed` weakens ASLR: every process started under this policy, in every "
+                             "domain, has the same well-known addresses (docs/hardening.md)",
+                             "use `shared-per-domain` to keep layouts apart between domains, or `randomized`");
+                else if (p.layout == Layout::shared_per_domain)
+                    val.warn(where,
+                             "layout `shared-per-domain` weakens ASLR: processes of one domain share their "
+                             "addresses, and the executable, [heap] and [stack] are at fixed addresses in every "
+                             "domain (docs/hardening.md)",
+                             "use it only for domains whose processes trust each other; `randomized` keeps ASLR");
+            }
+        } else if (key == "hash_seed") {
+            if (auto s = val.one_of(where, value, kHashSeeds, "hash seed mode")) {
+                p.hash_seed = *s == "per-domain" ? HashSeed::per_domain : HashSeed::random;
+                if (p.hash_seed == HashSeed::per_domain)
+                    val.warn(where,
+                             "hash_seed `per-domain` weakens hash randomisation: processes of one domain share "
+                             "their hash seeds (PYTHONHASHSEED, PERL_HASH_SEED), so one that learns its seed can "
+                             "predict hash collisions in the others (docs/hardening.md)",
+                             "use it only for domains whose processes trust each other; `random` keeps it");
+            }
         }
     }
     const Triggers& t = p.triggers;
@@ -737,6 +769,17 @@ bool parse_backend_choice(std::string_view name, BackendChoice& out) {
 
 std::string_view to_string(FailMode m) { return m == FailMode::closed ? "closed" : "open"; }
 
+std::string_view to_string(Layout l) {
+    switch (l) {
+        case Layout::randomized: return "randomized";
+        case Layout::shared_per_domain: return "shared-per-domain";
+        case Layout::fixed: return "fixed";
+    }
+    return "randomized";
+}
+
+std::string_view to_string(HashSeed h) { return h == HashSeed::per_domain ? "per-domain" : "random"; }
+
 int signal_from_name(std::string_view name) {
     if (name == "SIGUSR1") return SIGUSR1;
     if (name == "SIGUSR2") return SIGUSR2;
@@ -790,6 +833,9 @@ std::string policy_to_json(const Policy& p) {
         doc["domain"] = p.domain;
         doc["on_error"] = to_string(p.on_error);
         doc["log_level"] = p.log_level;
+        doc["trim"] = p.trim;
+        doc["layout"] = to_string(p.layout);
+        doc["hash_seed"] = to_string(p.hash_seed);
         return doc.dump(2) + "\n";
     } catch (const std::exception&) {
         return "{}\n";

@@ -212,6 +212,21 @@ private:
     std::string prefix_;
 };
 
+// upm-exec, installed next to the preload; without it the layout part of
+// the plan is dropped (the hardening stays) and a warning says why.
+std::string find_exec_beside(const std::string& preload, HardeningPlan& plan, Notes& notes) {
+    std::string exe = preload.substr(0, preload.rfind('/') == std::string::npos ? 0 : preload.rfind('/') + 1) +
+                      kExecFile;
+    struct stat st {};
+    if (exe.front() == '/' && ::stat(exe.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(exe.c_str(), X_OK) == 0)
+        return exe;
+    notes.add(NoteLevel::warn, "layout not applied: the launcher `" + exe + "` is not an executable file; ASLR stays");
+    plan.no_randomize = false;
+    plan.stack_rlimit = 0;
+    plan.summary = plan.env.empty() ? "" : "hash seed `per-domain`";
+    return {};
+}
+
 std::string policy_problems(const PolicyCheck& check, const std::string& file) {
     std::string out;
     std::size_t shown = 0;
@@ -526,6 +541,7 @@ Result<EditedSpec> edit_spec(std::string_view config_text, const SpecEdit& edit)
                 **list = std::move(kept);
             }
         }
+        if (auto h = edit_spec_hardening(doc, edit.hardening, edit.exec_source, dir); !h) return h.error();
         out.text = doc.dump();
         return out;
     } catch (const std::exception& e) {
@@ -626,6 +642,11 @@ Preparation prepare(const NodeConfig& config, const std::string& bundle_dir, std
             }
             edit.policy_source = *path;
             p.policy = policy_name;
+            // Layout and hash seeds (docs/hardening.md): fail open, the hardening stays.
+            edit.hardening = plan_hardening(*check.policy, domain.empty() ? check.policy->domain : domain);
+            for (const auto& why : edit.hardening.problems) notes.add(NoteLevel::warn, why);
+            if (edit.hardening.layout())
+                edit.exec_source = find_exec_beside(config.preload, edit.hardening, notes);
         }
         auto fail = [&](const std::string& why) {
             if (closed) {
@@ -679,6 +700,7 @@ Preparation prepare(const NodeConfig& config, const std::string& bundle_dir, std
                                        (edit.policy_source.empty() ? std::string("built-in default")
                                                                    : "`" + policy_name + "` (`" + edit.policy_source + "`)") +
                                        (domain.empty() ? "" : ", domain `" + domain + "`") +
+                                       (edit.hardening.summary.empty() ? "" : ", " + edit.hardening.summary) +
                                        (edit.hook.empty() ? ", no hooks" : ", hooks poststart and poststop"));
     } catch (const std::exception& e) {
         p.notes.push_back({NoteLevel::error, std::string("not deduplicated: ") + e.what()});

@@ -21,6 +21,10 @@ namespace upm {
 
 enum class BackendChoice { automatic, upm, ksm };
 enum class FailMode { open, closed };
+// Hardening settings that trade security for mergeable memory; see
+// docs/hardening.md.  The defaults keep every hardening.
+enum class Layout { randomized, shared_per_domain, fixed };   // address-space layout of the program
+enum class HashSeed { random, per_domain };                    // runtime hash seeds (PYTHONHASHSEED, ...)
 
 struct Triggers {
     bool at_start = true;                       // advise right after start-up
@@ -45,6 +49,9 @@ struct Policy {
     FailMode on_error = FailMode::open;
     std::string log_level = "off";              // off|error|warn|info|debug
     std::string description;                    // free text from the document
+    bool trim = false;                          // return the allocator's free memory before advising
+    Layout layout = Layout::randomized;         // weakened only when asked for (docs/hardening.md)
+    HashSeed hash_seed = HashSeed::random;
 
     bool operator==(const Policy&) const = default;
 };
@@ -101,6 +108,8 @@ bool valid_domain(std::string_view domain);
 std::string_view to_string(BackendChoice b);       // "auto", "upm", "ksm"
 bool parse_backend_choice(std::string_view name, BackendChoice& out);
 std::string_view to_string(FailMode m);            // "open", "closed"
+std::string_view to_string(Layout l);              // "randomized", "shared-per-domain", "fixed"
+std::string_view to_string(HashSeed h);            // "random", "per-domain"
 
 // Signal names allowed in triggers.signal ("SIGUSR2", "SIGRTMIN+1"...) to
 // numbers and back; 0 / "" for none.

@@ -27,6 +27,7 @@
 #include <string_view>
 #include <vector>
 
+#include "upm/hardening.hpp"
 #include "upm/nodeconfig.hpp"
 #include "upm/result.hpp"
 
@@ -120,6 +121,8 @@ struct SpecEdit {
     std::string domain;          // UPM_DOMAIN; "" = leave the environment's as it is
     std::string hook;            // host path of upm-hook for poststart/poststop; "" = no hooks
     int hook_timeout_s = 10;
+    HardeningPlan hardening;     // layout and hash seeds (docs/hardening.md); empty = none
+    std::string exec_source;     // host path of upm-exec for a layout; "" = no launcher
 };
 
 struct EditedSpec {
