@@ -1,0 +1,465 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""upm-hook's hooks.d modes: createRuntime (CRI-O, podman) and precreate (podman).
+
+The containers are started by the real runc and crun (no upm-runtime): their
+config.json carries the createRuntime hook as CRI-O adds it from
+config/runtimes/crio/hooks.d/99-upm.json.  The rootfs is test_runtime.py's
+(host /usr bind-mounted read-only) with `root.readonly` false, as the
+engines set it.  The hook path is a two-line script that sets $UPM_CONFIG
+(a node configuration in tmp_path) and execs build/bin/upm-hook.
+
+Oracles: the container's own view (/proc/self/maps, /etc/ld.so.preload,
+/dev/upm), the host's view of the container's process (/proc/PID/maps,
+/proc/PID/ksm_merging_pages via conftest), the bytes, mtimes and listings of
+host sentinel files and directories that a hostile image points at, and our
+log.  podman runs with its storage in tmp_path (--root/--runroot, vfs),
+cgroupfs, a file events backend and runc; it is skipped, with the reason,
+when it is not installed or cannot start a container here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import FRACTION, frames_saved, wait_merged
+from test_runtime import Node, base_spec, runtime_bin, sha256  # noqa: F401  (fixtures)
+
+SOURCE = Path(__file__).resolve().parents[2]
+CRIO_HOOK = SOURCE / "config/runtimes/crio/hooks.d/99-upm.json"
+PODMAN_HOOK = SOURCE / "config/runtimes/podman/hooks.d/99-upm.json"
+PRELOAD = "/dev/upm/libupm-preload.so"
+POLICY = "/dev/upm/policy.json"
+LIBDL = next((p for p in (Path("/usr/lib/x86_64-linux-gnu/libdl.so.2"), Path("/usr/lib/aarch64-linux-gnu/libdl.so.2"))
+              if p.exists()), None)
+
+PROBE = ["/bin/sh", "-c",
+         "grep -c libupm-preload.so /proc/self/maps; echo ld:; cat /etc/ld.so.preload 2>/dev/null; echo; echo :ld; "
+         "env | sort; echo policy:; cat /dev/upm/policy.json 2>/dev/null; echo :policy; "
+         "if [ -f /etc/ld.so.preload ]; then (echo x >> /etc/ld.so.preload) 2>/dev/null && echo ld-writable "
+         "|| echo ld-read-only; else echo ld-absent; fi"]
+
+
+def probe(r: subprocess.CompletedProcess) -> dict:
+    assert r.returncode in (0, 1), f"exit {r.returncode}; stdout {r.stdout!r}; stderr {r.stderr!r}"
+    lines = r.stdout.splitlines()
+    cut = lambda a, b: lines[lines.index(a) + 1:lines.index(b)]  # noqa: E731
+    return {"maps": int(lines[0]), "ld": [ln for ln in cut("ld:", ":ld") if ln],
+            "env": dict(ln.split("=", 1) for ln in cut(":ld", "policy:") if "=" in ln),
+            "policy": "\n".join(cut("policy:", ":policy")), "ld_writable": lines[-1]}
+
+
+@pytest.fixture(scope="session")
+def hook_bin(build_dir: Path) -> Path:
+    p = build_dir / "bin" / "upm-hook"
+    if not (p.is_file() and os.access(p, os.X_OK)):
+        pytest.fail(f"upm-hook is not built: `{p}` (build with `make build`)", pytrace=False)
+    return p
+
+
+class HookNode:
+    """test_runtime's Node, but the containers run on the real runtime with the
+    createRuntime hook in their config.json (hooks.d mode)."""
+
+    def __init__(self, node: Node, hook_bin: Path) -> None:
+        self.n = node
+        self.wrapper = node.tmp / "upm-hook-wrapper"
+        self.wrapper.write_text(f"#!/bin/sh\nUPM_CONFIG={node.config} exec {hook_bin} \"$@\"\n")
+        self.wrapper.chmod(0o755)
+        hook = json.loads(CRIO_HOOK.read_text())
+        self.hook_entry = dict(hook["hook"], path=str(self.wrapper))
+        assert hook["stages"] == ["createRuntime"]
+
+    def bundle(self, args, annotations=None, readonly=False, ld_so_preload: str | None = None, env=None) -> Path:
+        b = self.n.bundle(args, annotations, env)
+        spec = json.loads((b / "config.json").read_text())
+        spec["root"]["readonly"] = readonly
+        spec.setdefault("hooks", {})["createRuntime"] = [self.hook_entry]
+        (b / "config.json").write_text(json.dumps(spec, indent="\t"))
+        if ld_so_preload is not None:
+            (b / "rootfs/etc/ld.so.preload").write_text(ld_so_preload)
+        return b
+
+    def run(self, b: Path, wrapper: bool = False):
+        cid = self.n.new_id()
+        r = self.n.procs.run(self.n.argv("run", "--bundle", b, cid, wrapper=wrapper), timeout=90, env=self.n.env())
+        return r, cid
+
+    def start_memhog(self, b: Path):
+        cid = self.n.new_id()
+        h = self.n.procs.memhog(self.n.argv("run", "--bundle", b, cid, wrapper=False), env=self.n.env())
+        state = self.n.procs.run(self.n.argv("state", cid, wrapper=False), env=self.n.env())
+        assert state.returncode == 0, state.stderr
+        h.pid = json.loads(state.stdout)["pid"]
+        return h
+
+    def log(self) -> str:
+        return self.n.our_log()
+
+
+@pytest.fixture(params=["runc", "crun"])
+def hnode(request, tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs, hook_bin):
+    n = Node(request.param, tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs)
+    try:
+        yield HookNode(n, hook_bin)
+    finally:
+        procs.cleanup()
+        n.cleanup()
+
+
+@pytest.fixture
+def runc_hnode(tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs, hook_bin):
+    n = Node("runc", tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs)
+    try:
+        yield HookNode(n, hook_bin)
+    finally:
+        procs.cleanup()
+        n.cleanup()
+
+
+# ---------------------------------------------------------------------------
+
+
+def test_shipped_hook_files():
+    """The hooks.d files: 1.0.0 schema, anchored annotation regexes, one stage each."""
+    for path, stage in ((CRIO_HOOK, "createRuntime"), (PODMAN_HOOK, "precreate")):
+        h = json.loads(path.read_text())
+        assert h["version"] == "1.0.0" and h["stages"] == [stage]
+        assert h["hook"]["path"] == "/usr/bin/upm-hook" and h["hook"]["args"] == ["upm-hook", stage]
+        assert h["when"] == {"annotations": {"^upm\\.enabled$": "^true$"}}
+        assert path.name == "99-upm.json"
+
+
+def test_create_runtime_injects(hnode):
+    """Annotated: the preload is loaded through the container's
+    /etc/ld.so.preload (the image's entries kept, first), the policy is at
+    /dev/upm/policy.json with the annotation's domain, both read-only, no
+    LD_PRELOAD; the image's file on the host is unchanged."""
+    assert LIBDL is not None
+    image_ld = f"# the image's own preload\n{LIBDL}\n"
+    b = hnode.bundle(PROBE, {"upm.enabled": "true", "upm.policy": "python-ml", "upm.domain": "tenant-a"},
+                     ld_so_preload=image_ld)
+    host_file = b / "rootfs/etc/ld.so.preload"
+    st = host_file.stat()
+    r, cid = hnode.run(b)
+    p = probe(r)
+    assert p["maps"] >= 1, r.stdout
+    assert p["ld"] == ["# the image's own preload", str(LIBDL), PRELOAD]
+    assert p["ld_writable"] == "ld-read-only"
+    assert "LD_PRELOAD" not in p["env"] and "UPM_POLICY" not in p["env"]
+    policy = json.loads(p["policy"])
+    assert policy["domain"] == "tenant-a"
+    assert policy["classes"] == json.loads(
+        "\n".join(ln for ln in (hnode.n.policy_dir / "python-ml.json").read_text().splitlines()
+                  if not ln.lstrip().startswith("//")))["classes"]
+    assert host_file.read_text() == image_ld and host_file.stat().st_mtime_ns == st.st_mtime_ns
+    log = hnode.log()
+    assert f"container `{cid}`: createRuntime: injected `{PRELOAD}`" in log, log
+    assert "extended the image's `/etc/ld.so.preload`" in log and "domain `tenant-a`" in log
+    assert "] error: " not in log, log
+
+
+def test_image_without_ld_so_preload(runc_hnode):
+    """No /etc/ld.so.preload in a writable image: an empty mount point is
+    created in the rootfs (the only write into the image) and stays empty."""
+    b = runc_hnode.bundle(PROBE, {"upm.enabled": "true"})
+    r, cid = runc_hnode.run(b)
+    p = probe(r)
+    assert p["maps"] >= 1 and p["ld"] == [PRELOAD]
+    assert (b / "rootfs/etc/ld.so.preload").read_bytes() == b""
+    assert "created `/etc/ld.so.preload` (empty in the image)" in runc_hnode.log()
+
+
+def test_read_only_rootfs_without_ld_so_preload_fails_open(hnode):
+    """root.readonly and no /etc/ld.so.preload: nothing is created or mounted,
+    the container starts without the preload, the log says why."""
+    b = hnode.bundle(PROBE, {"upm.enabled": "true"}, readonly=True)
+    before = sorted(str(p.relative_to(b)) for p in b.rglob("*"))
+    r, cid = hnode.run(b)
+    p = probe(r)
+    assert p["maps"] == 0 and p["ld"] == [] and p["policy"] == ""
+    assert sorted(str(p.relative_to(b)) for p in b.rglob("*")) == before
+    assert (f"container `{cid}`: not deduplicated: the image has no `/etc/ld.so.preload` and the spec makes "
+            "its rootfs read-only") in hnode.log()
+
+
+def test_unannotated_container_is_untouched(runc_hnode):
+    b = runc_hnode.bundle(PROBE, {"upm.enabled": "True"})
+    before = sorted(str(p.relative_to(b)) for p in b.rglob("*"))
+    digest = sha256(b / "config.json")
+    r, cid = runc_hnode.run(b)
+    p = probe(r)
+    assert p["maps"] == 0 and p["ld"] == []
+    assert sorted(str(p.relative_to(b)) for p in b.rglob("*")) == before
+    assert sha256(b / "config.json") == digest
+    assert "annotation `upm.enabled` is `True`, not `true`" in runc_hnode.log()
+
+
+def test_fail_closed_refuses(runc_hnode):
+    """A fail-closed policy whose preload is missing: the hook exits 1 and
+    runc refuses the container."""
+    (runc_hnode.n.policy_dir / "strict.json").write_text('{"on_error": "closed"}')
+    runc_hnode.n.write_config(preload="/nonexistent/libupm-preload.so")
+    b = runc_hnode.bundle(PROBE, {"upm.enabled": "true", "upm.policy": "strict"})
+    r, cid = runc_hnode.run(b)
+    assert r.returncode != 0 and "ld:" not in r.stdout
+    assert f"container `{cid}`: refused: preload `/nonexistent/libupm-preload.so` cannot be read" in runc_hnode.log()
+
+
+def test_fail_open_on_missing_preload(runc_hnode):
+    runc_hnode.n.write_config(preload="/nonexistent/libupm-preload.so")
+    b = runc_hnode.bundle(PROBE, {"upm.enabled": "true"})
+    r, cid = runc_hnode.run(b)
+    p = probe(r)
+    assert r.returncode == 0 and p["maps"] == 0
+    assert f"container `{cid}`: not deduplicated: preload `/nonexistent/libupm-preload.so` cannot be read" \
+        in runc_hnode.log()
+
+
+def test_spec_already_injected_by_upm_runtime(runc_hnode):
+    """upm-runtime and the hooks.d hook both configured: the hook sees the
+    spec's own injection and does nothing; the preload is there once."""
+    b = runc_hnode.bundle(PROBE, {"upm.enabled": "true"})
+    r, cid = runc_hnode.run(b, wrapper=True)
+    p = probe(r)
+    assert p["maps"] >= 1 and p["env"].get("LD_PRELOAD") == PRELOAD and p["ld"] == []
+    assert f"container `{cid}`: createRuntime: the spec has the preload already" in runc_hnode.log()
+
+
+def test_two_containers_merge(hnode, ksm_fast, report):
+    """Two containers injected by the createRuntime hook hold the same 64 MiB:
+    the preload is mapped in their processes (seen from the host) and the
+    host's KSM merges the memory."""
+    memhog = ["/opt/upm-memhog", "--mib", "64", "--seed", "5", "--hold-until-signal"]
+    hogs = [hnode.start_memhog(hnode.bundle(memhog, {"upm.enabled": "true"})) for _ in range(2)]
+    for h in hogs:
+        maps = Path(f"/proc/{h.pid}/maps").read_text()
+        assert PRELOAD in maps, f"the preload is not mapped in {h.pid}"
+    took = wait_merged(hogs, timeout=30)
+    saved = frames_saved(hogs)
+    report(f"{hnode.n.name}: 2 containers via createRuntime x 64 MiB, 95% merged {took:.2f} s after ready, "
+           f"{saved} of {hogs[0].pages} pages share frames")
+    assert saved >= FRACTION * hogs[0].pages
+
+
+# ---------------------------------------------------------------------------
+# Hostile images: links to host paths must resolve inside the rootfs or not at all.
+
+
+def snapshot(d: Path) -> dict:
+    return {str(p.relative_to(d)): (p.read_bytes() if p.is_file() and not p.is_symlink() else None,
+                                    p.lstat().st_mtime_ns) for p in sorted(d.rglob("*"))}
+
+
+HOSTILE = ["etc-absolute", "etc-dotdot", "ld-absolute", "ld-dotdot", "ld-inside", "ld-device", "ld-proc",
+           "dev-upm", "ld-dir"]
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_rootfs(hnode, case):
+    """/etc, /etc/ld.so.preload and /dev/upm as links to a host directory or
+    file (absolute, or a `..` chain), a device, a /proc file, a directory:
+    the host's files keep their bytes and mtimes, no file appears on the
+    host, the container starts, and the log says why it was not
+    deduplicated (or, where the link resolves inside the rootfs, it is)."""
+    host = hnode.n.tmp / "host"
+    host.mkdir()
+    sentinel = host / "ld.so.preload"
+    sentinel.write_text("/host/evil.so\n")
+    (host / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    before = snapshot(host)
+    b = hnode.bundle(PROBE, {"upm.enabled": "true"})
+    rootfs = b / "rootfs"
+    up = "../" * 30
+    expect = None   # None: injected; else the reason in the log
+    if case in ("etc-absolute", "etc-dotdot"):
+        (rootfs / "etc").rmdir()
+        (rootfs / "etc").symlink_to(str(host) if case == "etc-absolute" else up + str(host).lstrip("/"))
+        expect = "not deduplicated: the image has no `/etc`"
+    elif case in ("ld-absolute", "ld-dotdot"):
+        (rootfs / "etc/ld.so.preload").symlink_to(str(sentinel) if case == "ld-absolute"
+                                                 else up + str(sentinel).lstrip("/"))
+        expect = "not deduplicated: `/etc/ld.so.preload` in the image is a link that resolves to nothing inside the rootfs"
+    elif case == "ld-inside":
+        # the same absolute path exists inside the rootfs: that file is used
+        inside = rootfs / str(sentinel).lstrip("/")
+        inside.parent.mkdir(parents=True)
+        inside.write_text(f"{LIBDL}\n")
+        (rootfs / "etc/ld.so.preload").symlink_to(str(sentinel))
+    elif case == "ld-device":
+        # (a FIFO would hang the container's own loader, with or without upm)
+        (rootfs / "etc/ld.so.preload").symlink_to("/dev/null")
+        expect = "not deduplicated: `/etc/ld.so.preload` in the image is not a regular file"
+    elif case == "ld-proc":
+        (rootfs / "etc/ld.so.preload").symlink_to("/proc/1/environ")
+        expect = "not deduplicated: "
+    elif case == "ld-dir":
+        (rootfs / "etc/ld.so.preload").symlink_to(str(host))
+        expect = "not deduplicated: "
+    elif case == "dev-upm":
+        (rootfs / "dev/upm").symlink_to(str(host))
+    r, cid = hnode.run(b)
+    assert snapshot(host) == before, "a host file was written, created or removed"
+    p = probe(r)
+    assert r.returncode == 0
+    log = hnode.log()
+    if expect is None:
+        assert p["maps"] >= 1 and p["ld"][-1] == PRELOAD, (r.stdout, log)
+        if case == "ld-inside":
+            assert p["ld"] == [str(LIBDL), PRELOAD]
+            assert (rootfs / str(sentinel).lstrip("/")).read_text() == f"{LIBDL}\n"
+            assert "a link in the image, resolved inside the rootfs" in log
+    else:
+        assert p["maps"] == 0, (r.stdout, log)
+        assert f"container `{cid}`: {expect}" in log, log
+        assert not (rootfs / "dev/upm").exists() or case == "dev-upm"
+
+
+def test_hostile_busybox_image(hnode, tmp_path):
+    """A static busybox image whose /etc, /run, /usr/lib and /dev/upm are links
+    to host directories (absolute and `..` chains): the container runs, the
+    host directories are untouched, the log says why."""
+    busybox = shutil.which("busybox")
+    if busybox is None or subprocess.run(["ldd", busybox], capture_output=True).returncode == 0:
+        pytest.skip("no static busybox (packaging/install-deps.sh test installs busybox-static)")
+    host = tmp_path / "host-etc"
+    host.mkdir()
+    (host / "ld.so.preload").write_text("/host/evil.so\n")
+    hostrun = tmp_path / "host-run"
+    hostrun.mkdir()
+    before = (snapshot(host), snapshot(hostrun))
+    b = hnode.bundle(["/bin/busybox", "true"], {"upm.enabled": "true"})
+    rootfs = b / "rootfs"
+    spec = json.loads((b / "config.json").read_text())
+    spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != "/usr"]
+    (b / "config.json").write_text(json.dumps(spec))
+    (rootfs / "bin").unlink()
+    (rootfs / "bin").mkdir()
+    shutil.copy(busybox, rootfs / "bin/busybox")
+    (rootfs / "etc").rmdir()
+    (rootfs / "etc").symlink_to(str(host))
+    (rootfs / "run").symlink_to("../" * 20 + str(hostrun).lstrip("/"))
+    (rootfs / "usr/lib").symlink_to("../" * 20 + str(hostrun).lstrip("/"))
+    (rootfs / "dev/upm").symlink_to(str(hostrun))
+    r, cid = hnode.run(b)
+    assert r.returncode == 0, r.stderr
+    assert (snapshot(host), snapshot(hostrun)) == before
+    assert f"container `{cid}`: not deduplicated: the image has no `/etc`" in hnode.log()
+
+
+# ---------------------------------------------------------------------------
+# precreate (podman): the spec on stdin, the spec on stdout
+
+
+def precreate(hook_bin: Path, config: Path, data: bytes) -> subprocess.CompletedProcess:
+    return subprocess.run([hook_bin, "precreate"], input=data, capture_output=True, timeout=30,
+                          env={"PATH": "/usr/bin:/bin", "UPM_CONFIG": str(config), "SECRET": "do-not-log-me"})
+
+
+def test_precreate_direct(runc_hnode, hook_bin, base_spec):
+    n = runc_hnode.n
+    spec = dict(base_spec, annotations={"upm.enabled": "true", "upm.domain": "d1"})
+    r = precreate(hook_bin, n.config, json.dumps(spec).encode())
+    assert r.returncode == 0 and r.stderr == b""
+    out = json.loads(r.stdout)
+    env = dict(e.split("=", 1) for e in out["process"]["env"])
+    assert env["LD_PRELOAD"] == PRELOAD and env["UPM_POLICY"] == POLICY and env["UPM_DOMAIN"] == "d1"
+    assert {m["destination"] for m in out["mounts"]} >= {PRELOAD, POLICY}
+    assert "precreate: injected" in n.our_log()
+    # not annotated, not JSON, too large: the input comes back byte for byte
+    plain = json.dumps(base_spec).encode()
+    big = json.dumps(dict(spec, pad="x" * (5 << 20))).encode()
+    for data in (plain, b"{not json", big, b""):
+        r = precreate(hook_bin, n.config, data)
+        assert r.returncode == 0 and r.stdout == data, r.stderr
+    assert "larger than 4194304 bytes; passed on unchanged" in n.our_log()
+    # fail closed
+    (n.policy_dir / "strict.json").write_text('{"on_error": "closed"}')
+    n.write_config(preload="/nonexistent/libupm-preload.so")
+    strict = dict(base_spec, annotations={"upm.enabled": "true", "upm.policy": "strict"})
+    r = precreate(hook_bin, n.config, json.dumps(strict).encode())
+    assert r.returncode == 1 and b"upm-hook: error: precreate: refused" in r.stderr
+    assert "do-not-log-me" not in n.our_log()
+
+
+# ---------------------------------------------------------------------------
+# podman
+
+
+PODMAN = Path("/usr/bin/podman")
+
+
+class Podman:
+    def __init__(self, store: Path, hooks_dir: Path) -> None:
+        # podman refuses a runroot longer than 50 characters: `store` is short
+        self.base = [str(PODMAN), "--root", str(store / "root"), "--runroot", str(store / "run"),
+                     "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file",
+                     "--runtime", "/usr/bin/runc", "--hooks-dir", str(hooks_dir)]
+
+    def run(self, rootfs: Path, args: list[str], annotations: dict[str, str], *extra: str):
+        # podman's default rlimits (nofile, nproc = 1048576) exceed what this
+        # host allows a container; --rootfs is a switch: the rootfs is the first operand
+        argv = [*self.base, "run", "--rm", "--network", "none", "--ulimit", "nofile=1024:1024",
+                "--ulimit", "nproc=4096:4096", "-v", "/usr:/usr:ro", *extra]
+        for k, v in annotations.items():
+            argv += ["--annotation", f"{k}={v}"]
+        return subprocess.run([*argv, "--rootfs", str(rootfs), *args], capture_output=True, text=True, timeout=180)
+
+
+def podman_rootfs(tmp: Path, name: str) -> Path:
+    r = tmp / name
+    for d in ("usr", "proc", "dev", "sys", "tmp", "etc", "run"):
+        (r / d).mkdir(parents=True)
+    for link, target in (("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")):
+        (r / link).symlink_to(target)
+    return r
+
+
+@pytest.fixture
+def podman(tmp_path, runc_hnode):
+    if not PODMAN.exists():
+        pytest.skip("podman is not installed (packaging/install-deps.sh test installs it)")
+    hooks = tmp_path / "hooks.d"
+    hooks.mkdir()
+    store = Path(tempfile.mkdtemp(prefix="upm-pm-", dir="/tmp"))
+    pm = Podman(store, hooks)
+    try:
+        probe_run = pm.run(podman_rootfs(tmp_path, "probe-rootfs"), ["/bin/true"], {})
+        if probe_run.returncode != 0:
+            pytest.skip(f"podman cannot start a container here: {probe_run.stderr.strip()[-300:]}")
+        yield pm, hooks, runc_hnode
+    finally:
+        subprocess.run([*pm.base, "rm", "-af"], capture_output=True, timeout=120)
+        subprocess.run(["umount", "-R", str(store / "root")], capture_output=True, timeout=60)
+        shutil.rmtree(store, ignore_errors=True)
+
+
+@pytest.mark.parametrize("mode", ["createRuntime", "precreate"])
+def test_podman_hooks_dir(podman, mode, tmp_path):
+    """podman --hooks-dir with the shipped file (hook path pointed at the test
+    wrapper): annotated → the preload is mapped; unannotated → it is not."""
+    pm, hooks, hn = podman
+    shipped = json.loads((CRIO_HOOK if mode == "createRuntime" else PODMAN_HOOK).read_text())
+    shipped["hook"]["path"] = str(hn.wrapper)
+    (hooks / "99-upm.json").write_text(json.dumps(shipped))
+    cmd = ["/bin/sh", "-c", "grep -c libupm-preload.so /proc/self/maps; cat /etc/ld.so.preload 2>/dev/null; "
+                            "env | grep -c '^LD_PRELOAD=' || true"]
+    r = pm.run(podman_rootfs(tmp_path, "rootfs-a"), cmd, {"upm.enabled": "true", "upm.domain": "pd"})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split()
+    assert int(lines[0]) >= 1, (r.stdout, hn.log())
+    log = hn.log()
+    if mode == "createRuntime":
+        assert PRELOAD in lines and lines[-1] == "0"
+        assert ": createRuntime: injected" in log, log
+    else:
+        assert PRELOAD not in lines[1:-1] and lines[-1] == "1"
+        assert "precreate: injected" in log and "domain `pd`" in log, log
+    r = pm.run(podman_rootfs(tmp_path, "rootfs-b"), cmd, {"other": "x"})
+    assert r.returncode == 0 and r.stdout.split()[0] == "0", r.stdout
