@@ -17,6 +17,7 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.hpp"
+#include "upm/agent_client.hpp"
 #include "upm/hardening.hpp"
 #include "upm/launch.hpp"
 #include "upm/log.hpp"
@@ -70,6 +71,25 @@ void apply_hardening(const Policy& policy, const std::string& domain) {
     if (auto a = apply_layout_to_self(plan); !a)
         say("warn", "layout not applied: " + a.error().message + "; ASLR stays");
     if (!plan.summary.empty()) logger()->info("hardening settings: {}", plan.summary);
+}
+
+// Registers the program with the node agent when one runs (docs/agent.md):
+// id `run-PID`, the pid stays CMD's through the exec, and the agent drops the
+// entry when the process exits.  Fail open: at most 500 ms, then CMD runs.
+void register_with_agent(const RunOptions& o) {
+    std::string socket = agent_socket_path();
+    if (!agent::agent_socket_present(socket)) return;
+    AgentRequest r;
+    r.op = AgentOp::register_container;
+    r.pid = ::getpid();
+    r.id = "run-" + std::to_string(r.pid);
+    r.policy = o.policy.substr(o.policy.rfind('/') + 1);   // a label: the file name of a policy path
+    if (r.policy.size() > kMaxAgentLabel) r.policy.resize(kMaxAgentLabel);
+    r.domain = o.domain;
+    r.start_time = agent::process_start_ticks(r.pid);
+    auto reply = agent::call_agent(r, std::chrono::milliseconds(500), socket);
+    if (!reply) logger()->info("not registered with the node agent: {}", reply.error().message);
+    else logger()->debug("registered with the node agent as `{}`", r.id);
 }
 
 int do_run(RunOptions& o) {
@@ -130,6 +150,7 @@ int do_run(RunOptions& o) {
     if (!o.log.empty()) ::setenv(kEnvLog, o.log.c_str(), 1);
     if (o.fail_closed) ::setenv(kEnvFailClosed, "1", 1);  // the preload fails closed too
     logger()->debug("exec `{}` with LD_PRELOAD=`{}` UPM_POLICY=`{}`", o.command[0], ld, policy_path);
+    register_with_agent(o);
     exec_command(o);
 }
 

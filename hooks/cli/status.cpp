@@ -1,24 +1,112 @@
-// `upm status [PID...] [--json]`: KSM counters of processes and of the node.
-// Without PIDs: every process with KSM activity (ksm_merging_pages or
-// ksm_rmap_items above 0) that we may read.
+// `upm status [PID...] [--json] [--watch [SECONDS]]`: KSM counters of
+// processes and of the node and, when the node agent (upmd) runs, of every
+// registered container.  Without PIDs: every process with KSM activity
+// (ksm_merging_pages or ksm_rmap_items above 0) that we may read.
+#include <signal.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cstdio>
+#include <fmt/format.h>
 #include <memory>
+#include <nlohmann/json.hpp>
+#include <thread>
 
 #include "commands.hpp"
+#include "upm/agent_client.hpp"
 #include "upm/report.hpp"
+#include "upm/spec.hpp"
 #include "upm/stats.hpp"
 
 namespace upm::cli {
 
 namespace {
 
+using json = nlohmann::json;
+
 struct StatusOptions {
     std::vector<int> pids;
     bool json = false;
+    double watch = 0;     // seconds between refreshes; 0 = once
+    std::string socket;   // "" = $UPM_AGENT_SOCKET or /run/upm/upmd.sock
 };
 
-int do_status(const StatusOptions& o) {
+struct AgentView {
+    bool running = false;
+    std::string socket, error;
+    json reply;           // the agent's `status` reply
+};
+
+AgentView ask_agent(const std::string& socket) {
+    AgentView v;
+    v.socket = socket.empty() ? agent_socket_path() : socket;
+    if (!agent::agent_socket_present(v.socket)) {
+        v.error = "no socket at `" + v.socket + "`";
+        return v;
+    }
+    AgentRequest req;
+    req.op = AgentOp::status;
+    auto r = agent::call_agent(req, std::chrono::seconds(5), v.socket);
+    if (!r) {
+        v.error = r.error().message;
+        return v;
+    }
+    v.running = true;
+    v.reply = std::move(*r);
+    return v;
+}
+
+template <typename T>
+T get(const json& j, const char* key, T fallback) {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return fallback;
+    try {
+        return it->get<T>();
+    } catch (...) {
+        return fallback;
+    }
+}
+
+std::string clip(const std::string& s, std::size_t n) { return s.size() <= n ? s : s.substr(0, n - 1) + "~"; }
+
+std::string render_containers(const AgentView& a) {
+    std::string out;
+    if (!a.running) {
+        return "node agent: not running (" + a.error + "); start it with `systemctl start upmd` for per-container savings\n";
+    }
+    const json& containers = a.reply.contains("containers") ? a.reply["containers"] : json::array();
+    if (containers.empty()) {
+        out += "node agent: no container registered\n";
+    } else {
+        out += fmt::format("{:<24} {:>8} {:<16} {:<12} {:>5} {:>14} {:>11}\n", "CONTAINER", "PID", "POLICY", "DOMAIN",
+                           "PROCS", "MERGING_PAGES", "SAVED");
+        for (const auto& c : containers) {
+            std::string policy = get<std::string>(c, "policy", "");
+            std::string domain = get<std::string>(c, "domain", "");
+            out += fmt::format("{:<24} {:>8} {:<16} {:<12} {:>5} {:>14} {:>11}\n",
+                               clip(printable(get<std::string>(c, "id", "?"), 64), 24), get<long>(c, "pid", 0),
+                               clip(policy.empty() ? "(default)" : printable(policy, 64), 16),
+                               clip(domain.empty() ? "-" : printable(domain, 64), 12), get<std::uint64_t>(c, "processes", 0),
+                               get<std::uint64_t>(c, "ksm_merging_pages", 0),
+                               human_bytes(get<std::uint64_t>(c, "saved_bytes", 0)));
+        }
+    }
+    const json node = a.reply.value("node", json::object());
+    const json tuner = a.reply.value("tuner", json::object());
+    std::string ksmd = node.contains("ksmd_cpu_seconds") && node["ksmd_cpu_seconds"].is_number()
+                           ? fmt::format("{:.1f} CPU-s", node["ksmd_cpu_seconds"].get<double>())
+                           : std::string("-");
+    out += fmt::format("containers: {} registered, {} merging pages, {} saved; advised {} in {} calls; ksmd {}; tuner {}\n",
+                       get<std::uint64_t>(node, "containers", containers.size()),
+                       get<std::uint64_t>(node, "containers_merging_pages", 0),
+                       human_bytes(get<std::uint64_t>(node, "containers_saved_bytes", 0)),
+                       human_bytes(get<std::uint64_t>(node, "advised_bytes", 0)), get<std::uint64_t>(node, "advise_calls", 0),
+                       ksmd, get<std::string>(tuner, "mode", "off"));
+    return out;
+}
+
+int status_once(const StatusOptions& o) {
     StatusReport report;
     int rc = 0;
     if (o.pids.empty()) {
@@ -38,19 +126,63 @@ int do_status(const StatusOptions& o) {
         }
     }
     report.node = read_node_stats();
-    std::string out = o.json ? render_status_json(report) : render_status_table(report);
+    AgentView agent = ask_agent(o.socket);
+    std::string out;
+    if (o.json) {
+        json doc = json::parse(render_status_json(report), nullptr, false);
+        if (doc.is_discarded() || !doc.is_object()) doc = json::object();
+        json a;
+        a["running"] = agent.running;
+        a["socket"] = agent.socket;
+        if (agent.running) {
+            a["version"] = agent.reply.value("agent", json::object()).value("version", "");
+            a["pid"] = agent.reply.value("agent", json::object()).value("pid", 0);
+            a["node"] = agent.reply.value("node", json::object());
+            a["tuner"] = agent.reply.value("tuner", json(nullptr));
+            doc["containers"] = agent.reply.value("containers", json::array());
+        } else {
+            a["error"] = agent.error;
+            doc["containers"] = json::array();
+        }
+        doc["agent"] = std::move(a);
+        out = doc.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
+    } else {
+        out = render_containers(agent) + render_status_table(report);
+    }
     std::fwrite(out.data(), 1, out.size(), stdout);
+    std::fflush(stdout);
     return rc;
+}
+
+int do_status(const StatusOptions& o) {
+    if (o.watch <= 0) return status_once(o);
+    const bool tty = ::isatty(STDOUT_FILENO);
+    for (;;) {
+        if (tty && !o.json) std::fputs("\033[H\033[2J", stdout);
+        if (tty && !o.json)
+            std::printf("upm status, every %.1f s (Ctrl-C to stop)\n\n", o.watch);
+        status_once(o);
+        if (!o.json) std::fputs("\n", stdout);
+        std::fflush(stdout);
+        std::this_thread::sleep_for(std::chrono::duration<double>(o.watch));
+    }
 }
 
 }  // namespace
 
 void add_status(CLI::App& app, Action& action) {
     auto o = std::make_shared<StatusOptions>();
-    auto* cmd = app.add_subcommand("status", "show merged memory per process and for the node");
+    auto* cmd = app.add_subcommand("status", "show merged memory per container, per process and for the node");
     cmd->add_option("pid", o->pids, "process ids (default: every process with KSM activity)")
         ->check(CLI::PositiveNumber);
     cmd->add_flag("--json", o->json, "print JSON (fields in docs/cli.md)");
+    cmd->add_option("--watch", o->watch, "refresh every SECONDS (default 2) until interrupted")
+        ->expected(0, 1)
+        ->default_str("2")
+        ->check(CLI::Range(0.1, 3600.0));
+    cmd->add_option("--socket", o->socket, "the node agent's socket (default: $UPM_AGENT_SOCKET or /run/upm/upmd.sock)");
+    cmd->footer("Per-container rows come from the node agent (upmd) when it runs; without it, processes and the "
+                "node only.");
     cmd->callback([o, &action] { action = [o] { return do_status(*o); }; });
 }
 

@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "io.hpp"
+#include "upm/spec.hpp"
 
 namespace upm::agent {
 
@@ -190,6 +191,49 @@ std::string process_cgroup(long pid) {
         if (line.starts_with("0::/")) return std::string(line.substr(3));
     }
     return {};
+}
+
+HookNote hook_notify_agent(std::string_view event, const std::string& id, long pid, const std::string& policy,
+                           const std::string& domain, std::chrono::milliseconds timeout) {
+    try {
+        const bool start = event == "poststart";
+        const std::string socket = agent_socket_path();
+        const std::string who = "container `" + printable(id) + "`: ";
+        if (!agent_socket_present(socket)) {
+            if (!start) return {};
+            return {"debug", who + "no node agent at `" + socket + "`, not registered"};
+        }
+        AgentRequest r;
+        r.id = id;
+        if (start) {
+            r.op = AgentOp::register_container;
+            r.pid = pid;
+            r.cgroup = process_cgroup(pid);
+            if (r.cgroup == "/") r.cgroup.clear();   // the root cgroup is everybody's: count the process tree
+            if (auto ticks = process_start_ticks(pid)) r.start_time = ticks;
+            r.policy = policy.size() > kMaxAgentLabel ? policy.substr(0, kMaxAgentLabel) : policy;
+            r.domain = domain.size() > kMaxAgentLabel ? domain.substr(0, kMaxAgentLabel) : domain;
+        } else {
+            r.op = AgentOp::unregister_container;
+        }
+        auto reply = call_agent(r, timeout, socket);
+        if (!reply) {
+            if (start) return {"warn", who + "not registered with the node agent at `" + socket + "`: " + reply.error().message};
+            return {"warn", who + "could not unregister from the node agent at `" + socket + "`: " +
+                                reply.error().message + " (the agent drops it once its process is gone)"};
+        }
+        if (start)
+            return {"info", who + "registered with the node agent" +
+                                (r.cgroup.empty() ? std::string(" (process tree of pid ") + std::to_string(pid) + ")"
+                                                  : " (cgroup `" + printable(r.cgroup) + "`)")};
+        bool removed = reply->value("removed", false);
+        return {removed ? "info" : "debug",
+                who + (removed ? "unregistered from the node agent" : "was not registered with the node agent")};
+    } catch (const std::exception& e) {
+        return {"warn", "node agent: " + std::string(e.what())};
+    } catch (...) {
+        return {"warn", "node agent: unexpected failure"};
+    }
 }
 
 }  // namespace upm::agent

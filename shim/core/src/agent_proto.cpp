@@ -89,6 +89,8 @@ Result<AgentRequest> parse(std::string_view line) {
         return Error::msg("request longer than " + std::to_string(kMaxAgentLine) + " bytes");
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     if (line.find_first_not_of(" \t") == std::string_view::npos) return Error::msg("empty request");
+    // nlohmann's lexer takes NUL for the end of the input: refuse it here.
+    if (line.find('\0') != std::string_view::npos) return Error::msg("request contains a NUL byte (send UTF-8 JSON text)");
     if (too_deep(line)) return Error::msg("request nested deeper than " + std::to_string(kMaxAgentDepth) + " levels");
     json doc = json::parse(line.begin(), line.end(), nullptr, false);
     if (doc.is_discarded()) return Error::msg("request is not valid JSON (one UTF-8 JSON object per line)");

@@ -625,7 +625,7 @@ void Server::handle_http(Conn& c) {
         queue(c, std::move(r));
         c.close_after_flush = true;
     };
-    if (end == std::string::npos) {
+    if (end == std::string::npos || end > kMaxHttpHead) {
         if (c.in.size() > kMaxHttpHead) respond("431 Request Header Fields Too Large", "text/plain", "request head too large\n");
         return;
     }

@@ -57,4 +57,16 @@ std::uint64_t process_start_ticks(long pid);
 // there is none (cgroup v1 only) or the file cannot be read.
 std::string process_cgroup(long pid);
 
+// upm-hook's part: `poststart` registers the container (its cgroup and
+// start time read from /proc), `poststop` unregisters it, within `timeout`.
+// Never fails: returns the line to log and its level ("" = nothing to log,
+// e.g. poststop without an agent).
+struct HookNote {
+    std::string level;      // "info", "warn", "debug" or ""
+    std::string message;
+};
+HookNote hook_notify_agent(std::string_view event, const std::string& id, long pid, const std::string& policy,
+                           const std::string& domain,
+                           std::chrono::milliseconds timeout = std::chrono::milliseconds(800));
+
 }  // namespace upm::agent

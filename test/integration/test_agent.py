@@ -1,0 +1,674 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""upmd, the node agent: protocol, registry, savings, metrics, robustness.
+
+Every test starts a real upmd (build/bin/upmd --foreground) on a socket and
+state file in tmp_path, with --no-tune unless the test is about tuning, and
+talks to it over the real unix socket.  The oracle for savings is the
+kernel's own per-process counter /proc/PID/ksm_merging_pages (and
+/sys/kernel/mm/ksm for node totals): `upm status --json` and GET /metrics
+must agree with it within 5%.  Merging needs ksmd: those tests use the
+ksm_fast fixture, which switches /sys/kernel/mm/ksm to fast settings under
+the host lock and restores it afterwards.
+
+Robustness: malformed, binary, deeply nested and oversized lines get an
+error reply and the agent stays up; 100 clients registering at once all
+succeed; a client that stalls does not block the others and is closed after
+the client timeout; with the agent down (no socket, a dead socket, an agent
+that never answers) upm-hook still exits 0 within about a second and
+`upm run` still runs its command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import (KSM_DIR, PAGE_SIZE, ksm_counters, ksm_merging_pages, upm_run, wait_merged, wait_until)
+
+TOLERANCE = 0.05
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+
+
+@pytest.fixture(scope="session")
+def upmd_bin(build_dir: Path) -> Path:
+    p = build_dir / "bin" / "upmd"
+    if not (p.is_file() and os.access(p, os.X_OK)):
+        pytest.fail(f"upmd is not built: `{p}` (build with `make build`)", pytrace=False)
+    return p
+
+
+@pytest.fixture(scope="session")
+def hook_bin(build_dir: Path) -> Path:
+    p = build_dir / "bin" / "upm-hook"
+    if not (p.is_file() and os.access(p, os.X_OK)):
+        pytest.fail(f"upm-hook is not built: `{p}` (build with `make build`)", pytrace=False)
+    return p
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Conn:
+    """One client connection speaking the line protocol."""
+
+    def __init__(self, path: Path, timeout: float = 10) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self.buf = b""
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_line(self) -> bytes | None:
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line
+
+    def call(self, request) -> dict:
+        data = request if isinstance(request, bytes) else json.dumps(request).encode()
+        self.send_raw(data + b"\n")
+        line = self.read_line()
+        assert line is not None, f"the agent closed the connection instead of answering {data[:100]!r}"
+        return json.loads(line)
+
+    def closed_by_peer(self, timeout: float) -> bool:
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+                self.buf += chunk
+        except (socket.timeout, TimeoutError):
+            return False
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Agent:
+    """A upmd process on a socket in tmp_path."""
+
+    def __init__(self, procs, exe: Path, tmp: Path, *extra: str, metrics: bool = True) -> None:
+        self.procs = procs
+        self.exe = exe
+        self.socket = tmp / "run" / "upmd.sock"
+        self.state = tmp / "upmd-state.json"
+        self.port = free_port() if metrics else None
+        self.extra = list(extra)
+        self.env = {"UPM_AGENT_SOCKET": str(self.socket)}
+        self.proc = None
+
+    def argv(self) -> list:
+        argv = [self.exe, "--foreground", "--socket", self.socket, "--state-file", self.state,
+                "--log-level", "debug", "--poll-interval", "0.2"]
+        if self.port:
+            argv += ["--metrics-listen", f"127.0.0.1:{self.port}"]
+        if "--tune" in self.extra:
+            return argv + [a for a in self.extra if a != "--tune"]
+        return argv + ["--no-tune"] + self.extra
+
+    def start(self) -> "Agent":
+        self.proc = self.procs.start(self.argv())
+        wait_until(lambda: self._pings() or self.proc.popen.poll() is not None, 15,
+                   what="upmd to answer ping", describe=lambda: self.proc.stderr[-2000:])
+        assert self.proc.popen.poll() is None, f"upmd exited {self.proc.popen.poll()}: {self.proc.stderr}"
+        return self
+
+    def _pings(self) -> bool:
+        try:
+            c = Conn(self.socket, 2)
+            ok = c.call({"op": "ping"})["ok"]
+            c.close()
+            return ok
+        except OSError:
+            return False
+
+    def call(self, request) -> dict:
+        c = Conn(self.socket)
+        try:
+            return c.call(request)
+        finally:
+            c.close()
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        self.proc.signal(sig)
+        return self.proc.wait(30)
+
+    def alive(self) -> bool:
+        return self.proc.popen.poll() is None and self._pings()
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
+            assert r.status == 200
+            assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            return r.read().decode()
+
+
+@pytest.fixture
+def agent(procs, upmd_bin, tmp_path):
+    a = Agent(procs, upmd_bin, tmp_path).start()
+    yield a
+    if a.proc.popen.poll() is None:
+        assert a.stop() == 0, a.proc.stderr
+
+
+def sleeper(procs, seconds: int = 300):
+    return procs.start(["/bin/sleep", str(seconds)])
+
+
+def start_ticks(pid: int) -> int:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return int(text[text.rindex(")") + 2:].split()[19])
+
+
+# A small parser of the Prometheus text format (0.0.4): every sample belongs
+# to a family declared by HELP and TYPE before it, names and labels are
+# well formed, label values are escaped, values are floats.
+NAME_RX = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+LABEL_RX = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
+
+
+def parse_prometheus(text: str) -> dict:
+    """{(name, frozenset(labels.items())): value}; asserts the format."""
+    assert text.endswith("\n"), "exposition must end with a newline"
+    families: dict[str, str] = {}
+    helped: set[str] = set()
+    current = None
+    samples = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        where = f"line {n}: {line!r}"
+        if line.startswith("# HELP "):
+            name = line.split(" ", 3)[2]
+            assert NAME_RX.fullmatch(name), where
+            assert name not in helped, f"{where}: family declared twice"
+            helped.add(name)
+            current = name
+            continue
+        if line.startswith("# TYPE "):
+            _, _, name, typ = line.split(" ", 3)
+            assert name == current, f"{where}: TYPE for another family than the HELP before it"
+            assert typ in ("gauge", "counter"), where
+            families[name] = typ
+            continue
+        assert not line.startswith("#"), where
+        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$", line)
+        assert m, f"{where}: not a sample"
+        name, labels_text, value = m[1], m[3] or "", m[4]
+        assert name == current and name in families, f"{where}: sample outside its family"
+        labels = {}
+        rest = labels_text
+        while rest:
+            lm = LABEL_RX.match(rest)
+            assert lm, f"{where}: bad label syntax at {rest!r}"
+            labels[lm[1]] = lm[2].replace("\\n", "\n").replace('\\"', '"').replace("\\\\", "\\")
+            rest = rest[lm.end():]
+            if rest.startswith(","):
+                rest = rest[1:]
+        if families[name] == "counter":
+            assert name.endswith("_total"), f"{where}: counter without _total"
+        samples[(name, frozenset(labels.items()))] = float(value)
+    return samples
+
+
+def metric(samples: dict, name: str, **labels) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+# ---------------------------------------------------------------------------
+# Command line
+
+
+def test_help_and_bad_options(procs, upmd_bin):
+    r = procs.run([upmd_bin, "--help"])
+    assert r.returncode == 0
+    for opt in ("--socket", "--state-file", "--metrics-listen", "--textfile", "--log-level", "--foreground",
+                "--no-tune"):
+        assert opt in r.stdout, opt
+    r = procs.run([upmd_bin, "--bogus"])
+    assert r.returncode != 0 and "--bogus" in r.stderr
+    r = procs.run([upmd_bin, "--version"])
+    assert r.returncode == 0 and r.stdout.startswith("upmd ")
+
+
+def test_refuses_public_metrics_and_a_second_agent(procs, upmd_bin, tmp_path, agent):
+    r = procs.run([upmd_bin, "--foreground", "--no-tune", "--socket", tmp_path / "x.sock",
+                   "--metrics-listen", "0.0.0.0:9"], timeout=30)
+    assert r.returncode == 1 and "loopback" in r.stderr, r.stderr
+    assert not (tmp_path / "x.sock").exists(), "the socket of a failed start is left behind"
+    r = procs.run([upmd_bin, "--foreground", "--no-tune", "--socket", agent.socket], timeout=30)
+    assert r.returncode == 1 and "already listening" in r.stderr, r.stderr
+    assert agent.alive()
+
+
+def test_socket_is_root_only(agent):
+    mode = agent.socket.stat().st_mode & 0o777
+    assert mode == 0o600, oct(mode)
+
+
+# ---------------------------------------------------------------------------
+# Protocol and registry
+
+
+def test_register_list_unregister(procs, agent):
+    s = sleeper(procs)
+    r = agent.call({"op": "register", "id": "c1", "pid": s.pid, "policy": "python-ml", "domain": "tenant-a",
+                    "cgroup": "", "start_time": start_ticks(s.pid)})
+    assert r == {"ok": True, "id": "c1", "new": True, "containers": 1}
+    r = agent.call({"op": "register", "id": "c1", "pid": s.pid})
+    assert r["ok"] and r["new"] is False
+    lst = agent.call({"op": "list"})
+    assert [c["id"] for c in lst["containers"]] == ["c1"]
+    c = lst["containers"][0]
+    assert c["pid"] == s.pid and c["start_time"] == start_ticks(s.pid)
+    # The registry is on disk before the reply.
+    state = json.loads(agent.state.read_text())
+    assert [e["id"] for e in state["containers"]] == ["c1"]
+
+    r = agent.call({"op": "advised", "pid": s.pid, "bytes": 1 << 20, "calls": 4, "seconds": 0.01})
+    assert r == {"ok": True, "container": "c1"}
+    r = agent.call({"op": "advised", "pid": 1, "bytes": 4096})
+    assert r == {"ok": True, "container": None}
+    st = agent.call({"op": "status"})
+    c = st["containers"][0]
+    assert c["advised_bytes"] == 1 << 20 and c["advise_calls"] == 4
+    assert st["node"]["advised_bytes"] == (1 << 20) + 4096 and st["node"]["advise_calls"] == 5
+    assert c["pids"] == [s.pid] and c["source"] == "tree"
+
+    # Errors: no such process, a reused pid, unknown op.
+    r = agent.call({"op": "register", "id": "c2", "pid": 4194300})
+    assert r["ok"] is False and "does not exist" in r["error"]
+    r = agent.call({"op": "register", "id": "c2", "pid": s.pid, "start_time": start_ticks(s.pid) + 1})
+    assert r["ok"] is False and "another process" in r["error"]
+    r = agent.call({"op": "frobnicate"})
+    assert r["ok"] is False and "unknown `op`" in r["error"]
+
+    r = agent.call({"op": "unregister", "id": "c1"})
+    assert r == {"ok": True, "id": "c1", "removed": True, "containers": 0}
+    r = agent.call({"op": "unregister", "id": "c1"})
+    assert r["ok"] and r["removed"] is False
+
+
+def test_exited_processes_are_dropped(procs, agent):
+    s = sleeper(procs)
+    assert agent.call({"op": "register", "id": "short", "pid": s.pid})["ok"]
+    s.kill_group()
+    wait_until(lambda: agent.call({"op": "list"})["containers"] == [], 10, what="the exited container to be dropped")
+    assert "exited, dropped" in agent.proc.stderr
+
+
+def test_restart_keeps_the_registry(procs, upmd_bin, tmp_path):
+    a = Agent(procs, upmd_bin, tmp_path).start()
+    keep = [sleeper(procs) for _ in range(3)]
+    gone = sleeper(procs)
+    for i, s in enumerate(keep):
+        assert a.call({"op": "register", "id": f"keep-{i}", "pid": s.pid, "policy": "p", "domain": f"d{i}"})["ok"]
+    assert a.call({"op": "register", "id": "gone", "pid": gone.pid})["ok"]
+    assert a.call({"op": "advised", "id": "keep-0", "bytes": 8192})["ok"]
+
+    # A clean stop, a process exiting while the agent is down, a restart.
+    assert a.stop() == 0
+    assert not a.socket.exists(), "the socket was not removed on a clean stop"
+    gone.kill_group()
+    b = Agent(procs, upmd_bin, tmp_path).start()
+    lst = b.call({"op": "list"})
+    assert sorted(c["id"] for c in lst["containers"]) == ["keep-0", "keep-1", "keep-2"]
+    by_id = {c["id"]: c for c in lst["containers"]}
+    assert by_id["keep-1"]["domain"] == "d1" and by_id["keep-0"]["advised_bytes"] == 8192
+    assert "`gone`" in b.proc.stderr and "exited, dropped" in b.proc.stderr
+
+    # SIGKILL loses nothing either: the state is written before the reply.
+    assert b.call({"op": "register", "id": "late", "pid": keep[0].pid})["ok"]
+    b.stop(signal.SIGKILL)
+    c = Agent(procs, upmd_bin, tmp_path).start()   # the stale socket is replaced
+    ids = sorted(x["id"] for x in c.call({"op": "list"})["containers"])
+    assert ids == ["keep-0", "keep-1", "keep-2", "late"]
+    assert c.stop() == 0
+
+
+# ---------------------------------------------------------------------------
+# Robustness
+
+
+def test_bad_messages_get_errors_and_the_agent_stays_up(agent):
+    c = Conn(agent.socket)
+    cases = [
+        b"not json",
+        b"{\"op\":\"ping\"",
+        b"[1,2,3]",
+        b"{\"op\":\"ping\"}\x00\xff\xfe",
+        bytes(range(256)).replace(b"\n", b""),
+        b"{\"op\":\"register\",\"id\":\"\xff\",\"pid\":1}",
+        b"[" * 5000,
+        b"{\"op\":\"register\",\"id\":\"x\",\"pid\":99999999999999999999999}",
+        b"{\"op\":\"advised\",\"id\":\"x\",\"bytes\":-1}",
+        b"",
+    ]
+    for data in cases:
+        r = c.call(data)
+        assert r["ok"] is False and r["error"], data[:60]
+        assert c.call({"op": "ping"})["ok"], f"the connection broke after {data[:60]!r}"
+    # Oversized: an error reply, then the connection is closed.
+    c.send_raw(b"{\"op\":\"ping\",\"pad\":\"" + b"x" * (200 * 1024))
+    line = c.read_line()
+    assert line is not None and "longer than 65536" in json.loads(line)["error"]
+    assert c.closed_by_peer(5)
+    c.close()
+    # A client that sends a lot and never reads does not hurt the agent either.
+    d = Conn(agent.socket)
+    try:
+        d.send_raw((json.dumps({"op": "ping"}) + "\n").encode() * 20000)
+    except OSError:
+        pass
+    d.close()
+    assert agent.alive()
+    assert agent.proc.popen.poll() is None
+
+
+def test_hundred_clients_register_at_once(procs, agent, report):
+    s = sleeper(procs)
+    n = 100
+    barrier = threading.Barrier(n)
+    results = [None] * n
+
+    def client(i):
+        try:
+            conn = Conn(agent.socket, 20)
+            barrier.wait(20)
+            results[i] = conn.call({"op": "register", "id": f"burst-{i:03d}", "pid": s.pid, "policy": "p"})
+            conn.close()
+        except Exception as e:  # noqa: BLE001
+            results[i] = {"ok": False, "error": repr(e)}
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    took = time.monotonic() - start
+    failed = [r for r in results if not (r and r.get("ok"))]
+    assert not failed, failed[:5]
+    lst = agent.call({"op": "list"})
+    assert len(lst["containers"]) == n
+    state = json.loads(agent.state.read_text())
+    assert len(state["containers"]) == n
+    report(f"{n} clients registered at once in {took:.2f} s (all ok)")
+
+
+def test_stalled_client_does_not_block_others(procs, upmd_bin, tmp_path, report):
+    a = Agent(procs, upmd_bin, tmp_path, "--client-timeout", "1.5").start()
+    silent = Conn(a.socket)                       # connects, sends nothing
+    partial = Conn(a.socket)
+    partial.send_raw(b'{"op":"pi')                # half a request, then nothing
+    worst = 0.0
+    for _ in range(20):
+        t = time.monotonic()
+        assert a.call({"op": "ping"})["ok"]
+        worst = max(worst, time.monotonic() - t)
+    assert worst < 0.5, f"a ping took {worst:.3f} s while two clients stalled"
+    # Both stalled connections are closed after the client timeout.
+    assert silent.closed_by_peer(10) and partial.closed_by_peer(10)
+    report(f"slowest ping with two stalled clients: {worst * 1000:.1f} ms; stalled clients closed after the timeout")
+    assert "idle for 1500 ms" in a.proc.stderr
+    assert a.stop() == 0
+
+
+def test_connection_limit(procs, upmd_bin, tmp_path):
+    a = Agent(procs, upmd_bin, tmp_path, "--max-connections", "4").start()
+    # start()'s pings count until the agent has seen them close.
+    wait_until(lambda: a.call({"op": "status"})["agent"]["connections"] == 1, 5, what="no other connection open")
+    time.sleep(0.5)   # ... and the status call's own connection
+    held = [Conn(a.socket) for _ in range(4)]
+    for h in held:
+        assert h.call({"op": "ping"})["ok"]
+    extra = Conn(a.socket)
+    line = extra.read_line()
+    assert line is not None and "too many connections" in json.loads(line)["error"]
+    for h in held:
+        h.close()
+    wait_until(lambda: a._pings(), 5, what="a free connection slot")
+    assert a.stop() == 0
+
+
+def test_agent_down_hook_and_run_fail_open(procs, hook_bin, upm_bin, tmp_path):
+    """No socket, a socket nobody listens on, and an agent that accepts but
+    never answers: upm-hook exits 0 within about a second, `upm run` runs
+    its command."""
+    config = tmp_path / "node-config.json"
+    log = tmp_path / "upm.log"
+    config.write_text(json.dumps({"log_file": str(log), "log_level": "debug"}))
+    s = sleeper(procs)
+    state = json.dumps({"ociVersion": "1.0.2", "id": "down-1", "status": "running", "pid": s.pid,
+                        "bundle": "/nonexistent", "annotations": {"upm.enabled": "true"}}).encode()
+
+    dead = tmp_path / "dead.sock"
+    d = socket.socket(socket.AF_UNIX)
+    d.bind(str(dead))                             # bound, never listening: ECONNREFUSED
+    hung = tmp_path / "hung.sock"
+    h = socket.socket(socket.AF_UNIX)
+    h.bind(str(hung))
+    h.listen(16)                                  # accepts into the backlog, never answers
+
+    for sock in (tmp_path / "missing.sock", dead, hung):
+        env = {"PATH": "/usr/bin:/bin", "UPM_CONFIG": str(config), "UPM_AGENT_SOCKET": str(sock)}
+        for event in ("poststart", "poststop"):
+            t = time.monotonic()
+            r = subprocess.run([hook_bin, event], input=state, capture_output=True, timeout=30, env=env)
+            took = time.monotonic() - t
+            assert r.returncode == 0, r.stderr
+            assert took < 2.0, f"upm-hook {event} took {took:.2f} s with the agent at {sock.name}"
+        t = time.monotonic()
+        r = procs.run([upm_bin, "run", "--", "/bin/echo", "still runs"], env={"UPM_AGENT_SOCKET": str(sock)})
+        took = time.monotonic() - t
+        assert r.returncode == 0 and r.stdout == "still runs\n", r.stderr
+        assert took < 2.0, f"upm run took {took:.2f} s with the agent at {sock.name}"
+    d.close()
+    h.close()
+    text = log.read_text()
+    assert "not registered" in text, text
+
+
+def test_hook_registers_and_unregisters(procs, hook_bin, agent, tmp_path):
+    config = tmp_path / "node-config.json"
+    log = tmp_path / "upm.log"
+    config.write_text(json.dumps({"log_file": str(log), "log_level": "debug"}))
+    s = sleeper(procs)
+    state = {"ociVersion": "1.0.2", "id": "hooked-1", "status": "running", "pid": s.pid, "bundle": "/nonexistent",
+             "annotations": {"upm.enabled": "true", "upm.policy": "python-ml", "upm.domain": "tenant-a"}}
+    env = {"PATH": "/usr/bin:/bin", "UPM_CONFIG": str(config), "UPM_AGENT_SOCKET": str(agent.socket),
+           "SECRET_TOKEN": "do-not-log-me"}
+    r = subprocess.run([hook_bin, "poststart"], input=json.dumps(state).encode(), capture_output=True, timeout=30,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    lst = agent.call({"op": "list"})["containers"]
+    assert [c["id"] for c in lst] == ["hooked-1"], log.read_text()
+    c = lst[0]
+    assert c["pid"] == s.pid and c["policy"] == "python-ml" and c["domain"] == "tenant-a"
+    cgroup = ""
+    for line in Path(f"/proc/{s.pid}/cgroup").read_text().splitlines():
+        if line.startswith("0::") and line[3:] != "/":
+            cgroup = line[3:]
+    assert c["cgroup"] == cgroup
+    state["status"] = "stopped"
+    r = subprocess.run([hook_bin, "poststop"], input=json.dumps(state).encode(), capture_output=True, timeout=30,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    assert agent.call({"op": "list"})["containers"] == []
+    text = log.read_text()
+    assert "registered with the node agent" in text and "unregistered" in text, text
+    assert "do-not-log-me" not in text
+
+
+# ---------------------------------------------------------------------------
+# Savings against the kernel's counters
+
+
+def stable(read, what: str):
+    prev = [None]
+
+    def same_twice():
+        now = read()
+        ok = now == prev[0]
+        prev[0] = now
+        return ok
+
+    wait_until(same_twice, 30, interval=0.5, what=f"a stable {what}")
+    return prev[0]
+
+
+def test_eight_processes_savings_agree_with_kernel(ksm_fast, procs, agent, upm_bin, memhog, report):
+    """8 x `upm run -- upm-memhog --mib 32 --seed 1` register themselves;
+    `upm status --json` and /metrics report per-container savings within 5%
+    of /proc/PID/ksm_merging_pages.  Uses /sys/kernel/mm/ksm (ksm_fast)."""
+    hogs = [procs.memhog(upm_run(upm_bin, memhog, "--seed", "1", mib=32), env=agent.env) for _ in range(8)]
+    ids = {f"run-{h.pid}": h for h in hogs}
+    listed = {c["id"] for c in agent.call({"op": "list"})["containers"]}
+    assert set(ids) <= listed, f"not every `upm run` registered: {sorted(listed)}"
+    wait_merged(hogs, timeout=60)
+    kernel = stable(lambda: tuple(ksm_merging_pages(h.pid) for h in hogs), "ksm_merging_pages of the memhogs")
+
+    r = procs.run([upm_bin, "status", "--json"], env=agent.env)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["agent"]["running"] is True
+    rows = {c["id"]: c for c in doc["containers"]}
+    worst = 0.0
+    for (cid, h), want in zip(ids.items(), kernel):
+        assert cid in rows, f"{cid} missing from upm status: {sorted(rows)}"
+        got = rows[cid]["ksm_merging_pages"]
+        assert want > 0.9 * h.pages
+        err = abs(got - want) / want
+        worst = max(worst, err)
+        assert err <= TOLERANCE, f"{cid}: upm status says {got} pages, the kernel {want}"
+        assert rows[cid]["saved_bytes"] == got * PAGE_SIZE
+        assert h.pid in rows[cid]["pids"]
+    node = doc["agent"]["node"]
+    assert node["containers_merging_pages"] >= sum(rows[c]["ksm_merging_pages"] for c in ids)
+
+    samples = parse_prometheus(agent.metrics())
+    now = ksm_counters()
+    for (cid, h), want in zip(ids.items(), kernel):
+        got = metric(samples, "upm_container_merging_pages", id=cid)
+        assert got is not None and abs(got - want) <= TOLERANCE * want, f"{cid}: /metrics {got}, kernel {want}"
+        assert metric(samples, "upm_container_saved_bytes", id=cid) == got * PAGE_SIZE
+    sharing = metric(samples, "upm_node_pages_sharing")
+    assert sharing is not None and abs(sharing - now["pages_sharing"]) <= TOLERANCE * now["pages_sharing"] + 64
+    assert metric(samples, "upm_ksmd_cpu_seconds_total") is not None
+    report(f"8 containers: worst disagreement of `upm status` with ksm_merging_pages {worst:.2%} "
+           f"({sum(kernel)} pages merged in total)")
+
+    # The table names every container.
+    r = procs.run([upm_bin, "status"], env=agent.env)
+    assert r.returncode == 0 and all(cid in r.stdout for cid in ids), r.stdout
+    # Exited processes leave the registry.
+    for h in hogs[:4]:
+        h.stop()
+    wait_until(lambda: len({c["id"] for c in agent.call({"op": "list"})["containers"]} & set(ids)) == 4, 10,
+               what="4 stopped memhogs to leave the registry")
+
+
+def test_status_without_agent_says_so(procs, upm_bin, tmp_path):
+    env = {"UPM_AGENT_SOCKET": str(tmp_path / "none.sock")}
+    r = procs.run([upm_bin, "status"], env=env)
+    assert r.returncode == 0 and "node agent: not running" in r.stdout, r.stdout
+    r = procs.run([upm_bin, "status", "--json"], env=env)
+    doc = json.loads(r.stdout)
+    assert doc["agent"]["running"] is False and doc["containers"] == [] and "node" in doc
+
+
+def test_status_watch_refreshes(procs, upm_bin, agent):
+    p = procs.start([upm_bin, "status", "--json", "--watch", "0.3"], env=agent.env)
+    wait_until(lambda: p.stdout.count('"agent"') >= 3, 15, what="three refreshes of upm status --watch")
+    p.kill_group()
+
+
+# ---------------------------------------------------------------------------
+# Metrics endpoint and textfile
+
+
+def test_metrics_endpoint(procs, agent):
+    s = sleeper(procs)
+    assert agent.call({"op": "register", "id": 'odd "id" \\ here', "pid": s.pid, "policy": "p"})["ok"]
+    samples = parse_prometheus(agent.metrics())
+    assert metric(samples, "upm_agent_containers") == 1
+    assert metric(samples, "upm_container_processes", id='odd "id" \\ here') == 1
+    assert metric(samples, "upm_container_merging_pages", id='odd "id" \\ here') == ksm_merging_pages(s.pid)
+    counters = ksm_counters()
+    assert metric(samples, "upm_node_ksm_run") == counters["run"]
+    for path, code in (("/nope", 404), ("/", 200)):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{agent.port}{path}", timeout=10) as r:
+                assert r.status == code
+        except urllib.error.HTTPError as e:
+            assert e.code == code
+    req = urllib.request.Request(f"http://127.0.0.1:{agent.port}/metrics", data=b"x", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 405
+    with socket.create_connection(("127.0.0.1", agent.port), timeout=10) as c:
+        c.sendall(b"GET /metrics HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 20000 + b"\r\n\r\n")
+        assert c.recv(100).startswith(b"HTTP/1.1 431")
+    assert agent.alive()
+
+
+def test_textfile(procs, upmd_bin, tmp_path):
+    out = tmp_path / "textfile"
+    out.mkdir()
+    a = Agent(procs, upmd_bin, tmp_path, "--textfile", str(out), "--textfile-interval", "1", metrics=False).start()
+    prom = out / "upmd.prom"
+    wait_until(prom.exists, 10, what="upmd.prom")
+    samples = parse_prometheus(prom.read_text())
+    assert metric(samples, "upm_agent_containers") == 0
+    assert oct(prom.stat().st_mode & 0o777) == oct(0o644)
+    assert not [p for p in out.iterdir() if p.name != "upmd.prom"], list(out.iterdir())
+    assert a.stop() == 0
+
+
+# ---------------------------------------------------------------------------
+# Tuning: original settings restored
+
+
+def test_tuner_restores_original_settings(ksm_fast, procs, upmd_bin, tmp_path):
+    """With tuning on, upmd changes /sys/kernel/mm/ksm; SIGTERM puts back
+    exactly what it found (here: the ksm_fast settings)."""
+    knobs = ("run", "pages_to_scan", "sleep_millisecs")
+    before = {k: (KSM_DIR / k).read_text().strip() for k in knobs}
+    a = Agent(procs, upmd_bin, tmp_path, "--tune", "--tuner-state-file", str(tmp_path / "ksm-original.json"))
+    a.start()
+    if "ksm tuning: on" not in a.proc.stderr:
+        assert a.stop() == 0
+        pytest.skip(f"ksm tuning did not start here: {a.proc.stderr[-500:]}")
+    st = a.call({"op": "status"})
+    assert st["tuner"]["mode"] in ("idle", "burst"), st["tuner"]
+    s = sleeper(procs)
+    assert a.call({"op": "register", "id": "kick", "pid": s.pid})["ok"]
+    wait_until(lambda: a.call({"op": "status"})["tuner"]["mode"] == "burst", 10, what="a burst after a register")
+    assert a.stop() == 0, a.proc.stderr
+    after = {k: (KSM_DIR / k).read_text().strip() for k in knobs}
+    assert after == before, a.proc.stderr[-2000:]
+    assert "original ksmd settings restored" in a.proc.stderr
