@@ -95,3 +95,285 @@ def test_trim_releases_free_memory(procs, upm_bin, write_policy, tmp_path, trim)
     # the program's result does not depend on trimming
     expected = procs.run([PY, prog, os.devnull], timeout=120, env={"UPM_DISABLE": "1"})
     assert checksum == expected.stdout.splitlines()[0]
+
+
+# ---------------------------------------------------------------------------
+# hash seeds and layout: `upm run`
+
+# What a process looks like from inside: Python's hash of a string, the seed
+# variables, its personality and the start address of the first mapping of
+# every file and pseudo-path ([heap], [stack], [vdso]).
+PROBE = r'''
+import json, os
+maps = {}
+for line in open("/proc/self/maps"):
+    f = line.split()
+    if len(f) >= 6 and not f[5].startswith("[anon"):
+        maps.setdefault(f[5], f[0].split("-")[0])
+print(json.dumps({"hash": hash("x"), "seed": os.environ.get("PYTHONHASHSEED"),
+                  "perl": os.environ.get("PERL_HASH_SEED"),
+                  "personality": int(open("/proc/self/personality").read(), 16),
+                  "maps": maps, "stack_rlimit": os.environ.get("UPM_STACK_RLIMIT")}))
+'''
+ADDR_NO_RANDOMIZE = 0x0040000
+LIBC = re.compile(r"/libc\.so\.6$")
+
+
+def libc_addr(probe: dict) -> str:
+    return next(a for p, a in probe["maps"].items() if LIBC.search(p))
+
+
+def upm_probe(procs, upm_bin, policy, secret: Path, domain: str | None = None, env=None) -> dict:
+    extra = ["--domain", domain] if domain else []
+    r = procs.run([upm_bin, "run", *extra, "--policy", policy, "--", PY, "-c", PROBE],
+                  env={"UPM_DOMAIN_SECRET": str(secret), **(env or {})})
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.splitlines()[-1]) | {"stderr": r.stderr}
+
+
+def test_hash_seed_per_domain_upm_run(procs, upm_bin, write_policy, secret):
+    """per-domain: equal seeds (and hash("x")) within a domain, different across
+    domains; the secret file is created 0600; a seed the caller set is kept."""
+    policy = write_policy("seed", hash_seed="per-domain")
+    a1, a2 = (upm_probe(procs, upm_bin, policy, secret, "tenant-a") for _ in range(2))
+    b = upm_probe(procs, upm_bin, policy, secret, "tenant-b")
+    assert a1["seed"] and a1["seed"].isdigit() and 0 < int(a1["seed"]) < 2**32
+    assert a1["seed"] == a2["seed"] and a1["hash"] == a2["hash"]
+    assert a1["perl"] == a2["perl"] and a1["perl"].startswith("0x")
+    assert b["seed"] != a1["seed"] and b["hash"] != a1["hash"] and b["perl"] != a1["perl"]
+    st = secret.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.geteuid() and st.st_size == 32
+    assert stat.S_IMODE(secret.parent.stat().st_mode) == 0o700
+    assert secret.read_bytes().hex() not in json.dumps([a1, b])   # only derived values are visible
+    # a value in the environment wins
+    own = upm_probe(procs, upm_bin, policy, secret, "tenant-a", env={"PYTHONHASHSEED": "123"})
+    assert own["seed"] == "123"
+    # another secret, other seeds: they are not a function of the domain name alone
+    other = upm_probe(procs, upm_bin, policy, secret.parent / "other-secret", "tenant-a")
+    assert other["seed"] != a1["seed"]
+
+
+def test_hash_seed_untouched_by_default(procs, upm_bin, write_policy, secret):
+    """The default policy sets no seed: every process hashes differently."""
+    policy = write_policy("plain")
+    runs = [upm_probe(procs, upm_bin, policy, secret, "tenant-a") for _ in range(3)]
+    assert all(r["seed"] is None and r["perl"] is None for r in runs)
+    assert len({r["hash"] for r in runs}) == 3
+    assert not secret.exists()   # never created when no setting needs it
+
+
+def test_per_domain_needs_a_domain(procs, upm_bin, write_policy, secret):
+    """Without a domain the per-domain settings are not applied (the
+    hardening stays) and upm run says why."""
+    policy = write_policy("nodomain", hash_seed="per-domain", layout="shared-per-domain")
+    r = upm_probe(procs, upm_bin, policy, secret)
+    assert r["seed"] is None and r["personality"] & ADDR_NO_RANDOMIZE == 0
+    assert "not applied: no sharing domain" in r["stderr"]
+
+
+def test_layout_default_is_randomized(procs, upm_bin, write_policy, secret):
+    policy = write_policy("plain")
+    runs = [upm_probe(procs, upm_bin, policy, secret, "tenant-a") for _ in range(2)]
+    assert all(r["personality"] & ADDR_NO_RANDOMIZE == 0 for r in runs)
+    assert libc_addr(runs[0]) != libc_addr(runs[1])
+    assert runs[0]["maps"]["[stack]"] != runs[1]["maps"]["[stack]"]
+
+
+def test_layout_fixed(procs, upm_bin, write_policy, secret):
+    """fixed: ADDR_NO_RANDOMIZE, identical addresses in every run and domain."""
+    policy = write_policy("fixed", layout="fixed", **QUIET)
+    a, b = upm_probe(procs, upm_bin, policy, secret, "tenant-a"), upm_probe(procs, upm_bin, policy, secret, "tenant-b")
+    assert a["personality"] & ADDR_NO_RANDOMIZE and b["personality"] & ADDR_NO_RANDOMIZE
+    assert a["maps"] == b["maps"]
+    assert a["stack_rlimit"] is None   # the rlimit is not touched
+
+
+# The preload's worker thread mallocs (a glibc arena of its own, a 64 MiB
+# reservation) at a moment that depends on scheduling, which shifts every
+# later mmap of the program; the layout tests therefore run the probe with
+# automatic triggers off, so that only the layout decides the addresses.
+QUIET = {"triggers": {"start": False, "dlopen": False, "periodic": None}}
+
+
+def test_layout_shared_per_domain(procs, upm_bin, write_policy, secret):
+    """shared-per-domain: identical mappings within a domain; across domains the
+    mmap area (libraries, vdso) moves, the executable, [heap] and [stack] do
+    not (docs/hardening.md says so)."""
+    policy = write_policy("shared", layout="shared-per-domain", **QUIET)
+    a1, a2 = (upm_probe(procs, upm_bin, policy, secret, "tenant-a") for _ in range(2))
+    b = upm_probe(procs, upm_bin, policy, secret, "tenant-b")
+    assert a1["personality"] & ADDR_NO_RANDOMIZE
+    assert a1["maps"] == a2["maps"]
+    assert libc_addr(a1) != libc_addr(b)
+    assert a1["maps"].get("[vdso]") != b["maps"].get("[vdso]")
+    assert a1["maps"]["[heap]"] == b["maps"]["[heap]"]
+    assert a1["stack_rlimit"] is not None and a1["seed"] is None
+
+
+THREAD_STACK = r'''
+import ctypes, resource
+libc = ctypes.CDLL(None)
+attr = ctypes.create_string_buffer(128)
+assert libc.pthread_getattr_default_np(attr) == 0
+size = ctypes.c_size_t()
+assert libc.pthread_attr_getstacksize(attr, ctypes.byref(size)) == 0
+print(size.value, resource.getrlimit(resource.RLIMIT_STACK)[0])
+'''
+
+
+def test_thread_stacks_keep_their_default_size(procs, upm_bin, write_policy, secret):
+    """The raised RLIMIT_STACK would make glibc's default thread stack that
+    large; the preload sets it back to what the original rlimit gives."""
+    plain = procs.run([PY, "-c", THREAD_STACK])
+    policy = write_policy("shared", layout="shared-per-domain")
+    r = procs.run([upm_bin, "run", "--domain", "tenant-a", "--policy", policy, "--", PY, "-c", THREAD_STACK],
+                  env={"UPM_DOMAIN_SECRET": str(secret)})
+    want, orig_rlimit = (int(x) for x in plain.stdout.split())
+    got, rlimit = (int(x) for x in r.stdout.split())
+    assert rlimit >= 128 << 20 and rlimit != orig_rlimit   # raised (kept for the programs it execs)
+    assert got == want, f"default thread stack {got} bytes, {want} without upm"
+
+
+def test_static_binary_gets_the_layout(procs, upm_bin, build_dir, write_policy, secret, tmp_path):
+    """A static program: the layout applies (personality and rlimit are the
+    kernel's), the preload cannot load (nothing is advised)."""
+    static = build_dir / "bin" / "upm-memhog-static"
+    if not static.exists():
+        pytest.skip(f"{static} not built (needs a static libc)")
+    policy = write_policy("fixed", layout="fixed")
+    h = procs.memhog([upm_bin, "run", "--policy", policy, "--", static, "--mib", "4"])
+    assert int(Path(f"/proc/{h.pid}/personality").read_text(), 16) & ADDR_NO_RANDOMIZE
+    assert "libupm-preload" not in Path(f"/proc/{h.pid}/maps").read_text()
+
+
+SUID_PROBE = r'''
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    FILE *f = fopen("/proc/self/personality", "r");
+    unsigned p = 0;
+    if (!f || fscanf(f, "%x", &p) != 1) return 2;
+    printf("%x %d %d\n", p, (int)getuid(), (int)geteuid());
+    return 0;
+}
+'''
+
+
+def test_setuid_exec_clears_the_layout(procs, upm_bin):
+    """The kernel clears ADDR_NO_RANDOMIZE on a setuid exec (PER_CLEAR_ON_SETID):
+    a setuid program started under a `fixed` policy by an unprivileged user
+    runs with ASLR; the same program without the setuid bit does not."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a setuid-root program")
+    import shutil, subprocess
+    if not shutil.which("cc"):
+        pytest.skip("no C compiler")
+    import tempfile
+    d = Path(tempfile.mkdtemp(prefix="upm-suid-", dir="/tmp"))
+    procs_cleanup = lambda: shutil.rmtree(d, ignore_errors=True)  # noqa: E731
+    d.chmod(0o755)
+    src = d / "probe.c"
+    src.write_text(SUID_PROBE)
+    exe = d / "probe"
+    subprocess.run(["cc", "-O1", "-o", exe, src], check=True)
+    policy = d / "fixed.json"
+    policy.write_text(json.dumps({"layout": "fixed"}))
+    policy.chmod(0o644)
+    for part in [*d.parents, upm_bin.parent, *upm_bin.parents]:
+        if not os.stat(part).st_mode & 0o001:
+            procs_cleanup()
+            pytest.skip(f"{part} is not searchable by others (the unprivileged user cannot reach upm or the probe)")
+    def run_as_nobody():
+        r = procs.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                       upm_bin, "run", "--policy", policy, "--", exe])
+        assert r.returncode == 0, r.stderr
+        pers, uid, euid = r.stdout.split()
+        return int(pers, 16), int(uid), int(euid)
+    pers, uid, euid = run_as_nobody()
+    assert pers & ADDR_NO_RANDOMIZE and uid == euid == 65534
+    os.chown(exe, 0, 0)
+    exe.chmod(0o4755)
+    try:
+        pers, uid, euid = run_as_nobody()
+    finally:
+        procs_cleanup()
+    if euid != 0:
+        pytest.skip(f"setuid bit not honoured on {exe} (nosuid mount?)")
+    assert pers & ADDR_NO_RANDOMIZE == 0, "ADDR_NO_RANDOMIZE survived a setuid exec"
+
+
+# ---------------------------------------------------------------------------
+# containers: runc behind upm-runtime
+
+from test_runtime import Node, base_spec, runtime_bin  # noqa: E402,F401  (fixtures)
+
+
+@pytest.fixture
+def hnode(tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs, secret):  # noqa: F811
+    n = Node("runc", tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs)
+    n.env = lambda: {"UPM_CONFIG": str(n.config), "UPM_DOMAIN_SECRET": str(secret)}
+    try:
+        yield n
+    finally:
+        procs.cleanup()
+        n.cleanup()
+
+
+def container_probe(node, policy: str | None, domain: str | None, env=None) -> dict:
+    ann = {"upm.enabled": "true"}
+    if policy:
+        ann["upm.policy"] = policy
+    if domain:
+        ann["upm.domain"] = domain
+    b = node.bundle([PY, "-c", PROBE], ann, env=env)
+    r, cid = node.run(b)
+    assert r.returncode == 0, (r.stdout, r.stderr, node.our_log()[-2000:])
+    return json.loads(r.stdout.splitlines()[-1]) | {"bundle": b, "cid": cid}
+
+
+def test_containers_share_layout_and_seed_per_domain(hnode):
+    """Two annotated runc containers of one domain under a policy asking for
+    both: ADDR_NO_RANDOMIZE, identical mappings, equal hash seeds; a third in
+    another domain differs; the original args run (behind upm-exec)."""
+    (hnode.policy_dir / "shared.json").write_text(json.dumps(
+        {"layout": "shared-per-domain", "hash_seed": "per-domain", **QUIET}))
+    a1, a2 = (container_probe(hnode, "shared", "tenant-a") for _ in range(2))
+    b = container_probe(hnode, "shared", "tenant-b")
+    assert a1["personality"] & ADDR_NO_RANDOMIZE and b["personality"] & ADDR_NO_RANDOMIZE
+    assert a1["maps"] == a2["maps"], "two containers of one domain are laid out differently"
+    assert libc_addr(a1) != libc_addr(b)
+    assert a1["seed"] == a2["seed"] and a1["hash"] == a2["hash"] and a1["seed"] != b["seed"]
+    spec = json.loads((a1["bundle"] / "config.json").read_text())
+    args = spec["process"]["args"]
+    assert args[0] == "/dev/upm/upm-exec" and args[args.index("--") + 1:] == [PY, "-c", PROBE]
+    exec_mounts = [m for m in spec["mounts"] if m["destination"] == "/dev/upm/upm-exec"]
+    assert len(exec_mounts) == 1 and "ro" in exec_mounts[0]["options"]
+    assert "layout `shared-per-domain`, hash seed `per-domain`" in hnode.our_log()
+    assert a1["stack_rlimit"] is not None
+    # a second create of the same bundle wraps once, not twice (idempotent edit)
+    r, _ = hnode.run(a1["bundle"])
+    assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["maps"] == a1["maps"]
+    assert json.loads((a1["bundle"] / "config.json").read_text()) == spec
+
+
+def test_containers_default_policy_keeps_aslr(hnode):
+    """The default policy: no launcher, personality 0, different layouts and
+    hash seeds in two containers of one domain."""
+    a1, a2 = (container_probe(hnode, None, "tenant-a") for _ in range(2))
+    assert a1["personality"] & ADDR_NO_RANDOMIZE == 0 and a2["personality"] & ADDR_NO_RANDOMIZE == 0
+    assert libc_addr(a1) != libc_addr(a2)
+    assert a1["seed"] is None and a1["hash"] != a2["hash"]
+    spec = json.loads((a1["bundle"] / "config.json").read_text())
+    assert spec["process"]["args"][0] == PY
+    assert not any("upm-exec" in m["destination"] for m in spec["mounts"])
+
+
+def test_container_fixed_layout_and_own_seed(hnode):
+    """fixed: ADDR_NO_RANDOMIZE without a domain; a PYTHONHASHSEED of the spec is
+    never replaced."""
+    (hnode.policy_dir / "fixed.json").write_text(json.dumps(
+        {"layout": "fixed", "hash_seed": "per-domain", **QUIET}))
+    r = container_probe(hnode, "fixed", "tenant-a", env=["PYTHONHASHSEED=77"])
+    assert r["personality"] & ADDR_NO_RANDOMIZE
+    assert r["seed"] == "77"
+    assert r["stack_rlimit"] is None

@@ -297,6 +297,16 @@ Status edit_spec_hardening(json& doc, const HardeningPlan& plan, const std::stri
             if (!process.contains("env")) process["env"] = json::array();
             json& env = process["env"];
             if (!env.is_array()) return Error{EINVAL, "`process.env` in config.json is not an array"};
+            // An entry equal to ours is ours (an earlier edit): it is moved to
+            // the end again, so that a re-edit gives the same document.
+            json kept = json::array();
+            for (auto& e : env) {
+                bool ours = false;
+                for (const auto& [name, value] : plan.env)
+                    if (e.is_string() && e.get_ref<const std::string&>() == name + "=" + value) ours = true;
+                if (!ours) kept.push_back(std::move(e));
+            }
+            env = std::move(kept);
             // A group (the Perl pair) is set only when none of it is set.
             bool perl_set = env_has(env, "PERL_HASH_SEED") || env_has(env, "PERL_PERTURB_KEYS");
             for (const auto& [name, value] : plan.env) {
