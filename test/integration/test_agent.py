@@ -672,3 +672,49 @@ def test_tuner_restores_original_settings(ksm_fast, procs, upmd_bin, tmp_path):
     after = {k: (KSM_DIR / k).read_text().strip() for k in knobs}
     assert after == before, a.proc.stderr[-2000:]
     assert "original ksmd settings restored" in a.proc.stderr
+
+
+def test_burst_merges_then_idle_then_restore(ksm_off, procs, upmd_bin, upm_bin, memhog, tmp_path, report):
+    """The issue's acceptance path on the KSM backend: ksmd stopped on the
+    host (ksm_off: the originals are run=0), upmd with tuning; 4 x `upm run
+    -- upm-memhog --mib 32` register (a burst), the memory merges, ksmd is
+    back at its idle settings (run=0) within 60 s of the merge, and SIGTERM
+    restores the originals exactly.  Uses /sys/kernel/mm/ksm (ksm_off holds
+    the host lock and restores the host's settings afterwards)."""
+    knobs = [k for k in ("run", "pages_to_scan", "sleep_millisecs", "advisor_mode") if (KSM_DIR / k).exists()]
+
+    def read_knobs():
+        out = {}
+        for k in knobs:
+            text = (KSM_DIR / k).read_text().strip()
+            m = re.search(r"\[([^\]]+)\]", text)
+            out[k] = m[1] if m else text
+        return out
+
+    before = read_knobs()
+    assert before["run"] == "0"
+    a = Agent(procs, upmd_bin, tmp_path, "--tune", "--tuner-state-file", str(tmp_path / "ksm-original.json"))
+    a.start()
+    if "ksm tuning: on" not in a.proc.stderr:
+        assert a.stop() == 0
+        pytest.skip(f"ksm tuning did not start here: {a.proc.stderr[-500:]}")
+    t0 = time.monotonic()
+    hogs = [procs.memhog(upm_run(upm_bin, memhog, "--seed", "1", mib=32), env=a.env) for _ in range(4)]
+    # What the preload will report itself: the memory is advised now.
+    for h in hogs:
+        assert a.call({"op": "advised", "pid": h.pid, "bytes": h.length})["container"] == f"run-{h.pid}"
+    took = wait_merged(hogs, timeout=120)
+    merged_at = time.monotonic()
+    st = a.call({"op": "status"})
+    assert st["tuner"]["bursts"] >= 1, st["tuner"]
+    _, settle = wait_until(lambda: a.call({"op": "status"})["tuner"]["mode"] == "idle", 60,
+                           what="the tuner back to idle after the merge")
+    idle = read_knobs()
+    assert idle["run"] == "0", f"ksmd still running while idle: {idle}"
+    rows = {c["id"]: c for c in a.call({"op": "status"})["containers"]}
+    for h in hogs:
+        assert rows[f"run-{h.pid}"]["ksm_merging_pages"] >= 0.95 * h.pages
+    assert a.stop() == 0, a.proc.stderr[-2000:]
+    assert read_knobs() == before, a.proc.stderr[-2000:]
+    report(f"burst tuning: 4 x 32 MiB merged {took:.1f} s after the last ready line "
+           f"({merged_at - t0:.1f} s after the first start), back to idle {settle:.1f} s later, originals restored")
