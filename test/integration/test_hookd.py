@@ -189,6 +189,16 @@ def test_read_only_rootfs_without_ld_so_preload_fails_open(hnode):
             "its rootfs read-only") in hnode.log()
 
 
+def test_preload_uses_the_mounted_policy(hnode):
+    """Without UPM_POLICY the preload reads /dev/upm/policy.json: a policy with
+    log_level info makes every process of the container say so on stderr."""
+    (hnode.n.policy_dir / "loud.json").write_text('{"log_level": "info"}')
+    b = hnode.bundle(["/bin/sh", "-c", "sleep 0.5"], {"upm.enabled": "true", "upm.policy": "loud"})
+    r, cid = hnode.run(b)
+    assert r.returncode == 0, r.stderr
+    assert "info: policy `/dev/upm/policy.json`, backend " in r.stderr, r.stderr
+
+
 def test_unannotated_container_is_untouched(runc_hnode):
     b = runc_hnode.bundle(PROBE, {"upm.enabled": "True"})
     before = sorted(str(p.relative_to(b)) for p in b.rglob("*"))
@@ -463,3 +473,24 @@ def test_podman_hooks_dir(podman, mode, tmp_path):
         assert "precreate: injected" in log and "domain `pd`" in log, log
     r = pm.run(podman_rootfs(tmp_path, "rootfs-b"), cmd, {"other": "x"})
     assert r.returncode == 0 and r.stdout.split()[0] == "0", r.stdout
+
+
+def test_help(hook_bin):
+    r = subprocess.run([hook_bin, "--help"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "createRuntime" in r.stdout and "precreate" in r.stdout
+    for stage in ("createRuntime", "prestart", "precreate"):
+        r = subprocess.run([hook_bin, stage, "--help"], capture_output=True, text=True, timeout=30,
+                           stdin=subprocess.DEVNULL)
+        assert r.returncode == 0 and "Usage: upm-hook " + stage in r.stdout, r.stdout
+
+
+def test_create_runtime_with_bad_state_exits_zero(hook_bin, runc_hnode):
+    """createRuntime with no, malformed or pid-less state: exit 0, an error line."""
+    env = {"PATH": "/usr/bin:/bin", "UPM_CONFIG": str(runc_hnode.n.config)}
+    for data in (b"", b"{not json", json.dumps({"id": "c1", "bundle": "/x"}).encode(),
+                 json.dumps({"id": "c1", "pid": 1}).encode()):
+        r = subprocess.run([hook_bin, "createRuntime"], input=data, capture_output=True, timeout=30, env=env)
+        assert r.returncode == 0 and r.stdout == b"", r.stderr
+    errors = [ln for ln in runc_hnode.log().splitlines() if "] error: " in ln]
+    assert len(errors) == 4, errors
+    assert "no `pid`" in errors[2] and "no `bundle`" in errors[3]
