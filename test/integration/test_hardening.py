@@ -210,6 +210,23 @@ def test_layout_shared_per_domain(procs, upm_bin, write_policy, secret):
     assert a1["stack_rlimit"] is not None and a1["seed"] is None
 
 
+def test_layout_offsets_are_page_exact(procs, build_dir):
+    """The entropy of shared-per-domain: each of the 2^16 rlimit values the
+    secret can pick (128 MiB + k pages) moves the mmap area by exactly k
+    pages, so no two of them give the same layout (16 bits)."""
+    exe = build_dir / "lib" / "upm-exec"
+    base = 128 << 20
+    addrs = {}
+    for k in (0, 1, 2, 4097, 65535):
+        r = procs.run([exe, "-R", "-s", str(base + k * 4096), "--", PY, "-c", PROBE])
+        assert r.returncode == 0, r.stderr
+        probe = json.loads(r.stdout)
+        assert probe["personality"] & ADDR_NO_RANDOMIZE
+        addrs[k] = int(libc_addr(probe), 16)
+    for k, addr in addrs.items():
+        assert addrs[0] - addr == k * 4096, f"k={k}: libc at {addr:#x}, expected {addrs[0] - k * 4096:#x}"
+
+
 THREAD_STACK = r'''
 import ctypes, resource
 libc = ctypes.CDLL(None)
@@ -377,3 +394,38 @@ def test_container_fixed_layout_and_own_seed(hnode):
     assert r["personality"] & ADDR_NO_RANDOMIZE
     assert r["seed"] == "77"
     assert r["stack_rlimit"] is None
+
+
+# ---------------------------------------------------------------------------
+# upm policy check
+
+
+def test_policy_check_warns_about_weakened_hardening(procs, upm_bin, write_policy, source_dir):
+    """Every setting that weakens a hardening is a warning (the policy stays
+    valid); the default and `trim` are not; the normalized policy is valid
+    against the schema."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((source_dir / "config" / "policy.schema.json").read_text())
+    cases = {"plain": ({}, []),
+             "trim": ({"trim": True}, []),
+             "fixed": ({"layout": "fixed"}, ["/layout: warning: layout `fixed` weakens ASLR"]),
+             "shared": ({"layout": "shared-per-domain", "hash_seed": "per-domain"},
+                        ["/layout: warning: layout `shared-per-domain` weakens ASLR",
+                         "/hash_seed: warning: hash_seed `per-domain` weakens hash randomisation"])}
+    for name, (keys, warnings) in cases.items():
+        policy = write_policy(name, **keys)
+        r = procs.run([upm_bin, "policy", "check", policy])
+        assert r.returncode == 0, r.stdout + r.stderr
+        lines = [l for l in r.stdout.splitlines() if "warning:" in l]
+        assert len(lines) == len(warnings), r.stdout
+        for want in warnings:
+            assert any(want in l for l in lines), (want, r.stdout)
+        assert r.stdout.rstrip().endswith("ok" if not warnings else f"ok ({len(warnings)} warning{'s' if len(warnings) > 1 else ''})")
+        norm = procs.run([upm_bin, "policy", "check", "--normalized", policy])
+        doc = json.loads(norm.stdout)
+        jsonschema.validate(doc, schema)
+        for k, v in keys.items():
+            assert doc[k] == v
+    bad = write_policy("bad", layout="shared")
+    r = procs.run([upm_bin, "policy", "check", bad])
+    assert r.returncode == 1 and "did you mean `shared-per-domain`?" in r.stdout, r.stdout
