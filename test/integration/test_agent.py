@@ -265,9 +265,20 @@ def test_refuses_public_metrics_and_a_second_agent(procs, upmd_bin, tmp_path, ag
     assert agent.alive()
 
 
-def test_socket_is_root_only(agent):
+def test_socket_is_root_only(agent, procs, upmd_bin, tmp_path):
     mode = agent.socket.stat().st_mode & 0o777
     assert mode == 0o600, oct(mode)
+    import grp
+    group = grp.getgrgid(os.getgid()).gr_name
+    other = tmp_path / "grp"
+    other.mkdir()
+    b = Agent(procs, upmd_bin, other, "--socket-group", group, metrics=False).start()
+    st = b.socket.stat()
+    assert st.st_mode & 0o777 == 0o660 and st.st_gid == os.getgid(), (oct(st.st_mode), st.st_gid)
+    assert b.stop() == 0
+    r = procs.run([upmd_bin, "--foreground", "--no-tune", "--socket", other / "x.sock", "--socket-group",
+                   "no-such-group-upm"], timeout=30)
+    assert r.returncode == 1 and "no such group" in r.stderr, r.stderr
 
 
 # ---------------------------------------------------------------------------
@@ -368,7 +379,7 @@ def test_bad_messages_get_errors_and_the_agent_stays_up(agent):
         b"{\"op\":\"advised\",\"id\":\"x\",\"bytes\":-1}",
         b"",
     ]
-    for data in cases:
+    for data in cases * 2:
         r = c.call(data)
         assert r["ok"] is False and r["error"], data[:60]
         assert c.call({"op": "ping"})["ok"], f"the connection broke after {data[:60]!r}"
@@ -387,6 +398,9 @@ def test_bad_messages_get_errors_and_the_agent_stays_up(agent):
     d.close()
     assert agent.alive()
     assert agent.proc.popen.poll() is None
+    # Three log lines per connection at most, however many bad requests it sends.
+    assert "further bad requests of this connection are not logged" in agent.proc.stderr
+    assert agent.proc.stderr.count("bad request:") <= 3 + 1, agent.proc.stderr[-3000:]
 
 
 def test_hundred_clients_register_at_once(procs, agent, report):

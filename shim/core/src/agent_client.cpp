@@ -9,6 +9,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -147,8 +148,12 @@ Result<json> Client::call(const AgentRequest& request) {
 }
 
 Result<json> call_agent(const AgentRequest& request, std::chrono::milliseconds timeout, const std::string& socket) {
+    // One deadline for connecting, sending and the reply together.
+    auto start = Clock::now();
     auto c = Client::connect(socket, timeout);
     if (!c) return c.error();
+    auto left = timeout - std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+    c->set_timeout(std::max(left, std::chrono::milliseconds(1)));
     return c->call(request);
 }
 

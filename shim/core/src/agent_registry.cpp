@@ -369,7 +369,11 @@ json containers_json(const Registry& registry, const Snapshot* snapshot) {
             if (it != snapshot->usage.end()) {
                 const auto& u = it->second;
                 j["processes"] = u.processes;
-                j["pids"] = u.pids;
+                constexpr std::size_t kMaxListedPids = 1024;   // keeps a status reply of big containers small
+                j["pids"] = u.pids.size() <= kMaxListedPids
+                                ? u.pids
+                                : std::vector<pid_t>(u.pids.begin(), u.pids.begin() + kMaxListedPids);
+                j["pids_truncated"] = u.pids.size() > kMaxListedPids;
                 j["source"] = u.source;
                 j["ksm_merging_pages"] = u.merging_pages;
                 j["ksm_rmap_items"] = u.rmap_items;

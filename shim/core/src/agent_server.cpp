@@ -76,6 +76,7 @@ struct Conn {
     pid_t peer_pid = 0;
     uid_t peer_uid = 0;
     std::uint64_t serial = 0;
+    unsigned bad_requests = 0;
 };
 
 // Parses "HOST:PORT", "[V6]:PORT" or "PORT" (127.0.0.1).
@@ -505,8 +506,11 @@ void Server::handle_line(Conn& c, std::string_view line) {
     auto req = parse_agent_request(line);
     if (!req) {
         info_.requests["error"]++;
-        logger()->warn("connection {} (pid {}, uid {}): bad request: {}", c.serial, c.peer_pid, c.peer_uid,
-                       req.error().message);
+        // A client repeating bad requests must not flood the log: three per connection.
+        if (++c.bad_requests <= 3)
+            logger()->warn("connection {} (pid {}, uid {}): bad request: {}{}", c.serial, c.peer_pid, c.peer_uid,
+                           req.error().message,
+                           c.bad_requests == 3 ? "; further bad requests of this connection are not logged" : "");
         queue(c, agent_error_reply(req.error().message));
         return;
     }

@@ -35,6 +35,8 @@ public:
     // is an Error with the agent's message.
     Result<nlohmann::json> call(const AgentRequest& request);
 
+    void set_timeout(std::chrono::milliseconds timeout) { timeout_ = timeout; }
+
 private:
     explicit Client(int fd, std::chrono::milliseconds timeout) : fd_(fd), timeout_(timeout) {}
     int fd_ = -1;
@@ -42,7 +44,8 @@ private:
     std::string pending_;   // bytes read after the last reply line
 };
 
-// One request on a fresh connection to agent_socket_path() (or `socket`).
+// One request on a fresh connection to agent_socket_path() (or `socket`);
+// `timeout` bounds connecting and the reply together.
 Result<nlohmann::json> call_agent(const AgentRequest& request, std::chrono::milliseconds timeout,
                                   const std::string& socket = agent_socket_path());
 
