@@ -35,6 +35,7 @@ from pathlib import Path
 import pytest
 
 from conftest import (KSM_DIR, PAGE_SIZE, ksm_counters, ksm_merging_pages, upm_run, wait_merged, wait_until)
+from test_runtime import Node, base_spec, runtime_bin  # noqa: F401  (fixtures)
 
 TOLERANCE = 0.05
 
@@ -732,3 +733,44 @@ def test_burst_merges_then_idle_then_restore(ksm_off, procs, upmd_bin, upm_bin, 
     assert read_knobs() == before, a.proc.stderr[-2000:]
     report(f"burst tuning: 4 x 32 MiB merged {took:.1f} s after the last ready line "
            f"({merged_at - t0:.1f} s after the first start), back to idle {settle:.1f} s later, originals restored")
+
+
+def test_runc_containers_register_through_the_hook(ksm_fast, procs, agent, tmp_path, hook_bin, runtime_bin,  # noqa: F811
+                                                   preload_lib, policies_dir, memhog, base_spec, report):
+    """Two annotated runc containers through upm-runtime: the real upm-hook
+    registers them at poststart (id, init pid, policy, domain, cgroup), their
+    savings agree with /proc/PID/ksm_merging_pages of the init within 5%
+    (ksm_fast switches /sys/kernel/mm/ksm), and poststop unregisters them."""
+    n = Node("runc", tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs)
+    try:
+        wrapper = tmp_path / "upm-hook-wrapper"
+        wrapper.write_text(f"#!/bin/sh\nUPM_CONFIG={n.config} UPM_AGENT_SOCKET={agent.socket} exec {hook_bin} \"$@\"\n")
+        wrapper.chmod(0o755)
+        n.write_config(hook=str(wrapper))
+        argv = ["/opt/upm-memhog", "--mib", "32", "--seed", "5", "--hold-until-signal"]
+        ann = {"upm.enabled": "true", "upm.policy": "default", "upm.domain": "tenant-a"}
+        hogs = [n.start_memhog(n.bundle(argv, ann)) for _ in range(2)]
+        ids = n.ids[-2:]
+        wait_until(lambda: {c["id"] for c in agent.call({"op": "list"})["containers"]} >= set(ids), 10,
+                   what="both containers registered", describe=n.our_log)
+        wait_merged(hogs, timeout=60)
+        kernel = stable(lambda: tuple(ksm_merging_pages(h.pid) for h in hogs), "ksm_merging_pages of the containers")
+        rows = {c["id"]: c for c in agent.call({"op": "status"})["containers"]}
+        for cid, h, want in zip(ids, hogs, kernel):
+            row = rows[cid]
+            assert row["pid"] == h.pid and row["policy"] == "default" and row["domain"] == "tenant-a"
+            assert h.pid in row["pids"], row
+            got = row["ksm_merging_pages"]
+            assert abs(got - want) <= TOLERANCE * want, f"{cid}: agent {got}, kernel {want} ({row['source']})"
+        report(f"runc: 2 containers registered by upm-hook, counted by {rows[ids[0]]['source']}, "
+               f"agent {[rows[c]['ksm_merging_pages'] for c in ids]} vs kernel {list(kernel)} pages")
+        for h in hogs:
+            h.stop()
+        wait_until(lambda: not ({c["id"] for c in agent.call({"op": "list"})["containers"]} & set(ids)), 15,
+                   what="both containers gone from the registry")
+        log = n.our_log()
+        assert all(f"container `{cid}`: registered with the node agent" in log for cid in ids), log
+        assert "] error: " not in log, log
+    finally:
+        procs.cleanup()
+        n.cleanup()
