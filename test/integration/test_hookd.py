@@ -34,6 +34,7 @@ from test_runtime import Node, base_spec, runtime_bin, sha256  # noqa: F401  (fi
 SOURCE = Path(__file__).resolve().parents[2]
 CRIO_HOOK = SOURCE / "config/runtimes/crio/hooks.d/99-upm.json"
 PODMAN_HOOK = SOURCE / "config/runtimes/podman/hooks.d/99-upm.json"
+CRIO_EVENTS = {st: SOURCE / f"config/runtimes/crio/hooks.d/99-upm-{st}.json" for st in ("poststart", "poststop")}
 PRELOAD = "/dev/upm/libupm-preload.so"
 POLICY = "/dev/upm/policy.json"
 LIBDL = next((p for p in (Path("/usr/lib/x86_64-linux-gnu/libdl.so.2"), Path("/usr/lib/aarch64-linux-gnu/libdl.so.2"))
@@ -75,12 +76,23 @@ class HookNode:
         hook = json.loads(CRIO_HOOK.read_text())
         self.hook_entry = dict(hook["hook"], path=str(self.wrapper))
         assert hook["stages"] == ["createRuntime"]
+        self.events = {st: dict(json.loads(f.read_text())["hook"], path=str(self.wrapper))
+                       for st, f in CRIO_EVENTS.items()}
 
-    def bundle(self, args, annotations=None, readonly=False, ld_so_preload: str | None = None, env=None) -> Path:
+    def bundle(self, args, annotations=None, readonly=False, ld_so_preload: str | None = None, env=None,
+               events: bool = False) -> Path:
+        """events: also the poststart/poststop files of the hooks directory.
+        Not with crun for short-lived containers: crun 1.8.1 waits for a
+        hook's SIGCHLD with sigtimedwait() and loses it when the container's
+        process exits at the same moment (the two signals coalesce), then
+        kills the finished hook after its timeout."""
         b = self.n.bundle(args, annotations, env)
         spec = json.loads((b / "config.json").read_text())
         spec["root"]["readonly"] = readonly
         spec.setdefault("hooks", {})["createRuntime"] = [self.hook_entry]
+        for st, entry in self.events.items():
+            if events:
+                spec["hooks"][st] = [entry]
         (b / "config.json").write_text(json.dumps(spec, indent="\t"))
         if ld_so_preload is not None:
             (b / "rootfs/etc/ld.so.preload").write_text(ld_so_preload)
@@ -128,12 +140,13 @@ def runc_hnode(tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_sp
 
 def test_shipped_hook_files():
     """The hooks.d files: 1.0.0 schema, anchored annotation regexes, one stage each."""
-    for path, stage in ((CRIO_HOOK, "createRuntime"), (PODMAN_HOOK, "precreate")):
+    for path, stage in ((CRIO_HOOK, "createRuntime"), (PODMAN_HOOK, "precreate"),
+                        (CRIO_EVENTS["poststart"], "poststart"), (CRIO_EVENTS["poststop"], "poststop")):
         h = json.loads(path.read_text())
         assert h["version"] == "1.0.0" and h["stages"] == [stage]
         assert h["hook"]["path"] == "/usr/bin/upm-hook" and h["hook"]["args"] == ["upm-hook", stage]
         assert h["when"] == {"annotations": {"^upm\\.enabled$": "^true$"}}
-        assert path.name == "99-upm.json"
+        assert path.name.startswith("99-upm")
 
 
 def test_create_runtime_injects(hnode):
@@ -144,7 +157,7 @@ def test_create_runtime_injects(hnode):
     assert LIBDL is not None
     image_ld = f"# the image's own preload\n{LIBDL}\n"
     b = hnode.bundle(PROBE, {"upm.enabled": "true", "upm.policy": "python-ml", "upm.domain": "tenant-a"},
-                     ld_so_preload=image_ld)
+                     ld_so_preload=image_ld, events=hnode.n.name == "runc")
     host_file = b / "rootfs/etc/ld.so.preload"
     st = host_file.stat()
     r, cid = hnode.run(b)
@@ -162,6 +175,8 @@ def test_create_runtime_injects(hnode):
     log = hnode.log()
     assert f"container `{cid}`: createRuntime: injected `{PRELOAD}`" in log, log
     assert "extended the image's `/etc/ld.so.preload`" in log and "domain `tenant-a`" in log
+    if hnode.n.name == "runc":   # the poststart/poststop files of the same directory ran too
+        assert f"container `{cid}`: poststart, pid " in log and f"container `{cid}`: poststop" in log, log
     assert "] error: " not in log, log
 
 
