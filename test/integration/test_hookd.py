@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FRACTION, frames_saved, wait_merged
+from test_hook import hook_bin  # noqa: F401  (fixture)
 from test_runtime import Node, base_spec, runtime_bin, sha256  # noqa: F401  (fixtures)
 
 SOURCE = Path(__file__).resolve().parents[2]
@@ -54,14 +55,6 @@ def probe(r: subprocess.CompletedProcess) -> dict:
     return {"maps": int(lines[0]), "ld": [ln for ln in cut("ld:", ":ld") if ln],
             "env": dict(ln.split("=", 1) for ln in cut(":ld", "policy:") if "=" in ln),
             "policy": "\n".join(cut("policy:", ":policy")), "ld_writable": lines[-1]}
-
-
-@pytest.fixture(scope="session")
-def hook_bin(build_dir: Path) -> Path:
-    p = build_dir / "bin" / "upm-hook"
-    if not (p.is_file() and os.access(p, os.X_OK)):
-        pytest.fail(f"upm-hook is not built: `{p}` (build with `make build`)", pytrace=False)
-    return p
 
 
 class HookNode:
