@@ -22,6 +22,7 @@
 // UPM_FAIL_CLOSED=1) -- say why and _exit(127) before main() runs.
 #include <dlfcn.h>
 #include <pthread.h>
+#include <sys/auxv.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -128,7 +129,12 @@ constexpr const char* kHookPolicy = "/dev/upm/policy.json";
 void init_once() {
     auto* c = new Config;
     g_cfg = c;
-    if (env_flag("UPM_DISABLE")) {
+    // Set-user-ID and file-capability programs (AT_SECURE): glibc never
+    // loads an LD_PRELOAD path into them, but it does load
+    // /etc/ld.so.preload (upm-hook's hooks.d mode).  Stay inert there: the
+    // caller's environment (UPM_POLICY, UPM_LOG, ...) must not steer a
+    // privileged process, and its memory is not offered to merging.
+    if (env_flag("UPM_DISABLE") || ::getauxval(AT_SECURE) != 0) {
         c->disabled = true;
         return;
     }

@@ -207,6 +207,35 @@ def test_preload_uses_the_mounted_policy(hnode):
     assert "info: policy `/dev/upm/policy.json`, backend " in r.stderr, r.stderr
 
 
+def test_setuid_programs_get_an_inert_preload(runc_hnode):
+    """/etc/ld.so.preload reaches set-user-ID programs too (LD_PRELOAD never
+    did): run as uid 1000, setuid-root copies of grep and sleep have the
+    preload mapped but inert (no policy read, nothing logged, the caller's
+    UPM_* ignored), while the plain sleep runs it."""
+    n = runc_hnode.n
+    (n.policy_dir / "loud.json").write_text('{"log_level": "info"}')
+    b = runc_hnode.bundle(["/bin/sh", "-c", "/opt/grep-suid -c libupm-preload.so /proc/self/maps; "
+                           "/opt/sleep-suid 0.5; /usr/bin/sleep 0.5"],
+                          {"upm.enabled": "true", "upm.policy": "loud"}, env=["UPM_LOG=debug"])
+    for prog in ("grep", "sleep"):
+        suid = b / f"rootfs/opt/{prog}-suid"
+        shutil.copy(f"/usr/bin/{prog}", suid)
+        os.chmod(suid, 0o4755)
+    spec = json.loads((b / "config.json").read_text())
+    spec["process"]["user"] = {"uid": 1000, "gid": 1000}
+    spec["process"]["noNewPrivileges"] = False
+    (b / "config.json").write_text(json.dumps(spec))
+    r, cid = runc_hnode.run(b)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) >= 1     # mapped in the setuid grep
+    upm_lines = [ln for ln in r.stderr.splitlines() if ln.startswith("upm[")]
+    assert upm_lines, r.stderr
+    # one upm line prefix per process that ran the preload: the shell and the
+    # plain sleep, not the setuid sleep (each lives 0.5 s, long enough to log)
+    pids = {ln.split("]")[0] for ln in upm_lines}
+    assert len(pids) == 2, r.stderr
+
+
 def test_unannotated_container_is_untouched(runc_hnode):
     b = runc_hnode.bundle(PROBE, {"upm.enabled": "True"})
     before = sorted(str(p.relative_to(b)) for p in b.rglob("*"))
