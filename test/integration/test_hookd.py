@@ -30,7 +30,7 @@ import pytest
 
 from conftest import FRACTION, frames_saved, wait_merged
 from test_hook import hook_bin  # noqa: F401  (fixture)
-from test_runtime import Node, base_spec, runtime_bin, sha256  # noqa: F401  (fixtures)
+from test_runtime import Node, _hybrid_cgroups, base_spec, runtime_bin, sha256  # noqa: F401  (fixtures)
 
 SOURCE = Path(__file__).resolve().parents[2]
 CRIO_HOOK = SOURCE / "config/runtimes/crio/hooks.d/99-upm.json"
@@ -443,11 +443,16 @@ PODMAN = Path("/usr/bin/podman")
 
 
 class Podman:
-    def __init__(self, store: Path, hooks_dir: Path) -> None:
-        # podman refuses a runroot longer than 50 characters: `store` is short
-        self.base = [str(PODMAN), "--root", str(store / "root"), "--runroot", str(store / "run"),
+    def __init__(self, store: Path, hooks_dir: Path, runtime: str) -> None:
+        # podman refuses a runroot longer than 50 characters: `store` is short.
+        # With crun, podman runs in a private mount namespace without
+        # /sys/fs/cgroup/unified, like test_runtime's crun (hybrid cgroups).
+        prefix = []
+        if runtime == "crun" and _hybrid_cgroups():
+            prefix = ["unshare", "-m", "sh", "-c", 'umount -l /sys/fs/cgroup/unified 2>/dev/null; exec "$0" "$@"']
+        self.base = [*prefix, str(PODMAN), "--root", str(store / "root"), "--runroot", str(store / "run"),
                      "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file",
-                     "--runtime", "/usr/bin/runc", "--hooks-dir", str(hooks_dir)]
+                     "--runtime", f"/usr/bin/{runtime}", "--hooks-dir", str(hooks_dir)]
 
     def run(self, rootfs: Path, args: list[str], annotations: dict[str, str], *extra: str):
         # podman's default rlimits (nofile, nproc = 1048576) exceed what this
@@ -468,14 +473,14 @@ def podman_rootfs(tmp: Path, name: str) -> Path:
     return r
 
 
-@pytest.fixture
-def podman(tmp_path, runc_hnode):
+@pytest.fixture(params=["runc", "crun"])
+def podman(request, tmp_path, runc_hnode):
     if not PODMAN.exists():
         pytest.skip("podman is not installed (packaging/install-deps.sh test installs it)")
     hooks = tmp_path / "hooks.d"
     hooks.mkdir()
     store = Path(tempfile.mkdtemp(prefix="upm-pm-", dir="/tmp"))
-    pm = Podman(store, hooks)
+    pm = Podman(store, hooks, request.param)
     try:
         probe_run = pm.run(podman_rootfs(tmp_path, "probe-rootfs"), ["/bin/true"], {})
         if probe_run.returncode != 0:
@@ -490,7 +495,8 @@ def podman(tmp_path, runc_hnode):
 @pytest.mark.parametrize("mode", ["createRuntime", "precreate"])
 def test_podman_hooks_dir(podman, mode, tmp_path):
     """podman --hooks-dir with the shipped file (hook path pointed at the test
-    wrapper): annotated → the preload is mapped; unannotated → it is not."""
+    wrapper), runc and crun: annotated → the preload is mapped; unannotated
+    → it is not."""
     pm, hooks, hn = podman
     shipped = json.loads((CRIO_HOOK if mode == "createRuntime" else PODMAN_HOOK).read_text())
     shipped["hook"]["path"] = str(hn.wrapper)
