@@ -437,6 +437,37 @@ TEST_CASE("ksmtune: restore keeps the state file when a knob cannot be written",
     CHECK(node.get("pages_to_scan") == "123");
 }
 
+TEST_CASE("ksmtune: a refused knob write is reported, the other knobs are written", "[ksmtune]") {
+    // EBUSY/EINVAL from sysfs stand-in: a directory in place of the knob.
+    FakeNode node;
+    KsmTuner tuner(node.options());
+    REQUIRE(tuner.start().ok());
+    fs::remove(node.sysfs() / "sleep_millisecs");
+    fs::create_directory(node.sysfs() / "sleep_millisecs");
+    tuner.kick("refused");
+    auto st = tuner.status();
+    CHECK(st.mode == "burst");
+    CHECK(st.last_error.find("sleep_millisecs") != std::string::npos);
+    CHECK(node.get("run") == "1");
+    CHECK(node.get("pages_to_scan") == "1024");
+    (void)tuner.tick();    // retried, no crash
+    CHECK(tuner.status().mode == "burst");
+}
+
+TEST_CASE("ksmtune: start fails without leaving changes when the idle setting cannot be written", "[ksmtune]") {
+    FakeNode node;
+    fs::remove(node.sysfs() / "sleep_millisecs");
+    fs::create_directory(node.sysfs() / "sleep_millisecs");   // every write refused
+    KsmTuner tuner(node.options());
+    auto st = tuner.start();
+    REQUIRE_FALSE(st.ok());
+    CHECK(st.error().message.find("sleep_millisecs") != std::string::npos);
+    CHECK(node.get("pages_to_scan") == "123");    // the idle 100 was written, then undone
+    CHECK(node.get("run") == "0");
+    CHECK_FALSE(fs::exists(node.state()));
+    CHECK(tuner.status().mode == "stopped");
+}
+
 TEST_CASE("ksmtune: no ksm on the node", "[ksmtune]") {
     FakeNode node;
     fs::remove(node.sysfs() / "run");

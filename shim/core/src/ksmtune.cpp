@@ -414,7 +414,10 @@ Status KsmTuner::apply(const KsmKnobs& want, const KsmKnobs& have) {
             // EBUSY/EINVAL (a knob the kernel refuses now): keep going with
             // the others, report the first failure.
             auto e = st.error().wrap("setting `" + path + "` to `" + value + "`");
-            logger()->warn("ksm tuning: {}", e.message);
+            // The same refusal again (a knob the kernel keeps refusing) is
+            // logged once, not at every tick.
+            if (e.message != st_.last_error) logger()->warn("ksm tuning: {}", e.message);
+            else logger()->debug("ksm tuning: {}", e.message);
             if (!first) first = e;
         }
     };
@@ -535,14 +538,21 @@ Status KsmTuner::start() {
     st_.idle = idle;
     st_.burst = logic_->burst_knobs();
 
-    auto st = apply(idle, *cur);
+    if (auto st = apply(idle, *cur); !st) {
+        // Put back what was written, and do not leave a state file behind
+        // for settings that are the originals again.
+        if (auto now = read_knobs(); now && apply(st_.original, *now) && read_knobs() &&
+                                     knobs_match(st_.original, *read_knobs()))
+            ::unlink(o_.state_file.c_str());
+        logic_.reset();
+        return st.error().wrap("ksm tuning: applying the idle setting");
+    }
     cpu_start_ = cpu_last_ = ksmd_cpu();
     started_ = true;
     st_.mode = "idle";
     if (auto k = read_knobs()) st_.current = *k;
     logger()->info("ksm tuning: started; original {}{}, idle {}", to_string(st_.original),
                    st_.recovered ? " (recovered)" : "", to_string(idle));
-    if (!st) return st.error().wrap("ksm tuning: applying the idle setting");
     return Ok{};
 }
 
@@ -574,12 +584,15 @@ std::chrono::milliseconds KsmTuner::tick() {
 
     auto have = read_knobs();
     if (have && !knobs_match(d.knobs, *have)) {
-        if (!d.burst_started && !d.burst_ended)
+        if (!d.burst_started && !d.burst_ended && !warned_foreign_) {
             logger()->warn("ksm tuning: ksm settings changed behind our back ({}), writing {}", to_string(*have),
                            to_string(d.knobs));
+            warned_foreign_ = true;
+        }
         (void)apply(d.knobs, *have);
         have = read_knobs();
     }
+    if (d.burst_started || d.burst_ended) warned_foreign_ = false;
     if (d.burst_started)
         logger()->info("ksm tuning: burst {} ({}): {}", logic_->bursts(),
                        logic_->current_burst() ? logic_->current_burst()->first_reason : "", to_string(d.knobs));

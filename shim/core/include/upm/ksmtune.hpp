@@ -180,7 +180,8 @@ public:
 
     // Records the original settings (or recovers them from state_file, left
     // by an agent that crashed in this boot), persists them atomically, and
-    // applies the idle setting.
+    // applies the idle setting.  On failure nothing stays changed.
+    // The destructor does not restore (a crash does not either): call stop().
     Status start();
     // New advised memory arrived: start or extend a burst (thread-safe; the
     // knobs change at the next tick()).
@@ -207,6 +208,7 @@ private:
     int ksmd_pid_ = 0;
     double cpu_start_ = 0, cpu_last_ = 0;
     bool started_ = false;
+    bool warned_foreign_ = false;
 };
 
 // ksmd's CPU time (utime+stime, seconds) from `proc`/PID/stat; the pid is
