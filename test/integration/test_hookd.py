@@ -236,6 +236,21 @@ def test_setuid_programs_get_an_inert_preload(runc_hnode):
     assert len(pids) == 2, r.stderr
 
 
+def test_no_dev_tmpfs_fails_open(hnode):
+    """A spec without a tmpfs on /dev: nowhere to put the preload but the
+    image; nothing is written, the container starts, the log says why."""
+    b = hnode.bundle(PROBE, {"upm.enabled": "true"})
+    spec = json.loads((b / "config.json").read_text())
+    spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != "/dev"]
+    (b / "config.json").write_text(json.dumps(spec))
+    r, cid = hnode.run(b)
+    p = probe(r)
+    assert p["maps"] == 0 and p["ld"] == []
+    # (the runtime itself creates its device nodes in the image's /dev)
+    assert not (b / "rootfs/dev/upm").exists() and not (b / "rootfs/etc/ld.so.preload").exists()
+    assert f"container `{cid}`: not deduplicated: the spec mounts no tmpfs on `/dev`" in hnode.log()
+
+
 def test_unannotated_container_is_untouched(runc_hnode):
     b = runc_hnode.bundle(PROBE, {"upm.enabled": "True"})
     before = sorted(str(p.relative_to(b)) for p in b.rglob("*"))

@@ -136,6 +136,15 @@ Result<std::string> inject_in_namespace(const RootfsInjection& in, const Prepare
     struct stat root_st {};
     if (::fstat(root.fd, &root_st) != 0) return Error::sys(errno, "stat the rootfs");
 
+    // /dev: the runtime's tmpfs, which hides whatever the image has there.
+    Fd dev(open_in_root(root.fd, "dev", O_PATH | O_DIRECTORY));
+    if (dev.fd < 0) return Error::sys(errno, "`/dev` in the rootfs");
+    struct statfs dev_fs {};
+    struct stat dev_st {};
+    if (::fstatfs(dev.fd, &dev_fs) != 0 || ::fstat(dev.fd, &dev_st) != 0) return Error::sys(errno, "stat `/dev`");
+    if (dev_fs.f_type != TMPFS_MAGIC || dev_st.st_dev == root_st.st_dev)
+        return Error::msg("`/dev` of the container is not the runtime's tmpfs (the spec mounts no tmpfs on `/dev`)");
+
     // /etc/ld.so.preload, as the container's loader will find it.
     const std::string entry = std::string(kContainerDirDev) + "/" + kPreloadFile;
     Fd etc(open_in_root(root.fd, "etc", O_PATH | O_DIRECTORY));
@@ -196,14 +205,6 @@ Result<std::string> inject_in_namespace(const RootfsInjection& in, const Prepare
     bool listed = false;
     std::string text = ld_so_preload_with(existing, entry, &listed);
 
-    // /dev: the runtime's tmpfs, which hides whatever the image has there.
-    Fd dev(open_in_root(root.fd, "dev", O_PATH | O_DIRECTORY));
-    if (dev.fd < 0) return Error::sys(errno, "`/dev` in the rootfs");
-    struct statfs dev_fs {};
-    struct stat dev_st {};
-    if (::fstatfs(dev.fd, &dev_fs) != 0 || ::fstat(dev.fd, &dev_st) != 0) return Error::sys(errno, "stat `/dev`");
-    if (dev_fs.f_type != TMPFS_MAGIC || dev_st.st_dev == root_st.st_dev)
-        return Error::msg("`/dev` of the container is not the runtime's tmpfs (the spec mounts no tmpfs on `/dev`)");
     if (::mkdirat(dev.fd, "upm", 0755) != 0) {
         if (errno == EEXIST) return Error::msg("`/dev/upm` exists already (injected twice?)");
         return Error::sys(errno, "mkdir `/dev/upm`");
