@@ -29,6 +29,7 @@
 #include <pthread.h>
 #include <semaphore.h>
 #include <signal.h>
+#include <sys/personality.h>
 #include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
@@ -38,6 +39,7 @@
 #include <climits>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -147,10 +149,27 @@ void wait_for_loads() {
 
 // ---- the worker ---------------------------------------------------------------
 
+// Without address-space randomisation (a `fixed` or `shared-per-domain`
+// layout, docs/hardening.md) the worker's first steps -- the backend probe's
+// scratch page and the malloc arena glibc creates for the thread -- would
+// otherwise map memory at a moment that depends on scheduling, and every
+// later mapping of the program would move with them.  The constructor then
+// waits (at most 50 ms) until they are done, so that they happen at the same
+// point of every instance's start-up.
+sem_t g_warm;
+std::atomic<bool> g_warm_wanted{false};
+
+void warm_done() {
+    if (g_warm_wanted.exchange(false)) ::sem_post(&g_warm);
+}
+
 void* worker_main(void*) {
     ::prctl(PR_SET_NAME, "upm-worker", 0, 0, 0);
     g_worker_tid.store(::gettid());
-    if (backend().kind == BackendKind::none) {
+    const BackendKind kind = backend().kind;
+    ::free(::malloc(64));   // the thread's malloc arena, now
+    warm_done();
+    if (kind == BackendKind::none) {
         // Nothing can be advised: disarm everything and end.
         ::pthread_mutex_lock(&g_ctl);
         g_running = false;
@@ -302,9 +321,28 @@ void arm_triggers(const Config& c) {
     if (t.signal) g_signal_armed = install_signal_trigger(t.signal);
     g_armed = true;
     if (needs_worker()) {
+        int pers = ::personality(0xffffffff);
+        const bool deterministic = pers != -1 && (pers & ADDR_NO_RANDOMIZE);
+        if (deterministic) {
+            ::sem_init(&g_warm, 0, 0);
+            g_warm_wanted.store(true);
+        }
         ::pthread_mutex_lock(&g_ctl);
         spawn_locked();
+        const bool started = g_running;
         ::pthread_mutex_unlock(&g_ctl);
+        if (deterministic && started) {
+            struct timespec ts;
+            ::clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_nsec += 50 * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            while (::sem_clockwait(&g_warm, CLOCK_MONOTONIC, &ts) != 0 && errno == EINTR) {
+            }
+        }
+        g_warm_wanted.store(false);
     }
 }
 
