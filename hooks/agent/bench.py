@@ -11,10 +11,12 @@ every process, distinct pages within one), under three ksmd regimes:
   aggressive  fixed: ksm-throttler's "aggressive" level, pages_to_scan =
               AnonPages/10, sleep_millisecs=1 (kata-containers/ksm-throttler
               ksm.go), kept for ever
-  burst       libupmcore's KsmTuner (upm-ksmtune --kick-on-start; upmd will
-              run the same code): idle at the kernel defaults (run=1,
-              100 pages / 20 ms), a burst sized from AnonPages on the kick,
-              back to idle when merging settled
+  burst       libupmcore's KsmTuner: idle at the kernel defaults (run=1,
+              100 pages / 20 ms), a burst sized from AnonPages on a kick,
+              back to idle when merging settled.  Driven by upmd when the
+              build has it (started before the processes on a socket of its
+              own; `upm run` registers each process, which kicks), else by
+              the test tool upm-ksmtune --kick-on-start (--tuner chooses)
 
 For each: t0 = every process has printed its ready line (memory written
 and advised; the tuner is kicked at t0); the merge phase lasts until 99% of
@@ -49,6 +51,7 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -222,10 +225,46 @@ def frames_saved(hogs: list[Hog]) -> int:
 # One variant
 
 
+def agent_call(sock_path: str, request: dict, timeout: float = 5.0) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(sock_path)
+        s.sendall((json.dumps(request) + "\n").encode())
+        buf = b""
+        while b"\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    return json.loads(buf.decode().split("\n", 1)[0])
+
+
+def start_upmd(build: Path, args) -> tuple[subprocess.Popen, str]:
+    sock = str(Path(args.workdir) / "upmd.sock")
+    argv = [str(build / "bin" / "upmd"), "--foreground", "--socket", sock,
+            "--state-file", str(Path(args.workdir) / "upmd-state.json"),
+            "--tuner-state-file", args.state_file, "--log-level", "info"]
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=open(Path(args.workdir) / "upmd.log", "w"), start_new_session=True)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            st = agent_call(sock, {"op": "status"})
+            if st.get("tuner", {}).get("mode") in ("idle", "burst"):
+                return p, sock
+            raise RuntimeError(f"upmd's tuner is not running: {st.get('tuner')}")
+        except (OSError, ValueError):
+            if p.poll() is not None or time.monotonic() > deadline:
+                p.kill()
+                raise RuntimeError(f"upmd did not come up: {(Path(args.workdir) / 'upmd.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+
+
 def run_variant(name: str, args, build: Path, baseline: dict[str, str]) -> dict:
     upm = build / "bin" / "upm"
     memhog = build / "bin" / "upm-memhog"
     tuner_bin = build / "bin" / "upm-ksmtune"
+    use_upmd = name == "burst" and args.tuner == "upmd"
     # Every variant starts from the same node state: the kernel defaults,
     # ksmd running (an admin who switched KSM on), no advisor, smart_scan
     # as the host has it.
@@ -236,8 +275,14 @@ def run_variant(name: str, args, build: Path, baseline: dict[str, str]) -> dict:
         f"/{read_knob('sleep_millisecs')}")
     hogs: list[Hog] = []
     tuner = None
+    upmd = None
+    sock = None
     lines: list[str] = []
+    env_sock = os.environ.pop("UPM_AGENT_SOCKET", None)
     try:
+        if use_upmd:
+            upmd, sock = start_upmd(build, args)
+            os.environ["UPM_AGENT_SOCKET"] = sock     # `upm run` registers there: the kick
         for _ in range(args.procs):
             hogs.append(Hog([str(upm), "run", "--backend", "ksm", "--", str(memhog), "--mib", str(args.mib),
                              "--seed", "1", "--hold-until-signal"]))
@@ -247,7 +292,7 @@ def run_variant(name: str, args, build: Path, baseline: dict[str, str]) -> dict:
         t0 = time.monotonic()
         cpu0 = ksmd_cpu()
         scans0 = ksm_counter("full_scans")
-        if name == "burst":
+        if name == "burst" and not use_upmd:
             tuner = subprocess.Popen([str(tuner_bin), "--kick-on-start", "--state-file", args.state_file],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, start_new_session=True)
@@ -277,6 +322,15 @@ def run_variant(name: str, args, build: Path, baseline: dict[str, str]) -> dict:
             time.sleep(min(1.0, max(0.0, tail_end - time.monotonic())))
         cpu_tail = ksmd_cpu() - cpu1
         burst = None
+        if upmd is not None:
+            st = agent_call(sock, {"op": "status"})
+            burst = st.get("tuner", {}).get("last_burst")
+            burst = dict(burst or {}, bursts=st.get("tuner", {}).get("bursts"), kicks=st.get("tuner", {}).get("kicks"))
+            upmd.send_signal(signal.SIGTERM)
+            if upmd.wait(30) != 0:
+                raise RuntimeError(f"upmd exited {upmd.returncode}: "
+                                   f"{(Path(args.workdir) / 'upmd.log').read_text()[-2000:]}")
+            upmd = None
         if tuner is not None:
             tuner.send_signal(signal.SIGTERM)
             out, err = tuner.communicate(timeout=30)
@@ -289,6 +343,7 @@ def run_variant(name: str, args, build: Path, baseline: dict[str, str]) -> dict:
         gib = saved_end * PAGE / (1 << 30)
         return {
             "variant": name,
+            "tuner": (args.tuner if name == "burst" else None),
             "t90_s": None if t90 is None else round(t90, 3),
             "merge_phase_s": round(t_merge, 3),
             "saved_pages": saved_end,
@@ -304,6 +359,15 @@ def run_variant(name: str, args, build: Path, baseline: dict[str, str]) -> dict:
             "series": series[:: max(1, len(series) // 200)],
         }
     finally:
+        os.environ.pop("UPM_AGENT_SOCKET", None)
+        if env_sock is not None:
+            os.environ["UPM_AGENT_SOCKET"] = env_sock
+        if upmd is not None:
+            upmd.send_signal(signal.SIGTERM)
+            try:
+                upmd.wait(30)
+            except subprocess.TimeoutExpired:
+                upmd.kill()
         if tuner is not None:
             tuner.send_signal(signal.SIGTERM)
             try:
@@ -354,6 +418,9 @@ def main() -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset (default all)")
     ap.add_argument("--state-file", default="/run/upm/bench-ksm-original.json",
                     help="the tuner's state file (default /run/upm/bench-ksm-original.json)")
+    ap.add_argument("--tuner", choices=("auto", "upmd", "upm-ksmtune"), default="auto",
+                    help="what drives the burst variant: upmd (kicked by `upm run` registering), the test tool "
+                         "upm-ksmtune --kick-on-start, or auto = upmd if built (default)")
     args = ap.parse_args()
 
     variants = [v for v in args.variants.split(",") if v]
@@ -361,7 +428,9 @@ def main() -> int:
         if v not in VARIANTS:
             ap.error(f"unknown variant `{v}` (known: {', '.join(VARIANTS)})")
     build = args.build.resolve()
-    need = ["upm", "upm-memhog"] + (["upm-ksmtune"] if "burst" in variants else [])
+    if args.tuner == "auto":
+        args.tuner = "upmd" if os.access(build / "bin" / "upmd", os.X_OK) else "upm-ksmtune"
+    need = ["upm", "upm-memhog"] + ([args.tuner] if "burst" in variants else [])
     for exe in need:
         if not os.access(build / "bin" / exe, os.X_OK):
             ap.error(f"`{build / 'bin' / exe}` is not built (cmake --build {build})")
@@ -382,6 +451,9 @@ def main() -> int:
 
     results: dict[str, dict] = {}
     status = 0
+    import tempfile
+    workdir = tempfile.TemporaryDirectory(prefix="upm-bench-")
+    args.workdir = workdir.name
     try:
         host.take()
         baseline = {"advisor_mode": "none", "run": "1", "pages_to_scan": "100", "sleep_millisecs": "20"}
@@ -398,12 +470,14 @@ def main() -> int:
 
     if results:
         print(f"\n{args.procs} x {args.mib} MiB identical (upm run --backend ksm -- upm-memhog --seed 1), "
-              f"idle tail {args.tail:g} s, kernel {os.uname().release}, {os.cpu_count()} CPUs\n")
+              f"idle tail {args.tail:g} s, burst driven by {args.tuner}, kernel {os.uname().release}, "
+              f"{os.cpu_count()} CPUs\n")
         print(table(results))
         print("\nt90: seconds from all processes ready to 90% of the ideal savings; saved: at the end of the merge "
               "phase (99% or timeout); CPU-s: ksmd utime+stime; x burst: ratio to the burst variant")
     if args.json and results:
-        doc = {"procs": args.procs, "mib": args.mib, "tail_s": args.tail, "kernel": os.uname().release,
+        doc = {"procs": args.procs, "mib": args.mib, "tail_s": args.tail, "tuner": args.tuner,
+               "kernel": os.uname().release,
                "cpus": os.cpu_count(), "anon_pages_at_end": anon_pages(), "results": results}
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
         print(f"\nbench: wrote {args.json}")
