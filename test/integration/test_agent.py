@@ -404,6 +404,53 @@ def test_bad_messages_get_errors_and_the_agent_stays_up(agent):
     assert agent.proc.stderr.count("bad request:") <= 3 + 1, agent.proc.stderr[-3000:]
 
 
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_memory_stays_bounded_whatever_clients_send(agent, report):
+    """Clients that pipeline requests without reading the replies, and
+    clients that send endless lines: the agent stops reading from them
+    (backpressure) instead of buffering, answers everybody else at once, and
+    its memory stays small."""
+    pid = agent.proc.pid
+    base = rss_kib(pid)
+    flooders = []
+    stop = threading.Event()
+
+    def flood(conn, chunk):
+        try:
+            while not stop.is_set():
+                conn.send_raw(chunk)
+        except OSError:
+            pass
+
+    for i in range(8):
+        c = Conn(agent.socket, 2)
+        chunk = (json.dumps({"op": "status"}) + "\n").encode() * 2000 if i % 2 else b"x" * 65536
+        t = threading.Thread(target=flood, args=(c, chunk), daemon=True)
+        t.start()
+        flooders.append((c, t))
+    time.sleep(3)
+    worst = 0.0
+    for _ in range(10):
+        t0 = time.monotonic()
+        assert agent.call({"op": "ping"})["ok"]
+        worst = max(worst, time.monotonic() - t0)
+    peak = rss_kib(pid)
+    stop.set()
+    for c, t in flooders:
+        c.close()
+        t.join(10)
+    assert agent.alive()
+    assert peak - base < 64 * 1024, f"upmd grew from {base} to {peak} KiB under the flood"
+    assert worst < 1.0, f"a ping took {worst:.2f} s during the flood"
+    report(f"8 flooding clients: upmd RSS {base} -> {peak} KiB, slowest ping {worst * 1000:.1f} ms")
+
+
 def test_hundred_clients_register_at_once(procs, agent, report):
     s = sleeper(procs)
     n = 100

@@ -41,6 +41,8 @@ namespace {
 constexpr std::size_t kMaxHttpHead = 8 * 1024;
 constexpr std::size_t kMaxQueuedOut = 2 * kMaxAgentReply;   // reply bytes queued for one connection
 constexpr std::size_t kReadPerEvent = 256 * 1024;           // bytes read from one connection per wake-up
+constexpr std::size_t kOutHighWater = 1024 * 1024;          // above: stop handling a connection's requests
+constexpr std::size_t kLinesPerPass = 64;                   // requests of one connection per loop pass
 constexpr milliseconds kHttpTimeout{5000};
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
@@ -175,6 +177,14 @@ private:
     void accept_all(int lfd, Kind kind);
     void on_readable(Conn& c);
     void on_writable(Conn& c);
+    void process_lines(Conn& c);
+    bool may_read(const Conn& c) const;
+    bool send_some(Conn& c);   // false: the connection was closed
+    void changed() {
+        dirty_ = true;
+        ++generation_;
+    }
+    const Snapshot& snapshot();
     void handle_line(Conn& c, std::string_view line);
     void handle_http(Conn& c);
     void queue(Conn& c, std::string text);
@@ -200,6 +210,10 @@ private:
     std::set<int> to_flush_;
     bool dirty_ = false, save_failing_ = false, stop_ = false;
     std::uint64_t serial_ = 0;
+    std::uint64_t generation_ = 0;            // registry changes, for the snapshot cache
+    std::optional<Snapshot> snap_;
+    std::uint64_t snap_generation_ = 0;
+    Clock::time_point snap_at_{};
     Clock::time_point next_prune_, next_tune_, next_textfile_, listen_paused_until_{};
 };
 
@@ -272,7 +286,7 @@ void Server::load_state() {
     registry_ = std::move(*loaded);
     logger()->info("registry: {} container{} from `{}`", registry_.size(), registry_.size() == 1 ? "" : "s",
                    state_file_);
-    if (!notes.empty()) dirty_ = true;
+    if (!notes.empty()) changed();
 }
 
 void Server::start_tuner() {
@@ -369,7 +383,7 @@ void Server::queue(Conn& c, std::string text) {
     to_flush_.insert(c.fd);
 }
 
-void Server::flush(Conn& c) {
+bool Server::send_some(Conn& c) {
     while (!c.out.empty()) {
         ssize_t n = ::send(c.fd, c.out.data(), c.out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
@@ -378,16 +392,31 @@ void Server::flush(Conn& c) {
             continue;
         }
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
         close_conn(c.fd, "send failed");
-        return;
+        return false;
     }
-    if (c.out.empty() && (c.close_after_flush || c.read_closed)) {
+    return true;
+}
+
+void Server::flush(Conn& c) {
+    if (!send_some(c)) return;
+    // Requests held back while replies piled up: handle them now.
+    if (c.kind == Kind::agent && !c.close_after_flush && c.out.size() <= kOutHighWater &&
+        c.in.find('\n') != std::string::npos) {
+        process_lines(c);
+        save_if_dirty();   // as in the main loop: the registry is on disk before the replies go out
+        if (!send_some(c)) return;
+        if (c.out.size() <= kOutHighWater && c.in.find('\n') != std::string::npos) to_flush_.insert(c.fd);
+    }
+    if (c.out.empty() && (c.close_after_flush || (c.read_closed && c.in.empty()))) {
         close_conn(c.fd, nullptr);
         return;
     }
-    // Read while the connection may still send requests; write while replies wait.
-    unsigned mask = (c.close_after_flush || c.read_closed ? 0u : static_cast<unsigned>(EPOLLIN | EPOLLRDHUP)) |
+    // Read while the connection may still send requests and is not paused;
+    // write while replies wait.
+    bool read = !c.close_after_flush && !c.read_closed && (c.kind == Kind::http || may_read(c));
+    unsigned mask = (read ? static_cast<unsigned>(EPOLLIN | EPOLLRDHUP) : 0u) |
                     (c.out.empty() ? 0u : static_cast<unsigned>(EPOLLOUT));
     if (mask != c.events) {
         epoll_event ev{};
@@ -409,8 +438,10 @@ void Server::close_conn(int fd, const char* why) {
 }
 
 void Server::on_readable(Conn& c) {
-    if (c.close_after_flush || c.read_closed) {
-        to_flush_.insert(c.fd);   // flush() stops watching the input
+    // Paused (replies wait to be read, or requests wait to be handled):
+    // flush() stops watching the input until the client catches up.
+    if (c.close_after_flush || c.read_closed || (c.kind == Kind::agent && !may_read(c))) {
+        to_flush_.insert(c.fd);
         return;
     }
     std::size_t got = 0;
@@ -441,18 +472,47 @@ void Server::on_readable(Conn& c) {
         if (eof && conns_.count(fd) && !conns_.at(fd).close_after_flush) close_conn(fd, "closed before a full request");
         return;
     }
-    // Every complete line is a request.
-    std::size_t start = 0;
-    for (;;) {
+    if (eof) c.read_closed = true;
+    process_lines(c);
+    to_flush_.insert(fd);
+}
+
+// Reading every container's counters costs a pass over /proc: requests and
+// scrapes within 200 ms of each other (and of no registry change) share one.
+const Snapshot& Server::snapshot() {
+    auto now = Clock::now();
+    if (!snap_ || snap_generation_ != generation_ || now - snap_at_ > milliseconds(200)) {
+        snap_ = take_snapshot(registry_, o_.cgroup_root);
+        snap_generation_ = generation_;
+        snap_at_ = now;
+    }
+    return *snap_;
+}
+
+bool Server::may_read(const Conn& c) const { return c.out.size() <= kOutHighWater && c.in.size() <= kMaxAgentLine; }
+
+void Server::process_lines(Conn& c) {
+    // Every complete line is a request; stop while the replies pile up.
+    // At most kLinesPerPass per call, so that a client pipelining thousands
+    // of requests takes turns with the others.
+    std::size_t start = 0, handled = 0;
+    while (c.out.size() <= kOutHighWater && !c.close_after_flush && handled < kLinesPerPass) {
         auto nl = c.in.find('\n', start);
         if (nl == std::string::npos) break;
         handle_line(c, std::string_view(c.in).substr(start, nl - start));
         start = nl + 1;
-        if (c.close_after_flush) break;
+        ++handled;
     }
     c.in.erase(0, start);
-    if (c.close_after_flush) c.in.clear();
-    if (!c.close_after_flush && c.in.size() > kMaxAgentLine) {
+    if (c.close_after_flush) {
+        c.in.clear();
+        return;
+    }
+    if (c.in.find('\n') != std::string::npos) {   // requests left: next pass (or once the replies are read)
+        if (c.out.size() <= kOutHighWater) to_flush_.insert(c.fd);
+        return;
+    }
+    if (c.in.size() > kMaxAgentLine) {
         info_.requests["error"]++;
         logger()->warn("connection {} (pid {}): request longer than {} bytes; closing it", c.serial, c.peer_pid,
                        kMaxAgentLine);
@@ -460,16 +520,11 @@ void Server::on_readable(Conn& c) {
                                    " bytes (one JSON object per line); closing the connection"));
         c.close_after_flush = true;
         c.in.clear();
-    }
-    if (eof) {
+    } else if (c.read_closed && !c.in.empty()) {
         // A last request without its newline still gets an answer.
-        if (!c.close_after_flush && !c.in.empty()) {
-            std::string last = std::move(c.in);
-            c.in.clear();
-            handle_line(c, last);
-        }
-        c.read_closed = true;
-        to_flush_.insert(fd);
+        std::string last = std::move(c.in);
+        c.in.clear();
+        handle_line(c, last);
     }
 }
 
@@ -487,7 +542,7 @@ json Server::status_reply(bool with_usage) {
                   {"max_containers", registry_.capacity()},
                   {"connections", conns_.size()}};
     if (with_usage) {
-        Snapshot snap = take_snapshot(registry_, o_.cgroup_root);
+        const Snapshot& snap = snapshot();
         r["containers"] = containers_json(registry_, &snap);
         r["node"] = node_json(registry_, snap);
     } else {
@@ -555,7 +610,7 @@ void Server::handle_line(Conn& c, std::string_view line) {
                 queue(c, agent_error_reply(added.error().message));
                 return;
             }
-            dirty_ = true;
+            changed();
             logger()->info("container `{}`: {}, pid {}, policy `{}`, domain `{}`, {}", log_id(req->id),
                            *added ? "registered" : "registered again", req->pid,
                            req->policy.empty() ? "(default)" : printable_id(req->policy),
@@ -568,7 +623,7 @@ void Server::handle_line(Conn& c, std::string_view line) {
         case AgentOp::unregister_container: {
             bool removed = registry_.remove(req->id);
             if (removed) {
-                dirty_ = true;
+                changed();
                 logger()->info("container `{}`: unregistered", log_id(req->id));
             } else {
                 logger()->debug("container `{}`: unregister: not registered (already gone)", log_id(req->id));
@@ -587,7 +642,7 @@ void Server::handle_line(Conn& c, std::string_view line) {
                 ct->advised.calls += req->calls;
                 ct->advised.seconds += req->seconds;
             }
-            dirty_ = true;
+            changed();
             logger()->debug("advised: {} bytes in {} calls ({:.6f} s), {}", req->bytes, req->calls, req->seconds,
                             ct ? "container `" + log_id(ct->id) + "`" : std::string("no registered container"));
             if (tuner_) tuner_->kick(ct ? "advised " + printable_id(ct->id) : "advised", req->bytes);
@@ -650,7 +705,7 @@ void Server::handle_http(Conn& c) {
     }
     if (target == "/metrics") {
         info_.requests["metrics"]++;
-        Snapshot snap = take_snapshot(registry_, o_.cgroup_root);
+        const Snapshot& snap = snapshot();
         respond("200 OK", "text/plain; version=0.0.4; charset=utf-8", render_agent_metrics(registry_, snap, agent_info()),
                 method == "HEAD");
     } else if (target == "/") {
@@ -662,7 +717,7 @@ void Server::handle_http(Conn& c) {
 
 void Server::prune() {
     for (const auto& c : registry_.prune_dead()) {
-        dirty_ = true;
+        changed();
         logger()->info("container `{}`: process {} exited, dropped from the registry", log_id(c.id), c.pid);
     }
 }
@@ -682,7 +737,7 @@ void Server::save_if_dirty() {
 }
 
 void Server::write_textfile() {
-    Snapshot snap = take_snapshot(registry_, o_.cgroup_root);
+    const Snapshot& snap = snapshot();
     auto st = write_atomic(o_.textfile_dir, "upmd.prom", render_agent_metrics(registry_, snap, agent_info()), 0644);
     if (!st) logger()->warn("--textfile: {}", st.error().message);
 }
@@ -810,6 +865,7 @@ int Server::run() {
 
         int timeout = static_cast<int>(std::clamp<long long>(
             std::chrono::duration_cast<milliseconds>(next - Clock::now()).count() + 1, 0, 60000));
+        if (!to_flush_.empty()) timeout = 0;   // held-back requests to handle
         int n = ::epoll_wait(ep_.fd, events, 64, timeout);
         if (n < 0) {
             if (errno == EINTR) continue;
