@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import time
@@ -148,6 +149,16 @@ def test_hash_seed_per_domain_upm_run(procs, upm_bin, write_policy, secret):
     assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.geteuid() and st.st_size == 32
     assert stat.S_IMODE(secret.parent.stat().st_mode) == 0o700
     assert secret.read_bytes().hex() not in json.dumps([a1, b])   # only derived values are visible
+    # Perl's key order follows the seed too
+    perl = ["perl", "-e", 'my %h = map { $_ => 1 } ("a".."z"); print join("", keys %h)']
+    def perl_order(domain):
+        r = procs.run([upm_bin, "run", "--domain", domain, "--policy", policy, "--", *perl],
+                      env={"UPM_DOMAIN_SECRET": str(secret)})
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+    if shutil.which("perl"):
+        assert perl_order("tenant-a") == perl_order("tenant-a")
+        assert len({perl_order(d) for d in ("tenant-a", "tenant-b", "tenant-c")}) > 1
     # a value in the environment wins
     own = upm_probe(procs, upm_bin, policy, secret, "tenant-a", env={"PYTHONHASHSEED": "123"})
     assert own["seed"] == "123"
@@ -285,7 +296,7 @@ def test_setuid_exec_clears_the_layout(procs, upm_bin):
     runs with ASLR; the same program without the setuid bit does not."""
     if os.geteuid() != 0:
         pytest.skip("needs root to make a setuid-root program")
-    import shutil, subprocess
+    import subprocess
     if not shutil.which("cc"):
         pytest.skip("no C compiler")
     import tempfile
@@ -328,15 +339,25 @@ def test_setuid_exec_clears_the_layout(procs, upm_bin):
 from test_runtime import Node, base_spec, runtime_bin  # noqa: E402,F401  (fixtures)
 
 
-@pytest.fixture
-def hnode(tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs, secret):  # noqa: F811
-    n = Node("runc", tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs)
+def _node(name, tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs, secret):  # noqa: F811
+    n = Node(name, tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs)
     n.env = lambda: {"UPM_CONFIG": str(n.config), "UPM_DOMAIN_SECRET": str(secret)}
     try:
         yield n
     finally:
         procs.cleanup()
         n.cleanup()
+
+
+@pytest.fixture
+def hnode(tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs, secret):  # noqa: F811
+    yield from _node("runc", tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs, secret)
+
+
+@pytest.fixture(params=["runc", "crun"])
+def any_node(request, tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs, secret):  # noqa: F811
+    yield from _node(request.param, tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs,
+                     secret)
 
 
 def container_probe(node, policy: str | None, domain: str | None, env=None) -> dict:
@@ -351,14 +372,14 @@ def container_probe(node, policy: str | None, domain: str | None, env=None) -> d
     return json.loads(r.stdout.splitlines()[-1]) | {"bundle": b, "cid": cid}
 
 
-def test_containers_share_layout_and_seed_per_domain(hnode):
-    """Two annotated runc containers of one domain under a policy asking for
+def test_containers_share_layout_and_seed_per_domain(any_node):
+    """Two annotated runc (and crun) containers of one domain under a policy asking for
     both: ADDR_NO_RANDOMIZE, identical mappings, equal hash seeds; a third in
     another domain differs; the original args run (behind upm-exec)."""
-    (hnode.policy_dir / "shared.json").write_text(json.dumps(
+    (any_node.policy_dir / "shared.json").write_text(json.dumps(
         {"layout": "shared-per-domain", "hash_seed": "per-domain", **QUIET}))
-    a1, a2 = (container_probe(hnode, "shared", "tenant-a") for _ in range(2))
-    b = container_probe(hnode, "shared", "tenant-b")
+    a1, a2 = (container_probe(any_node, "shared", "tenant-a") for _ in range(2))
+    b = container_probe(any_node, "shared", "tenant-b")
     assert a1["personality"] & ADDR_NO_RANDOMIZE and b["personality"] & ADDR_NO_RANDOMIZE
     assert a1["maps"] == a2["maps"], "two containers of one domain are laid out differently"
     assert libc_addr(a1) != libc_addr(b)
@@ -368,10 +389,10 @@ def test_containers_share_layout_and_seed_per_domain(hnode):
     assert args[0] == "/dev/upm/upm-exec" and args[args.index("--") + 1:] == [PY, "-c", PROBE]
     exec_mounts = [m for m in spec["mounts"] if m["destination"] == "/dev/upm/upm-exec"]
     assert len(exec_mounts) == 1 and "ro" in exec_mounts[0]["options"]
-    assert "layout `shared-per-domain`, hash seed `per-domain`" in hnode.our_log()
+    assert "layout `shared-per-domain`, hash seed `per-domain`" in any_node.our_log()
     assert a1["stack_rlimit"] is not None
     # a second create of the same bundle wraps once, not twice (idempotent edit)
-    r, _ = hnode.run(a1["bundle"])
+    r, _ = any_node.run(a1["bundle"])
     assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["maps"] == a1["maps"]
     assert json.loads((a1["bundle"] / "config.json").read_text()) == spec
 
