@@ -821,3 +821,33 @@ def test_runc_containers_register_through_the_hook(ksm_fast, procs, agent, tmp_p
     finally:
         procs.cleanup()
         n.cleanup()
+
+
+def test_runc_container_starts_with_a_hung_agent(procs, tmp_path, hook_bin, runtime_bin, preload_lib,  # noqa: F811
+                                                 policies_dir, memhog, base_spec):
+    """An agent that accepts connections and never answers: an annotated runc
+    container through upm-runtime still runs, its hooks give up within their
+    timeout, and the node log says it was not registered."""
+    n = Node("runc", tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs)
+    hung = tmp_path / "hung.sock"
+    h = socket.socket(socket.AF_UNIX)
+    h.bind(str(hung))
+    h.listen(16)
+    try:
+        wrapper = tmp_path / "upm-hook-wrapper"
+        wrapper.write_text(f"#!/bin/sh\nUPM_CONFIG={n.config} UPM_AGENT_SOCKET={hung} exec {hook_bin} \"$@\"\n")
+        wrapper.chmod(0o755)
+        n.write_config(hook=str(wrapper))
+        b = n.bundle(["/bin/echo", "container ran"], {"upm.enabled": "true"})
+        t = time.monotonic()
+        r, cid = n.run(b)
+        took = time.monotonic() - t
+        assert r.returncode == 0 and "container ran" in r.stdout, f"stdout {r.stdout!r}; stderr {r.stderr!r}"
+        log = n.our_log()
+        assert f"container `{cid}`: not registered with the node agent" in log, log
+        assert "timed out" in log, log
+        print(f"container with a hung agent: {took:.2f} s")
+    finally:
+        h.close()
+        procs.cleanup()
+        n.cleanup()
