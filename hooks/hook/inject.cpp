@@ -102,6 +102,13 @@ int run_create_runtime(const std::string& stage, const upm::NodeConfigLoad& load
         in.domain = p.edit.domain;
         auto done = upm::inject_into_rootfs(in);
         if (!done) return fail(done.error().message);
+        if (!p.edit.hardening.empty())
+            log.write("warn", who + stage + ": the policy's " +
+                                  (p.edit.hardening.summary.empty() ? std::string("hardening settings")
+                                                                    : p.edit.hardening.summary) +
+                                  " not applied: a " + stage +
+                                  " hook cannot change the environment or the command (upm-runtime and the "
+                                  "precreate hook can)");
         log.write("info", who + stage + ": injected `" + done->preload + "` (from `" + in.preload_source + "`) through " +
                               "`/etc/ld.so.preload`: " + done->ld_so_preload + "; policy " +
                               (in.policy_source.empty() ? std::string("built-in default")

@@ -251,6 +251,18 @@ def test_no_dev_tmpfs_fails_open(hnode):
     assert f"container `{cid}`: not deduplicated: the spec mounts no tmpfs on `/dev`" in hnode.log()
 
 
+def test_hardening_is_reported_not_applied(runc_hnode):
+    """A policy with a shared layout and hash seed: the createRuntime hook
+    cannot apply them (no environment, no command change) and says so; the
+    preload is injected anyway."""
+    b = runc_hnode.bundle(PROBE, {"upm.enabled": "true", "upm.policy": "python-shared", "upm.domain": "t1"})
+    r, cid = runc_hnode.run(b)
+    assert probe(r)["maps"] >= 1
+    log = runc_hnode.log()
+    assert f"container `{cid}`: createRuntime: the policy's layout `shared-per-domain`" in log, log
+    assert "not applied: a createRuntime hook cannot change the environment" in log
+
+
 def test_unannotated_container_is_untouched(runc_hnode):
     b = runc_hnode.bundle(PROBE, {"upm.enabled": "True"})
     before = sorted(str(p.relative_to(b)) for p in b.rglob("*"))
