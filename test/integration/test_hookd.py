@@ -332,7 +332,7 @@ def snapshot(d: Path) -> dict:
 
 
 HOSTILE = ["etc-absolute", "etc-dotdot", "ld-absolute", "ld-dotdot", "ld-inside", "ld-device", "ld-proc",
-           "dev-upm", "ld-dir"]
+           "dev-upm", "ld-dir", "ld-is-dir", "ld-large"]
 
 
 @pytest.mark.parametrize("case", HOSTILE)
@@ -376,6 +376,12 @@ def test_hostile_rootfs(hnode, case):
     elif case == "ld-dir":
         (rootfs / "etc/ld.so.preload").symlink_to(str(host))
         expect = "not deduplicated: `/etc/ld.so.preload` in the image is a link that resolves to nothing inside the rootfs"
+    elif case == "ld-is-dir":
+        (rootfs / "etc/ld.so.preload").mkdir()
+        expect = "not deduplicated: `/etc/ld.so.preload` in the image is not a regular file"
+    elif case == "ld-large":
+        (rootfs / "etc/ld.so.preload").write_text("# padding\n" * 7000)
+        expect = "not deduplicated: `/etc/ld.so.preload` in the image is larger than 65536 bytes"
     elif case == "dev-upm":
         (rootfs / "dev/upm").symlink_to(str(host))
     r, cid = hnode.run(b)
