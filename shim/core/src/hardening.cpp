@@ -208,7 +208,7 @@ HardeningPlan plan_hardening(const Policy& policy, std::string_view domain) {
                                                 (py ? pl.error() : py.error()).message);
                     }
                 }
-                std::fill(secret->begin(), secret->end(), 0);
+                ::explicit_bzero(secret->data(), secret->size());
             }
         }
         for (const auto& d : done) plan.summary += (plan.summary.empty() ? "" : ", ") + d;
