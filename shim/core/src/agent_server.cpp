@@ -614,7 +614,7 @@ void Server::handle_line(Conn& c, std::string_view line) {
             logger()->info("container `{}`: {}, pid {}, policy `{}`, domain `{}`, {}", log_id(req->id),
                            *added ? "registered" : "registered again", req->pid,
                            req->policy.empty() ? "(default)" : printable_id(req->policy),
-                           printable_id(req->domain), req->cgroup.empty() ? std::string("process tree")
+                           req->domain.empty() ? "(none)" : printable_id(req->domain), req->cgroup.empty() ? std::string("process tree")
                                                                           : "cgroup `" + printable_id(req->cgroup) + "`");
             if (tuner_) tuner_->kick("register " + printable_id(req->id));
             reply = {{"ok", true}, {"id", req->id}, {"new", *added}, {"containers", registry_.size()}};
