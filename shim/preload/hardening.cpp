@@ -17,6 +17,7 @@
 #include <malloc.h>
 #include <pthread.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -94,6 +95,8 @@ const char* trim_allocator(std::string& detail) {
 }  // namespace
 
 void trim_before_advice(const char* trigger) {
+    struct timespec t0, t1;
+    ::clock_gettime(CLOCK_MONOTONIC, &t0);
     std::int64_t before = anon_resident();
     std::string detail;
     const char* which = trim_allocator(detail);
@@ -104,6 +107,8 @@ void trim_before_advice(const char* trigger) {
         return;
     }
     std::int64_t after = anon_resident();
+    ::clock_gettime(CLOCK_MONOTONIC, &t1);
+    const double ms = static_cast<double>(t1.tv_sec - t0.tv_sec) * 1e3 + static_cast<double>(t1.tv_nsec - t0.tv_nsec) / 1e6;
     constexpr double kMiB = 1024.0 * 1024.0;
     if (before < 0 || after < 0) {
         log_msg(kInfo, fmt::format("trim ({}, trigger {}): done; /proc/self/statm unreadable, not measured", which,
@@ -112,9 +117,9 @@ void trim_before_advice(const char* trigger) {
     }
     std::int64_t released = before > after ? before - after : 0;
     log_msg(kInfo, fmt::format("trim ({}, trigger {}): released {:.1f} MiB (anonymous resident {:.1f} -> {:.1f} "
-                               "MiB){}",
+                               "MiB) in {:.2f} ms{}",
                                which, trigger, static_cast<double>(released) / kMiB,
-                               static_cast<double>(before) / kMiB, static_cast<double>(after) / kMiB,
+                               static_cast<double>(before) / kMiB, static_cast<double>(after) / kMiB, ms,
                                detail.empty() ? "" : "; " + detail));
 }
 

@@ -89,7 +89,7 @@ def test_trim_releases_free_memory(procs, upm_bin, write_policy, tmp_path, trim)
     assert before > 140 * 1024, f"the program did not keep its freed memory: {rss_line}"
     if trim:
         m = re.search(r"trim \(glibc, trigger signal\): released ([\d.]+) MiB "
-                      r"\(anonymous resident ([\d.]+) -> ([\d.]+) MiB\)", text)
+                      r"\(anonymous resident ([\d.]+) -> ([\d.]+) MiB\) in ([\d.]+) ms", text)
         assert m, text
         assert float(m[1]) > 100, text
         assert after < before - 100 * 1024, f"RssAnon {before} -> {after} KiB"
