@@ -468,6 +468,42 @@ TEST_CASE("ksmtune: start fails without leaving changes when the idle setting ca
     CHECK(tuner.status().mode == "stopped");
 }
 
+TEST_CASE("ksmtune: the scan-time advisor is off during the tuner's life and restored at stop", "[ksmtune]") {
+    FakeNode node;
+    node.set("advisor_mode", "none [scan-time]");
+    KsmTuner tuner(node.options());
+    REQUIRE(tuner.start().ok());
+    CHECK(tuner.status().original.advisor_mode == "scan-time");
+    CHECK(node.get("advisor_mode") == "none");       // our idle rate must hold
+    CHECK(node.get("pages_to_scan") == "100");
+    tuner.kick("k");
+    CHECK(node.get("advisor_mode") == "none");
+    CHECK(node.get("pages_to_scan") == "1024");
+    REQUIRE(tuner.stop().ok());
+    // pages_to_scan is written while the advisor is still off, then the
+    // advisor comes back (on a real kernel it then owns pages_to_scan).
+    CHECK(node.get("pages_to_scan") == "123");
+    CHECK(node.get("advisor_mode") == "scan-time");
+    CHECK_FALSE(fs::exists(node.state()));
+}
+
+TEST_CASE("ksmtune: a node without the advisor (Linux 6.1) is tuned without it", "[ksmtune]") {
+    FakeNode node;
+    fs::remove(node.sysfs() / "advisor_mode");
+    KsmTuner tuner(node.options());
+    REQUIRE(tuner.start().ok());
+    auto st = tuner.status();
+    CHECK(st.original.advisor_mode.empty());
+    CHECK(st.idle.advisor_mode.empty());
+    CHECK(st.burst.advisor_mode.empty());
+    CHECK_FALSE(fs::exists(node.sysfs() / "advisor_mode"));
+    tuner.kick("k");
+    CHECK(node.get("run") == "1");
+    REQUIRE(tuner.stop().ok());
+    CHECK_FALSE(fs::exists(node.sysfs() / "advisor_mode"));
+    CHECK(node.get("pages_to_scan") == "123");
+}
+
 TEST_CASE("ksmtune: no ksm on the node", "[ksmtune]") {
     FakeNode node;
     fs::remove(node.sysfs() / "run");

@@ -424,7 +424,9 @@ Status KsmTuner::apply(const KsmKnobs& want, const KsmKnobs& have) {
     bool adv_change = !want.advisor_mode.empty() && !have.advisor_mode.empty() && want.advisor_mode != have.advisor_mode;
     // Leaving the advisor resets pages_to_scan to the kernel default: first.
     if (adv_change && want.advisor_mode == "none") write("advisor_mode", want.advisor_mode);
-    bool adv_now_none = adv_change ? want.advisor_mode == "none" : have.advisor_mode != "scan-time";
+    // The rates are written while the advisor is off: it was switched off
+    // just now, or it is switched on only after them, or it is off anyway.
+    bool adv_now_none = adv_change || have.advisor_mode != "scan-time";
     if (want.pages_to_scan >= 0 && adv_now_none && (want.pages_to_scan != have.pages_to_scan || adv_change))
         write("pages_to_scan", std::to_string(want.pages_to_scan));
     if (want.sleep_millisecs >= 0 && want.sleep_millisecs != have.sleep_millisecs)
