@@ -60,13 +60,14 @@ struct RootfsInjected {
 };
 
 // Does it.  Must be called by a single-threaded process (it forks and the
-// child calls setns).  Fails (and mounts nothing that survives: a failure
-// before the last mount leaves only files in the container's /dev tmpfs)
-// when the pid's mount namespace is the caller's own, the rootfs has no
-// tmpfs on /dev, /etc is missing or resolves to nothing inside the rootfs,
-// /etc/ld.so.preload is not a regular file, larger than kMaxLdSoPreload,
-// on proc/sysfs, a link that resolves to nothing inside the rootfs, or
-// absent while the rootfs is read-only.  Never throws.
+// child calls setns).  Fails before mounting anything when the pid's mount
+// namespace is the caller's own, the rootfs has no tmpfs on /dev, /etc is
+// missing or resolves to nothing inside the rootfs, /etc/ld.so.preload is
+// not a regular file, larger than kMaxLdSoPreload, on proc/sysfs/cgroupfs,
+// a link that resolves to nothing inside the rootfs, or absent while the
+// rootfs is read-only.  A later failure (a mount) can leave files and
+// mounts under the container's /dev/upm and the empty mount point in the
+// image, never a preload the loader would be told about.  Never throws.
 Result<RootfsInjected> inject_into_rootfs(const RootfsInjection& in);
 
 // The text of /etc/ld.so.preload with `entry` added on a line of its own,
