@@ -445,6 +445,7 @@ def precreate(hook_bin: Path, config: Path, data: bytes) -> subprocess.Completed
 def test_precreate_direct(runc_hnode, hook_bin, base_spec):
     n = runc_hnode.n
     spec = dict(base_spec, annotations={"upm.enabled": "true", "upm.domain": "d1"})
+    spec["process"] = dict(spec["process"], env=spec["process"]["env"] + ["TOKEN=spec-secret-value"])
     r = precreate(hook_bin, n.config, json.dumps(spec).encode())
     assert r.returncode == 0 and r.stderr == b""
     out = json.loads(r.stdout)
@@ -465,7 +466,7 @@ def test_precreate_direct(runc_hnode, hook_bin, base_spec):
     strict = dict(base_spec, annotations={"upm.enabled": "true", "upm.policy": "strict"})
     r = precreate(hook_bin, n.config, json.dumps(strict).encode())
     assert r.returncode == 1 and b"upm-hook: error: precreate: refused" in r.stderr
-    assert "do-not-log-me" not in n.our_log()
+    assert "do-not-log-me" not in n.our_log() and "spec-secret-value" not in n.our_log()
 
 
 # ---------------------------------------------------------------------------
