@@ -533,3 +533,22 @@ def test_containers_merge_more_with_shared_layout_and_seed(hnode, ksm_fast, proc
     mib = 256   # pages per MiB
     assert saved["default"] > 10 * mib, f"the default pair merged almost nothing: {saved}"
     assert saved["shared"] > saved["default"] + 20 * mib and saved["shared"] > 1.5 * saved["default"], saved
+
+
+def test_container_without_launcher_fails_open(hnode, tmp_path, preload_lib):
+    """No upm-exec next to the preload: the layout is not applied (ASLR stays,
+    the args are the original ones), the hash seed still is, and our log
+    says why."""
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    shutil.copy(preload_lib, lonely / "libupm-preload.so")
+    hnode.write_config(preload=str(lonely / "libupm-preload.so"))
+    (hnode.policy_dir / "shared.json").write_text(json.dumps({"layout": "shared-per-domain",
+                                                               "hash_seed": "per-domain", **QUIET}))
+    r = container_probe(hnode, "shared", "tenant-a")
+    assert r["personality"] & ADDR_NO_RANDOMIZE == 0
+    assert r["seed"] is not None
+    spec = json.loads((r["bundle"] / "config.json").read_text())
+    assert spec["process"]["args"][0] == PY
+    assert f"layout not applied: the launcher `{lonely}/upm-exec` is not an executable file; ASLR stays" \
+        in hnode.our_log()
