@@ -125,8 +125,9 @@ class Agent:
         self.proc = None
 
     def argv(self) -> list:
-        argv = [self.exe, "--foreground", "--socket", self.socket, "--state-file", self.state,
-                "--log-level", "debug", "--poll-interval", "0.2"]
+        argv = [self.exe, "--foreground", "--socket", self.socket, "--state-file", self.state, "--log-level", "debug"]
+        if "--poll-interval" not in self.extra:
+            argv += ["--poll-interval", "0.2"]
         if self.port:
             argv += ["--metrics-listen", f"127.0.0.1:{self.port}"]
         if "--tune" in self.extra:
@@ -331,6 +332,21 @@ def test_exited_processes_are_dropped(procs, agent):
     s.kill_group()
     wait_until(lambda: agent.call({"op": "list"})["containers"] == [], 10, what="the exited container to be dropped")
     assert "exited, dropped" in agent.proc.stderr
+
+
+def test_exit_is_noticed_at_once(procs, upmd_bin, tmp_path, report):
+    """With polling every 60 s, an exited container still leaves the
+    registry at once: upmd watches each main process with a pidfd."""
+    a = Agent(procs, upmd_bin, tmp_path, "--poll-interval", "60", metrics=False).start()
+    s = sleeper(procs)
+    assert a.call({"op": "register", "id": "watched", "pid": s.pid})["ok"]
+    t = time.monotonic()
+    s.kill_group()
+    _, took = wait_until(lambda: a.call({"op": "list"})["containers"] == [], 5,
+                         what="the exited container to be dropped without polling")
+    report(f"exited container dropped {(time.monotonic() - t) * 1000:.0f} ms after the kill (pidfd)")
+    assert json.loads(a.state.read_text())["containers"] == []
+    assert a.stop() == 0
 
 
 def test_restart_keeps_the_registry(procs, upmd_bin, tmp_path):

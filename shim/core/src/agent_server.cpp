@@ -11,6 +11,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -185,6 +186,9 @@ private:
         ++generation_;
     }
     const Snapshot& snapshot();
+    void watch(const Container& c);
+    void unwatch(const std::string& id);
+    void on_exit_fd(int fd);
     void handle_line(Conn& c, std::string_view line);
     void handle_http(Conn& c);
     void queue(Conn& c, std::string text);
@@ -212,6 +216,11 @@ private:
     std::uint64_t serial_ = 0;
     std::uint64_t generation_ = 0;            // registry changes, for the snapshot cache
     std::optional<Snapshot> snap_;
+    // Exit notification: a pidfd per container main process (epoll reports
+    // it readable when the process exits); polling /proc stays as the net.
+    std::map<int, std::string> pidfds_;        // fd -> container id
+    std::map<std::string, int> pidfd_of_;      // container id -> fd
+    std::size_t pidfd_budget_ = 0;
     std::uint64_t snap_generation_ = 0;
     Clock::time_point snap_at_{};
     Clock::time_point next_prune_, next_tune_, next_textfile_, listen_paused_until_{};
@@ -611,6 +620,8 @@ void Server::handle_line(Conn& c, std::string_view line) {
                 return;
             }
             changed();
+            unwatch(req->id);
+            if (auto* added_c = registry_.find(req->id)) watch(*added_c);
             logger()->info("container `{}`: {}, pid {}, policy `{}`, domain `{}`, {}", log_id(req->id),
                            *added ? "registered" : "registered again", req->pid,
                            req->policy.empty() ? "(default)" : printable_id(req->policy),
@@ -622,6 +633,7 @@ void Server::handle_line(Conn& c, std::string_view line) {
         }
         case AgentOp::unregister_container: {
             bool removed = registry_.remove(req->id);
+            unwatch(req->id);
             if (removed) {
                 changed();
                 logger()->info("container `{}`: unregistered", log_id(req->id));
@@ -715,8 +727,51 @@ void Server::handle_http(Conn& c) {
     }
 }
 
+void Server::watch(const Container& c) {
+    if (pidfds_.size() >= pidfd_budget_) return;   // fds are for connections first; polling covers the rest
+    int fd = static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(c.pid), 0));
+    if (fd < 0) return;                              // old kernel, or gone already: polling finds it
+    ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+    // The pid may have been reused between the start-time check and the open.
+    if (process_start_ticks(c.pid) != c.start_ticks) {
+        ::close(fd);
+        return;
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    if (::epoll_ctl(ep_.fd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+        ::close(fd);
+        return;
+    }
+    pidfds_[fd] = c.id;
+    pidfd_of_[c.id] = fd;
+}
+
+void Server::unwatch(const std::string& id) {
+    auto it = pidfd_of_.find(id);
+    if (it == pidfd_of_.end()) return;
+    ::epoll_ctl(ep_.fd, EPOLL_CTL_DEL, it->second, nullptr);
+    ::close(it->second);
+    pidfds_.erase(it->second);
+    pidfd_of_.erase(it);
+}
+
+void Server::on_exit_fd(int fd) {
+    std::string id = pidfds_.at(fd);
+    unwatch(id);
+    // The pidfd was opened for this entry's process (start time checked): it
+    // has exited, even if it is not reaped yet (a zombie holds no memory).
+    if (Container* c = registry_.find(id)) {
+        logger()->info("container `{}`: process {} exited, dropped from the registry", log_id(id), c->pid);
+        registry_.remove(id);
+        changed();
+    }
+}
+
 void Server::prune() {
     for (const auto& c : registry_.prune_dead()) {
+        unwatch(c.id);
         changed();
         logger()->info("container `{}`: process {} exited, dropped from the registry", log_id(c.id), c.pid);
     }
@@ -743,6 +798,9 @@ void Server::write_textfile() {
 }
 
 void Server::cleanup() {
+    for (const auto& [fd, id] : pidfds_) ::close(fd);
+    pidfds_.clear();
+    pidfd_of_.clear();
     for (auto it = conns_.begin(); it != conns_.end();) {
         ::close(it->first);
         it = conns_.erase(it);
@@ -779,6 +837,11 @@ int Server::run() {
         o_.max_connections = rl.rlim_cur > 128 ? rl.rlim_cur - 64 : 64;
         logger()->warn("--max-connections lowered to {} (open file limit {})", o_.max_connections, rl.rlim_cur);
     }
+    // What is left after connections and a margin watches container exits.
+    if (::getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        pidfd_budget_ = rl.rlim_cur == RLIM_INFINITY ? o_.max_containers
+                        : rl.rlim_cur > o_.max_connections + 64 ? std::min<std::size_t>(o_.max_containers, rl.rlim_cur - o_.max_connections - 64)
+                                                                : 0;
 
     if (auto st = setup_socket(); !st) {
         logger()->error("cannot listen: {}", st.error().message);
@@ -812,6 +875,7 @@ int Server::run() {
     add(lfd_.fd);
     if (hfd_.fd >= 0) add(hfd_.fd);
     if (sfd_.fd >= 0) add(sfd_.fd);
+    for (const auto& [id, c] : registry_.containers()) watch(c);
 
     save_if_dirty();
     logger()->info("upmd {} listening on `{}` (state file `{}`{}{}; at most {} containers, {} connections)", o_.version,
@@ -874,6 +938,10 @@ int Server::run() {
         }
         for (int i = 0; i < n; ++i) {
             int fd = events[i].data.fd;
+            if (pidfds_.count(fd)) {
+                on_exit_fd(fd);
+                continue;
+            }
             if (fd == sfd_.fd) {
                 signalfd_siginfo si{};
                 while (::read(sfd_.fd, &si, sizeof si) == sizeof si) {
