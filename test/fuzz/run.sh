@@ -3,6 +3,7 @@
 #
 #   test/fuzz/run.sh build BUILD_DIR                 configure and build them in BUILD_DIR/fuzz
 #   test/fuzz/run.sh run BUILD_DIR TARGET SECONDS    fuzz TARGET (spec, policy, ...) for SECONDS
+#   test/fuzz/run.sh selftest BUILD_DIR              check that a crash fails, with its reproducer
 #   test/fuzz/run.sh list                            the targets
 #
 # BUILD_DIR is the main build directory (ctest passes it); everything goes to
@@ -20,12 +21,45 @@ src=$(cd "$here/../.." && pwd)
 cxx=${UPM_FUZZ_CXX:-clang++}
 
 die() { echo "upm fuzz: $*" >&2; exit 1; }
-hint="install it with \`sudo packaging/install-deps.sh test\` (Debian packages clang and libclang-rt-14-dev)"
+hint="install it with \`sudo packaging/install-deps.sh test\` (Debian packages clang and libclang-rt-dev)"
 
 targets() {
     for f in "$here"/fuzz_*.cpp; do
         n=$(basename "$f" .cpp); echo "${n#fuzz_}"
     done
+}
+
+# fuzz NAME BIN SEEDS WORK ARTIFACTS SECONDS: runs BIN on WORK (new inputs go
+# there) and SEEDS (only read); 0 when nothing was found, else 1 after
+# printing the reproducers and how to re-run them.
+fuzz() {
+    name=$1 bin=$2 seeds=$3 work=$4 artifacts=$5 seconds=$6
+    mkdir -p "$work" "$artifacts"
+    marker=$artifacts/.start
+    : >"$marker"
+    # -timeout: one input taking longer is a finding (a parser must be fast);
+    # -rss_limit_mb: a parser that needs more is a finding too.
+    # libFuzzer's own exit codes (77 crash, 70 timeout, 71 OOM) become 1, so
+    # that ctest never mistakes a finding for a skip.
+    status=0
+    # shellcheck disable=SC2086
+    ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} \
+    UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
+        "$bin" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=2048 -max_len=65536 \
+        -print_final_stats=1 -artifact_prefix="$artifacts/" ${UPM_FUZZ_ARGS:-} "$work" "$seeds" || status=$?
+    found=$(find "$artifacts" -maxdepth 1 -type f -newer "$marker" ! -name .start | sort)
+    rm -f "$marker"
+    if [ "$status" -ne 0 ] || [ -n "$found" ]; then
+        echo "upm fuzz: \`$name\` FAILED (libFuzzer exit status $status)" >&2
+        for f in $found; do
+            echo "upm fuzz: reproducer: $f" >&2
+            echo "upm fuzz:   re-run:   $bin $f" >&2
+        done
+        [ -n "$found" ] || echo "upm fuzz: no reproducer was written; see libFuzzer's output above" >&2
+        echo "upm fuzz: once fixed, add the reproducer to the seeds: cp REPRODUCER $seeds/" >&2
+        return 1
+    fi
+    echo "upm fuzz: \`$name\`: nothing found in ${seconds}s ($(ls "$work" | wc -l) inputs in $work)"
 }
 
 case "${1:-}" in
@@ -37,6 +71,10 @@ build)
     sources=$2/test/fuzz/upmcore-sources.cmake
     [ -f "$sources" ] || die "\`$sources\` is missing: configure the main build in $2 first (cmake -S $src -B $2)"
     mkdir -p "$out"
+    # Another compiler than the cached one: configure from scratch.
+    if [ -f "$out/CMakeCache.txt" ] && ! grep -qx "CMAKE_CXX_COMPILER:[A-Z]*=$cxx" "$out/CMakeCache.txt"; then
+        rm -rf "$out/CMakeCache.txt" "$out/CMakeFiles"
+    fi
     # Configuring again is cheap (a second or two) and keeps the compiler and
     # the list of libupmcore's sources current.
     cmake -S "$here/clang" -B "$out" -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_BUILD_TYPE=Fuzz \
@@ -51,49 +89,44 @@ run)
     [ $# -eq 4 ] || die "usage: $0 run BUILD_DIR TARGET SECONDS"
     out=$2/fuzz
     target=$3
-    seconds=$4
     bin=$out/fuzz_$target
     [ -f "$here/fuzz_$target.cpp" ] || die "no fuzz target \`$target\` (have: $(targets | tr '\n' ' '))"
     [ -x "$bin" ] || die "\`$bin\` is not built: run \`$0 build $2\` (ctest runs it as \`fuzz-build\`); it needs clang: $hint"
-    seeds=$here/corpus/$target
-    [ -d "$seeds" ] || die "no seed corpus \`$seeds\`"
-    work=$out/corpus/$target
-    artifacts=$out/artifacts/$target
-    mkdir -p "$work" "$artifacts"
-    marker=$out/artifacts/.$target.start
-    : >"$marker"
-    dict=
-    [ -f "$here/$target.dict" ] && dict="-dict=$here/$target.dict"
-    # -timeout: one input taking longer is a finding (a parser must be fast);
-    # -rss_limit_mb: a parser that needs more is a finding too.  The first
-    # corpus directory receives new inputs; the seeds are only read.
-    # libFuzzer's own exit codes (77 crash, 70 timeout, 71 OOM) become 1, so
-    # that ctest never mistakes a finding for a skip.
+    [ -d "$here/corpus/$target" ] || die "no seed corpus \`$here/corpus/$target\`"
+    fuzz "$target" "$bin" "$here/corpus/$target" "$out/corpus/$target" "$out/artifacts/$target" "$4"
+    ;;
+selftest)
+    # The harness itself: a target that crashes on one input (clang/selftest_crash.cpp),
+    # with that input as its only seed, must fail and leave that input as
+    # the reproducer with the re-run command.
+    [ $# -eq 2 ] || die "usage: $0 selftest BUILD_DIR"
+    out=$2/fuzz
+    bin=$out/selftest_crash
+    [ -x "$bin" ] || die "\`$bin\` is not built: run \`$0 build $2\` (ctest: \`fuzz-build\`); it needs clang: $hint"
+    dir=$out/selftest
+    rm -rf "$dir"
+    mkdir -p "$dir/seeds"
+    printf 'upm-selftest-crash' >"$dir/seeds/crash"
+    printf '{}' >"$dir/seeds/harmless"
     status=0
-    # shellcheck disable=SC2086
-    ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0} \
-    UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
-        "$bin" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=2048 -max_len=65536 \
-        -print_final_stats=1 -artifact_prefix="$artifacts/" $dict ${UPM_FUZZ_ARGS:-} "$work" "$seeds" || status=$?
-    found=$(find "$artifacts" -maxdepth 1 -type f -newer "$marker" | sort)
-    rm -f "$marker"
-    if [ "$status" -ne 0 ] || [ -n "$found" ]; then
-        echo "upm fuzz: \`$target\` FAILED (libFuzzer exit status $status)" >&2
-        for f in $found; do
-            echo "upm fuzz: reproducer: $f" >&2
-            echo "upm fuzz:   re-run:   $bin $f" >&2
-        done
-        [ -n "$found" ] || echo "upm fuzz: no reproducer was written; see libFuzzer's output above" >&2
-        echo "upm fuzz: once fixed, add the reproducer to the seeds: cp REPRODUCER $seeds/" >&2
-        exit 1
+    fuzz selftest "$bin" "$dir/seeds" "$dir/work" "$dir/artifacts" 30 >"$dir/output" 2>&1 || status=$?
+    repro=$(find "$dir/artifacts" -maxdepth 1 -type f -name 'crash-*' | head -1)
+    fail=
+    [ "$status" -eq 1 ] || fail="exit status $status, not 1"
+    [ -n "$repro" ] && cmp -s "$repro" "$dir/seeds/crash" || fail="${fail:+$fail; }no reproducer equal to the crashing input"
+    grep -q "re-run:   $bin $repro" "$dir/output" || fail="${fail:+$fail; }no re-run line"
+    if [ -n "$fail" ]; then
+        cat "$dir/output" >&2
+        die "the harness did not report a crash: $fail"
     fi
-    echo "upm fuzz: \`$target\`: nothing found in ${seconds}s ($(ls "$work" | wc -l) inputs in $work)"
+    rm -rf "$dir"
+    echo "upm fuzz: harness self-test passed: a crash fails with status 1, its reproducer and the re-run command"
     ;;
 list)
     targets
     ;;
 *)
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     [ "${1:-}" = -h ] || [ "${1:-}" = --help ] || exit 2
     ;;
 esac
