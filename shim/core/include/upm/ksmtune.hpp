@@ -183,8 +183,8 @@ public:
     // applies the idle setting.  On failure nothing stays changed.
     // The destructor does not restore (a crash does not either): call stop().
     Status start();
-    // New advised memory arrived: start or extend a burst (thread-safe; the
-    // knobs change at the next tick()).
+    // New advised memory arrived: start or extend a burst (thread-safe; it
+    // samples and writes the burst knobs at once, like a tick()).
     void kick(std::string_view reason, std::uint64_t bytes = 0);
     // Samples the counters, decides, writes the knobs that change; returns
     // the delay until the next call.
