@@ -98,7 +98,7 @@ int do_run(RunOptions& o) {
         std::fprintf(stderr, "upm run: no command given; usage: upm run [OPTIONS] -- CMD [ARGS...]\n");
         return 2;
     }
-    if (!o.domain.empty() && !valid_domain(o.domain)) {
+    if (!o.domain.empty() && !valid_domain_name(o.domain)) {
         std::fprintf(stderr,
                      "upm run: invalid --domain `%s`: use up to 64 letters, digits, `.`, `_` or `-`, starting with "
                      "a letter or digit\n",

@@ -55,16 +55,27 @@ int run_event(const std::string& event, const upm::NodeConfigLoad& load) {
             log.write("error", event + ": container state on stdin: " + state.error().message);
             return 0;
         }
+        // The domain upm-runtime (or createRuntime) gave the container: the
+        // annotation's, scoped by the pod's namespace (docs/hardening.md).
+        std::string domain;
+        if (upm::valid_domain_name(state->domain)) {
+            upm::UpmAnnotations ns;
+            ns.cri_namespace_present = state->cri_namespace_present;
+            ns.cri_namespace = state->cri_namespace;
+            ns.crio_namespace_present = state->crio_namespace_present;
+            ns.crio_namespace = state->crio_namespace;
+            domain = upm::scope_domain(load.config.domain_scope, state->domain, ns).domain;
+        }
         std::string line = "container `" + upm::printable(state->id) + "`: " + event;
         if (state->pid > 0) line += ", pid " + std::to_string(state->pid);
         if (!state->status.empty()) line += ", status `" + upm::printable(state->status, 16) + "`";
         line += ", policy `" + (state->policy.empty() ? std::string("(default)") : upm::printable(state->policy)) + "`";
-        if (!state->domain.empty()) line += ", domain `" + upm::printable(state->domain) + "`";
+        if (!domain.empty()) line += ", domain `" + domain + "`";
         if (!state->enabled) line += " (not annotated upm.enabled=true)";
         log.write("info", line);
         // The node agent (upmd, docs/agent.md): poststart registers, poststop
         // unregisters; at most 800 ms, and the hook exits 0 whatever happens.
-        auto note = upm::agent::hook_notify_agent(event, state->id, state->pid, state->policy, state->domain);
+        auto note = upm::agent::hook_notify_agent(event, state->id, state->pid, state->policy, domain);
         if (!note.level.empty()) log.write(note.level, note.message);
     } catch (const std::exception& e) {
         log.write("error", event + ": " + e.what());

@@ -397,6 +397,30 @@ def test_containers_share_layout_and_seed_per_domain(any_node):
     assert json.loads((a1["bundle"] / "config.json").read_text()) == spec
 
 
+def test_containers_domain_scoped_by_namespace(hnode):
+    """The node scopes upm.domain by the pod's namespace (domain_scope
+    "namespace", the default): one upm.domain in two namespaces is two domains
+    (other UPM_DOMAIN, other PYTHONHASHSEED), in one namespace it is one."""
+    (hnode.policy_dir / "seeded.json").write_text(json.dumps({"hash_seed": "per-domain", **QUIET}))
+
+    def probe(namespace: str) -> tuple[dict, list[str]]:
+        ann = {"upm.enabled": "true", "upm.policy": "seeded", "upm.domain": "web",
+               "io.kubernetes.cri.sandbox-namespace": namespace}
+        b = hnode.bundle([PY, "-c", PROBE], ann)
+        r, _ = hnode.run(b)
+        assert r.returncode == 0, (r.stdout, r.stderr, hnode.our_log()[-2000:])
+        env = json.loads((b / "config.json").read_text())["process"]["env"]
+        return json.loads(r.stdout.splitlines()[-1]), env
+
+    a1, env_a = probe("team-a")
+    a2, _ = probe("team-a")
+    b, env_b = probe("team-b")
+    assert "UPM_DOMAIN=k8s.team-a.web" in env_a and "UPM_DOMAIN=k8s.team-b.web" in env_b
+    assert a1["seed"] is not None and a1["seed"] == a2["seed"] and a1["seed"] != b["seed"]
+    assert f"PYTHONHASHSEED={a1['seed']}" in env_a
+    assert "scoped by namespace `team-a`: `k8s.team-a.web`" in hnode.our_log()
+
+
 def test_containers_default_policy_keeps_aslr(hnode):
     """The default policy: no launcher, personality 0, different layouts and
     hash seeds in two containers of one domain."""

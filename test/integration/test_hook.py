@@ -58,6 +58,19 @@ def hook(hook_bin, tmp_path) -> Hook:
     return Hook(hook_bin, tmp_path)
 
 
+def test_poststart_reports_the_domain_scoped_by_namespace(hook):
+    """The hook reports (and registers) the domain upm-runtime gave the
+    container: scoped by the pod's namespace; none when the namespaces differ."""
+    ann = STATE["annotations"] | {"io.kubernetes.cri.sandbox-namespace": "team-a"}
+    assert hook.run("poststart", json.dumps(STATE | {"annotations": ann}).encode()).returncode == 0
+    ann_conflict = ann | {"io.kubernetes.pod.namespace": "team-b", "upm.domain": "other"}
+    assert hook.run("poststart", json.dumps(STATE | {"annotations": ann_conflict}).encode()).returncode == 0
+    lines = [ln for ln in hook.lines() if "container `hook-test-1`: poststart" in ln]
+    assert len(lines) == 2, hook.lines()
+    assert "domain `k8s.team-a.tenant-a`" in lines[0]
+    assert "domain" not in lines[1].split("policy `python-ml`")[1], lines[1]
+
+
 @pytest.mark.parametrize("event", ["poststart", "poststop"])
 def test_valid_state_is_logged(hook, event):
     r = hook.run(event, json.dumps(STATE).encode())

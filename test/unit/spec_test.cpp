@@ -14,6 +14,7 @@
 
 #include "helpers.hpp"
 #include "upm/nodeconfig.hpp"
+#include "upm/policy.hpp"
 #include "upm/spec.hpp"
 
 using namespace upm;
@@ -529,6 +530,7 @@ TEST_CASE("spec: node configuration", "[spec]") {
     CHECK(example.config.policy_dir == NodeConfig{}.policy_dir);
     CHECK(example.config.log_file == NodeConfig{}.log_file);
     CHECK(example.config.fsync == NodeConfig{}.fsync);
+    CHECK(example.config.domain_scope == NodeConfig{}.domain_scope);
 
     // UPM_CONFIG: a missing file named there is a problem
     ::setenv(kEnvNodeConfig, "/nonexistent/config.json", 1);
@@ -557,4 +559,162 @@ TEST_CASE("spec: printable", "[spec]") {
     CHECK(printable("a\nb`c") == "a\\x0ab\\x60c");
     CHECK(printable("\xc3\xa9") == "\\xc3\\xa9");
     CHECK(printable(std::string(300, 'x'), 10) == "xxxxxxxxxx...");
+}
+
+// ---- the domain scoped by the pod's namespace (docs/hardening.md) -------------
+
+namespace {
+
+// The "annotated" fixture (upm.domain=tenant-a) with `set` merged into its
+// annotations (a null value removes the key); returns UPM_DOMAIN or "(none)".
+std::string upm_domain_after(const NodeConfig& config, const ojson& set, Preparation* out = nullptr) {
+    TempBundle b("annotated");
+    auto doc = ojson::parse(b.config());
+    for (const auto& [k, v] : set.items()) {
+        if (v.is_null()) doc["annotations"].erase(k);
+        else doc["annotations"][k] = v;
+    }
+    std::ofstream(b.path(), std::ios::trunc) << doc.dump();
+    auto p = prepare_bundle(config, b.dir, "ns");
+    if (out) *out = p;
+    if (p.verdict != Verdict::edited) return "(not edited)";
+    for (const auto& e : env_of(ojson::parse(b.config())))
+        if (e.rfind("UPM_DOMAIN=", 0) == 0) return e.substr(11);
+    return "(none)";
+}
+
+}  // namespace
+
+TEST_CASE("spec: the domain is scoped by the Kubernetes namespace", "[spec]") {
+    auto config = node_config();
+    REQUIRE(config.domain_scope == DomainScope::kubernetes_namespace);
+    Preparation p;
+
+    SECTION("no namespace annotation (runc, podman, Docker): the domain as given") {
+        CHECK(upm_domain_after(config, ojson::object(), &p) == "tenant-a");
+        CHECK(p.edit.domain == "tenant-a");
+    }
+    SECTION("containerd's key") {
+        CHECK(upm_domain_after(config, {{"io.kubernetes.cri.sandbox-namespace", "team-a"}}, &p) ==
+              "k8s.team-a.tenant-a");
+        CHECK(has_message(p, "domain `tenant-a` scoped by namespace `team-a`: `k8s.team-a.tenant-a`"));
+        CHECK(has_message(p, ", domain `k8s.team-a.tenant-a`"));
+    }
+    SECTION("CRI-O's key") {
+        CHECK(upm_domain_after(config, {{"io.kubernetes.pod.namespace", "team-b"}}) == "k8s.team-b.tenant-a");
+    }
+    SECTION("both keys agreeing") {
+        CHECK(upm_domain_after(config, {{"io.kubernetes.pod.namespace", "team-b"},
+                                        {"io.kubernetes.cri.sandbox-namespace", "team-b"}}) == "k8s.team-b.tenant-a");
+    }
+    SECTION("both keys differing: a warning and no domain") {
+        CHECK(upm_domain_after(config, {{"io.kubernetes.pod.namespace", "team-b"},
+                                        {"io.kubernetes.cri.sandbox-namespace", "team-a"}}, &p) == "(none)");
+        CHECK(p.verdict == Verdict::edited);
+        CHECK(p.edit.domain.empty());
+        CHECK(has_message(p, "name different namespaces: no domain"));
+    }
+    SECTION("an invalid namespace: a warning and no domain") {
+        for (ojson bad : {ojson("Team-A"), ojson("team.a"), ojson("-a"), ojson("a-"), ojson(""), ojson(std::string(64, 'a')),
+                          ojson("a\nb"), ojson(7), ojson(nullptr)}) {
+            ojson set = {{"io.kubernetes.cri.sandbox-namespace", bad}};
+            if (bad.is_null()) set = {{"io.kubernetes.pod.namespace", ojson::array()}};
+            CAPTURE(bad.dump());
+            CHECK(upm_domain_after(config, set, &p) == "(none)");
+            CHECK(has_message(p, "no domain"));
+        }
+        CHECK(upm_domain_after(config, {{"io.kubernetes.cri.sandbox-namespace", std::string(63, 'a')}}) ==
+              "k8s." + std::string(63, 'a') + ".tenant-a");
+    }
+    SECTION("no upm.domain: no domain, none invented") {
+        CHECK(upm_domain_after(config, {{"upm.domain", nullptr}, {"io.kubernetes.cri.sandbox-namespace", "team-a"}}, &p) ==
+              "(none)");
+        CHECK(p.edit.domain.empty());
+        CHECK_FALSE(has_message(p, "scoped by namespace"));
+    }
+    SECTION("the longest name in the longest namespace is still a valid domain") {
+        std::string name(kMaxDomainName, 'd');
+        std::string got = upm_domain_after(config, {{"upm.domain", name},
+                                                    {"io.kubernetes.cri.sandbox-namespace", std::string(63, 'n')}});
+        CHECK(got.size() == kMaxDomain);
+        CHECK(valid_domain(got));
+        CHECK_FALSE(valid_domain(got + "x"));
+        CHECK_FALSE(valid_domain_name(got));
+        // a name longer than kMaxDomainName is refused before scoping
+        CHECK(upm_domain_after(config, {{"upm.domain", name + "d"}}) == "(none)");
+    }
+    SECTION("the prefix k8s. is the node's when unscoped") {
+        CHECK(upm_domain_after(config, {{"upm.domain", "k8s.team-b.tenant-a"}}, &p) == "(none)");
+        CHECK(has_message(p, "reserves for domains scoped by a Kubernetes namespace"));
+        // inside a namespace it is just a name: k8s.team-a.k8s.team-b.x
+        CHECK(upm_domain_after(config, {{"upm.domain", "k8s.team-b.x"}, {"io.kubernetes.pod.namespace", "team-a"}}) ==
+              "k8s.team-a.k8s.team-b.x");
+    }
+    SECTION("domain_scope none: the domain as given") {
+        config.domain_scope = DomainScope::none;
+        CHECK(upm_domain_after(config, {{"io.kubernetes.cri.sandbox-namespace", "team-a"}}) == "tenant-a");
+        CHECK(upm_domain_after(config, {{"io.kubernetes.cri.sandbox-namespace", "team-a"},
+                                        {"io.kubernetes.pod.namespace", "team-b"}}) == "tenant-a");
+        CHECK(upm_domain_after(config, {{"upm.domain", "k8s.team-b.x"}}) == "k8s.team-b.x");
+    }
+}
+
+TEST_CASE("spec: scope_domain on its own", "[spec]") {
+    UpmAnnotations ann;
+    CHECK(scope_domain(DomainScope::kubernetes_namespace, "web", ann).domain == "web");
+    ann.crio_namespace_present = true;
+    ann.crio_namespace = "shop";
+    auto s = scope_domain(DomainScope::kubernetes_namespace, "web", ann);
+    CHECK(s.domain == "k8s.shop.web");
+    CHECK(s.namespace_ == "shop");
+    CHECK(s.notes.empty());
+    CHECK(scope_domain(DomainScope::kubernetes_namespace, "", ann).domain.empty());
+    CHECK(scope_domain(DomainScope::none, "web", ann).domain == "web");
+    // an unchecked name is never passed on
+    auto bad = scope_domain(DomainScope::none, "a b", ann);
+    CHECK(bad.domain.empty());
+    CHECK(bad.notes.size() == 1);
+    CHECK(valid_namespace("kube-system"));
+    CHECK_FALSE(valid_namespace("kube_system"));
+    // a policy's domain may be longer than a name, but then cannot be scoped
+    std::string long_domain(100, 'p');
+    CHECK(scope_domain(DomainScope::none, long_domain, ann).domain == long_domain);
+    auto too_long = scope_domain(DomainScope::kubernetes_namespace, long_domain, ann);
+    CHECK(too_long.domain.empty());
+    CHECK(too_long.notes.size() == 1);
+}
+
+TEST_CASE("spec: a policy's domain is scoped by the namespace too", "[spec]") {
+    char tmpl[] = "/tmp/upm-spec-pol.XXXXXX";
+    std::string dir = ::mkdtemp(tmpl);
+    std::ofstream(dir + "/shared.json") << R"({"domain": "fleet"})";
+    auto config = node_config();
+    config.policy_dir = dir;
+    Preparation p;
+    // no namespace: the policy's domain, left to the preload (no UPM_DOMAIN)
+    CHECK(upm_domain_after(config, {{"upm.policy", "shared"}, {"upm.domain", nullptr}}, &p) == "(none)");
+    CHECK(p.edit.domain.empty());
+    // in a namespace: scoped, and given to the preload as UPM_DOMAIN
+    CHECK(upm_domain_after(config, {{"upm.policy", "shared"}, {"upm.domain", nullptr},
+                                    {"io.kubernetes.cri.sandbox-namespace", "team-a"}}, &p) == "k8s.team-a.fleet");
+    CHECK(has_message(p, "domain `fleet` (policy `shared`) scoped by namespace `team-a`"));
+    // the annotation's domain comes first
+    CHECK(upm_domain_after(config, {{"upm.policy", "shared"}, {"io.kubernetes.cri.sandbox-namespace", "team-a"}}) ==
+          "k8s.team-a.tenant-a");
+    fs::remove_all(dir);
+}
+
+TEST_CASE("spec: node configuration domain_scope", "[spec]") {
+    NodeConfig defaults;
+    CHECK(parse_node_config(R"({"domain_scope": "none"})", defaults).config.domain_scope == DomainScope::none);
+    auto ns = parse_node_config(R"({"domain_scope": "namespace"})", defaults);
+    CHECK(ns.problems.empty());
+    CHECK(ns.config.domain_scope == DomainScope::kubernetes_namespace);
+    for (const char* bad : {R"({"domain_scope": "Namespace"})", R"({"domain_scope": true})", R"({"domain_scope": ""})"}) {
+        auto b = parse_node_config(bad, defaults);
+        CHECK(b.config.domain_scope == DomainScope::kubernetes_namespace);
+        REQUIRE(b.problems.size() == 1);
+        CHECK(b.problems[0].where == "/domain_scope");
+        CHECK_FALSE(b.problems[0].warning);
+    }
 }

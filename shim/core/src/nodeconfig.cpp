@@ -91,6 +91,15 @@ NodeConfigLoad parse_node_config(std::string_view text, const NodeConfig& defaul
             else if (key == "default_policy") target = &out.config.default_policy, absolute = false, empty_ok = true;
             else if (key == "log_level") target = &out.config.log_level, absolute = false;
             else if (key == "$comment") continue;
+            else if (key == "domain_scope") {
+                if (value.is_string() && value.get_ref<const std::string&>() == "namespace")
+                    out.config.domain_scope = DomainScope::kubernetes_namespace;
+                else if (value.is_string() && value.get_ref<const std::string&>() == "none")
+                    out.config.domain_scope = DomainScope::none;
+                else
+                    error(key, "`domain_scope` must be \"namespace\" or \"none\"; the default is used");
+                continue;
+            }
             else if (key == "fsync") {
                 if (value.is_boolean()) out.config.fsync = value.get<bool>();
                 else error(key, "`fsync` must be true or false; the default is used");

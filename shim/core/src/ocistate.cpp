@@ -86,6 +86,10 @@ Result<ContainerState> parse_container_state(std::string_view text, bool need_pi
             s.enabled = str(kAnnotationEnabled) == "true";
             s.policy = str(kAnnotationPolicy);
             s.domain = str(kAnnotationDomain);
+            s.cri_namespace_present = ann->contains(kAnnotationNamespaceCri);
+            s.cri_namespace = str(kAnnotationNamespaceCri);
+            s.crio_namespace_present = ann->contains(kAnnotationNamespaceCrio);
+            s.crio_namespace = str(kAnnotationNamespaceCrio);
         }
         return s;
     } catch (const std::exception& e) {

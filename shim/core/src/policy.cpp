@@ -452,11 +452,13 @@ void check_root(Validator& val, const json& doc, Policy& p, std::optional<FailMo
             if (auto s = val.one_of(where, value, kBackends, "backend")) parse_backend_choice(*s, p.backend);
         } else if (key == "domain") {
             if (auto s = val.string(where, value, "write a quoted name, e.g. `\"tenant-a\"`")) {
+                // Up to kMaxDomain: the copy upm-hook createRuntime writes
+                // carries the domain scoped by the namespace (docs/hardening.md).
                 if (valid_domain(*s))
                     p.domain = *s;
                 else
                     val.error(where, "invalid domain `" + clip(*s) + "`",
-                              "use up to 64 letters, digits, `.`, `_` or `-`, starting with a letter or digit, "
+                              "use up to 132 letters, digits, `.`, `_` or `-`, starting with a letter or digit, "
                               "or \"\" for the runtime's default");
             }
         } else if (key == "on_error") {
@@ -694,7 +696,17 @@ bool valid_policy_name(std::string_view name) {
     return std::all_of(name.begin(), name.end(), [&](char c) { return ok(c) || c == '.' || c == '_' || c == '-'; });
 }
 
-bool valid_domain(std::string_view domain) { return domain.empty() || valid_policy_name(domain); }
+bool valid_domain_name(std::string_view domain) {
+    return domain.empty() || (domain.size() <= kMaxDomainName && valid_policy_name(domain));
+}
+
+bool valid_domain(std::string_view domain) {
+    if (domain.empty()) return true;
+    if (domain.size() > kMaxDomain) return false;
+    auto ok = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; };
+    if (!ok(domain.front())) return false;
+    return std::all_of(domain.begin(), domain.end(), [&](char c) { return ok(c) || c == '.' || c == '_' || c == '-'; });
+}
 
 std::vector<std::string> policy_search_path() {
     std::vector<std::string> dirs;

@@ -413,6 +413,8 @@ Result<UpmAnnotations> read_upm_annotations(std::string_view config_text) {
         get(kAnnotationEnabled, a.enabled_present, a.enabled_value);
         get(kAnnotationPolicy, a.policy_present, a.policy);
         get(kAnnotationDomain, a.domain_present, a.domain);
+        get(kAnnotationNamespaceCri, a.cri_namespace_present, a.cri_namespace);
+        get(kAnnotationNamespaceCrio, a.crio_namespace_present, a.crio_namespace);
         auto v = it->find(kAnnotationEnabled);
         a.enabled = v != it->end() && v->is_string() && a.enabled_value == "true";
         return a;
@@ -549,6 +551,66 @@ Result<EditedSpec> edit_spec(std::string_view config_text, const SpecEdit& edit)
     }
 }
 
+// ---- the domain ------------------------------------------------------------------
+
+bool valid_namespace(std::string_view ns) {
+    if (ns.empty() || ns.size() > 63) return false;
+    auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
+    if (!alnum(ns.front()) || !alnum(ns.back())) return false;
+    return std::all_of(ns.begin(), ns.end(), [&](char c) { return alnum(c) || c == '-'; });
+}
+
+ScopedDomain scope_domain(DomainScope scope, std::string_view domain, const UpmAnnotations& ann) {
+    ScopedDomain out;
+    try {
+        auto warn = [&](std::string message) { out.notes.push_back({NoteLevel::warn, std::move(message)}); };
+        if (!valid_domain(domain)) {  // the caller checks; never pass an unchecked name on
+            warn("invalid domain `" + printable(domain, 80) + "`: no domain");
+            return out;
+        }
+        const bool cri = ann.cri_namespace_present, crio = ann.crio_namespace_present;
+        if (scope == DomainScope::none || (!cri && !crio)) {
+            if (scope != DomainScope::none && domain.starts_with(kScopedDomainPrefix)) {
+                warn("domain `" + printable(domain, 80) + "` starts with `" + kScopedDomainPrefix +
+                     "`, which the node reserves for domains scoped by a Kubernetes namespace: no domain");
+                return out;
+            }
+            out.domain = std::string(domain);
+            return out;
+        }
+        if (cri && crio && ann.cri_namespace != ann.crio_namespace) {
+            warn(std::string("annotations `") + kAnnotationNamespaceCri + "` (`" + printable(ann.cri_namespace, 80) +
+                 "`) and `" + kAnnotationNamespaceCrio + "` (`" + printable(ann.crio_namespace, 80) +
+                 "`) name different namespaces: no domain");
+            return out;
+        }
+        const std::string& ns = cri ? ann.cri_namespace : ann.crio_namespace;
+        const char* key = cri ? kAnnotationNamespaceCri : kAnnotationNamespaceCrio;
+        if (!valid_namespace(ns)) {
+            warn(std::string("annotation `") + key + "` `" + printable(ns, 80) +
+                 "` is not a namespace (a DNS label: up to 63 lowercase letters, digits or `-`): no domain");
+            return out;
+        }
+        out.namespace_ = ns;
+        if (domain.empty()) return out;
+        if (domain.size() > kMaxDomainName) {  // only a policy's domain can be longer
+            warn("domain `" + printable(domain, 160) + "` is longer than " + std::to_string(kMaxDomainName) +
+                 " characters and cannot be scoped by namespace `" + ns + "`: no domain");
+            return out;
+        }
+        std::string scoped = std::string(kScopedDomainPrefix) + ns + "." + std::string(domain);
+        if (!valid_domain(scoped)) {  // cannot happen with the limits above; stay strict anyway
+            warn("domain `" + printable(scoped, 160) + "` is not a valid domain: no domain");
+            return out;
+        }
+        out.domain = std::move(scoped);
+    } catch (const std::exception& e) {
+        out.domain.clear();
+        out.notes.push_back({NoteLevel::warn, std::string("scoping the domain: ") + e.what() + ": no domain"});
+    }
+    return out;
+}
+
 // ---- the whole step ----------------------------------------------------------------
 
 namespace {
@@ -600,9 +662,10 @@ Preparation prepare(const NodeConfig& config, const std::string& bundle_dir, std
                                                (policy_name.empty() ? "(built-in)" : policy_name) + "`");
             }
         }
+        // The domain asked for: the annotation's, else (below) the policy's.
         std::string domain;
         if (ann->domain_present) {
-            if (!ann->domain.empty() && valid_domain(ann->domain))
+            if (!ann->domain.empty() && valid_domain_name(ann->domain))
                 domain = ann->domain;
             else
                 notes.add(NoteLevel::warn, "invalid domain `" + printable(ann->domain, 80) +
@@ -611,8 +674,9 @@ Preparation prepare(const NodeConfig& config, const std::string& bundle_dir, std
         }
 
         SpecEdit edit;
-        edit.domain = domain;
         bool closed = false;
+        Policy policy;                   // the policy's own domain, when it names one
+        bool have_policy = false;
         Result<std::string> path = std::string();
         if (!policy_name.empty()) {
             path = resolve_node_policy(config, policy_name);
@@ -642,8 +706,28 @@ Preparation prepare(const NodeConfig& config, const std::string& bundle_dir, std
             }
             edit.policy_source = *path;
             p.policy = policy_name;
+            policy = std::move(*check.policy);
+            have_policy = true;
+        }
+        // The effective domain (docs/hardening.md): scoped by the pod's
+        // namespace unless the node says otherwise.  UPM_DOMAIN carries it
+        // whenever it is not the policy's own, which the preload reads anyway.
+        {
+            const bool from_policy = domain.empty() && have_policy && !policy.domain.empty();
+            const std::string asked = from_policy ? policy.domain : domain;
+            ScopedDomain scoped = scope_domain(config.domain_scope, asked, *ann);
+            for (auto& n : scoped.notes) notes.add(n.level, n.message);
+            if (!scoped.namespace_.empty() && !scoped.domain.empty())
+                notes.add(NoteLevel::info, "domain `" + printable(asked, 80) + "`" +
+                                               (from_policy ? " (policy `" + policy_name + "`)" : "") +
+                                               " scoped by namespace `" + scoped.namespace_ + "`: `" +
+                                               scoped.domain + "`");
+            domain = scoped.domain;
+            if (!from_policy || domain != policy.domain) edit.domain = domain;
+        }
+        if (have_policy) {
             // Layout and hash seeds (docs/hardening.md): fail open, the hardening stays.
-            edit.hardening = plan_hardening(*check.policy, domain.empty() ? check.policy->domain : domain);
+            edit.hardening = plan_hardening(policy, domain);
             for (const auto& why : edit.hardening.problems) notes.add(NoteLevel::warn, why);
             if (edit.hardening.layout())
                 edit.exec_source = find_exec_beside(config.preload, edit.hardening, notes);

@@ -22,6 +22,13 @@ inline constexpr const char* kNodeConfigPath = "/etc/upm/config.json";
 inline constexpr const char* kEnvNodeConfig = "UPM_CONFIG";   // overrides kNodeConfigPath (tests)
 inline constexpr std::size_t kMaxNodeConfigFile = 256 * 1024;
 
+// Whose choice a container's domain is (docs/hardening.md): with
+// `kubernetes_namespace` (key "domain_scope": "namespace", the default) a
+// container that carries its pod's namespace gets "k8s.NAMESPACE.DOMAIN",
+// so that a tenant cannot name another namespace's domain; `none` takes the
+// domain as the annotation or the policy gives it.
+enum class DomainScope { kubernetes_namespace, none };
+
 struct NodeConfig {
     std::string runtime;         // absolute path of the real runtime; "" = not found
     std::string preload;         // host path of libupm-preload.so; "" = not found
@@ -31,6 +38,7 @@ struct NodeConfig {
     std::string log_file = "/var/log/upm/runtime.log";  // "" = no log file
     std::string log_level = "info";                     // off|error|warn|info|debug
     bool fsync = false;          // fsync the new config.json before the rename (see docs/runtime.md)
+    DomainScope domain_scope = DomainScope::kubernetes_namespace;  // "domain_scope"
     std::string source;          // the file read, "" when none existed
 };
 

@@ -29,6 +29,10 @@ struct ContainerState {
     long pid = 0;                // 0 when absent or null
     bool enabled = false;        // annotation upm.enabled is exactly "true"
     std::string policy, domain;  // annotations upm.policy, upm.domain (unchecked), "" when absent
+    // The pod's namespace annotations (kAnnotationNamespaceCri/Crio, spec.hpp):
+    // present whatever the type, the value when a string; for scope_domain().
+    bool cri_namespace_present = false, crio_namespace_present = false;
+    std::string cri_namespace, crio_namespace;
 };
 
 // Parses the state document.  Errors: not JSON, not an object, nested deeper

@@ -102,7 +102,16 @@ bool valid_policy_name(std::string_view name);
 // defaults filled in); valid against config/policy.schema.json.
 std::string policy_to_json(const Policy& policy);
 
-// Domain names: [A-Za-z0-9][A-Za-z0-9._-]{0,63} or empty.
+// A domain as a user writes it (`upm run --domain`, the annotation
+// upm.domain): [A-Za-z0-9][A-Za-z0-9._-]{0,63} or empty.
+inline constexpr std::size_t kMaxDomainName = 64;
+bool valid_domain_name(std::string_view domain);
+
+// An effective domain (UPM_DOMAIN, a policy's `domain`): the same
+// characters, at most kMaxDomain bytes, or empty.  Longer than a name because the node may scope a name by
+// the Kubernetes namespace: "k8s." + namespace (a DNS label, at most 63) +
+// "." + name (docs/hardening.md).
+inline constexpr std::size_t kMaxDomain = 4 + 63 + 1 + kMaxDomainName;
 bool valid_domain(std::string_view domain);
 
 std::string_view to_string(BackendChoice b);       // "auto", "upm", "ksm"

@@ -51,6 +51,12 @@ inline constexpr const char* kAnnotationEnabled = "upm.enabled";  // only "true"
 inline constexpr const char* kAnnotationPolicy = "upm.policy";    // policy NAME
 inline constexpr const char* kAnnotationDomain = "upm.domain";    // sharing domain
 
+// The pod's namespace, set by the engine itself (never a pod annotation the
+// engine copies): containerd's CRI plugin and CRI-O respectively.
+inline constexpr const char* kAnnotationNamespaceCri = "io.kubernetes.cri.sandbox-namespace";
+inline constexpr const char* kAnnotationNamespaceCrio = "io.kubernetes.pod.namespace";
+inline constexpr const char* kScopedDomainPrefix = "k8s.";  // "k8s.NAMESPACE.DOMAIN"
+
 // ---- the runtime's command line -------------------------------------------
 
 struct RuntimeArgs {
@@ -108,6 +114,12 @@ struct UpmAnnotations {
     std::string policy;          // upm.policy, unchecked
     bool domain_present = false;
     std::string domain;          // upm.domain, unchecked
+    // The pod's namespace (kAnnotationNamespaceCri, kAnnotationNamespaceCrio):
+    // present whatever the value's type; the value only when a string.
+    bool cri_namespace_present = false;
+    std::string cri_namespace;
+    bool crio_namespace_present = false;
+    std::string crio_namespace;
 };
 
 // Reads the upm.* annotations.  Fails when config.json is not a JSON object
@@ -170,6 +182,28 @@ struct Note {
     NoteLevel level;
     std::string message;         // lowercase, no final period, no environment values
 };
+
+// The effective domain of a container (docs/hardening.md, "Who chooses the
+// domain").  `domain` is the one asked for (the annotation's, checked with
+// valid_domain_name(), or the policy's, checked with valid_domain(); only one
+// of at most kMaxDomainName characters can be scoped); `ann` carries the namespace
+// annotations.  With DomainScope::none, or without a namespace annotation
+// (runc, podman, Docker), it is `domain`; a `domain` that starts with
+// "k8s." is then refused (that prefix is the node's).  With a namespace it is
+// "k8s.NAMESPACE.DOMAIN"; no domain when `domain` is empty, when the
+// namespace is not a DNS label (RFC 1123, at most 63 characters) or not a
+// string, or when both annotations are present and differ (a pod annotation
+// copied over the engine's own).  Every refusal is a warning in `notes`; the
+// result always passes valid_domain().  Never throws.
+struct ScopedDomain {
+    std::string domain;          // "" = none
+    std::string namespace_;      // the namespace used, "" = none
+    std::vector<Note> notes;
+};
+ScopedDomain scope_domain(DomainScope scope, std::string_view domain, const UpmAnnotations& ann);
+
+// RFC 1123 label: [a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?
+bool valid_namespace(std::string_view ns);
 
 enum class Verdict {
     untouched,                   // config.json not written (not annotated, or failed open)
