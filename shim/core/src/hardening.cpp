@@ -3,8 +3,14 @@
 //
 // Host side only (upm run, upm-runtime): this file uses libcrypto and is
 // never pulled into the preload (which references nothing of it).
+// libcrypto is loaded with dlopen() the first time a per-domain value is
+// derived, not linked: linking it costs every start of upm-runtime,
+// upm-hook and upm about 0.7 ms of CPU (the loader relocates its 4.7 MB),
+// and upm-runtime runs several times per container, nearly always without
+// a per-domain setting.
 #include "upm/hardening.hpp"
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <sys/personality.h>
 #include <sys/random.h>
@@ -14,6 +20,7 @@
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/opensslv.h>
 
 #include <cerrno>
 #include <cstdlib>
@@ -134,6 +141,36 @@ Result<std::vector<unsigned char>> load_domain_secret(const std::string& path, b
     }
 }
 
+namespace {
+
+// HMAC() and EVP_sha256() from the libcrypto the headers describe
+// (libcrypto.so.<major>), loaded on first use and kept.
+struct Libcrypto {
+    decltype(&::HMAC) hmac = nullptr;
+    decltype(&::EVP_sha256) sha256 = nullptr;
+    std::string error;
+};
+
+const Libcrypto& libcrypto() {
+    static const Libcrypto lib = [] {
+        Libcrypto l;
+        const std::string soname = "libcrypto.so." + std::to_string(OPENSSL_VERSION_MAJOR);
+        void* h = ::dlopen(soname.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
+        if (!h) {
+            const char* why = ::dlerror();
+            l.error = "cannot load " + soname + " (Debian package libssl3): " + (why ? why : "unknown error");
+            return l;
+        }
+        l.hmac = reinterpret_cast<decltype(&::HMAC)>(::dlsym(h, "HMAC"));
+        l.sha256 = reinterpret_cast<decltype(&::EVP_sha256)>(::dlsym(h, "EVP_sha256"));
+        if (!l.hmac || !l.sha256) l.error = soname + " has no HMAC() or EVP_sha256()";
+        return l;
+    }();
+    return lib;
+}
+
+}  // namespace
+
 Result<std::array<unsigned char, 32>> derive_for_domain(const std::vector<unsigned char>& secret,
                                                         std::string_view purpose, std::string_view domain) {
     try {
@@ -142,9 +179,11 @@ Result<std::array<unsigned char, 32>> derive_for_domain(const std::vector<unsign
         msg.append(purpose);
         msg.push_back('\0');
         msg.append(domain);
+        const Libcrypto& crypto = libcrypto();
+        if (!crypto.error.empty()) return Error{ENOSYS, crypto.error};
         std::array<unsigned char, 32> out{};
         unsigned int len = 0;
-        if (!::HMAC(EVP_sha256(), secret.data(), static_cast<int>(secret.size()),
+        if (!crypto.hmac(crypto.sha256(), secret.data(), static_cast<int>(secret.size()),
                     reinterpret_cast<const unsigned char*>(msg.data()), msg.size(), out.data(), &len) ||
             len != out.size())
             return Error{EIO, "HMAC-SHA256 failed (libcrypto)"};
