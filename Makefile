@@ -27,6 +27,10 @@ deps:
 # clone rebuilds in seconds; UPM_NO_CCACHE=1 turns it off.
 CCACHE := $(if $(UPM_NO_CCACHE),,$(shell command -v ccache 2>/dev/null))
 export CCACHE_DIR ?= $(or $(UPM_CACHE_DIR),/var/cache/upm)/ccache
+# Hits across checkouts at different paths (every CI run is a fresh clone):
+# paths relative to the checkout, and the build directory not hashed.
+export CCACHE_BASEDIR ?= $(CURDIR)
+export CCACHE_NOHASHDIR ?= 1
 LAUNCHER := $(if $(CCACHE),-DCMAKE_C_COMPILER_LAUNCHER=$(CCACHE) -DCMAKE_CXX_COMPILER_LAUNCHER=$(CCACHE))
 
 # Configured every time: the install prefix is compiled in (policy and

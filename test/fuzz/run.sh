@@ -82,6 +82,7 @@ build)
     launcher=
     if [ -z "${UPM_NO_CCACHE:-}" ] && command -v ccache >/dev/null 2>&1; then
         export CCACHE_DIR="${CCACHE_DIR:-${UPM_CACHE_DIR:-/var/cache/upm}/ccache}"
+        export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$src}" CCACHE_NOHASHDIR="${CCACHE_NOHASHDIR:-1}"
         launcher=-DCMAKE_CXX_COMPILER_LAUNCHER=$(command -v ccache)
     fi
     cmake -S "$here/clang" -B "$out" -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_BUILD_TYPE=Fuzz $launcher \

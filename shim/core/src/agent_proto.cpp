@@ -1,6 +1,7 @@
 // The node agent's request parser and the helpers both ends share.
 // Format: upm/agent_proto.hpp and docs/agent.md.
 #include "upm/agent_proto.hpp"
+#include "io.hpp"
 
 #include <cmath>
 #include <cstdlib>
@@ -11,27 +12,6 @@ namespace upm {
 using json = nlohmann::json;
 
 namespace {
-
-// Nesting depth of JSON text, brackets inside strings not counted; stops
-// early, so a deep document costs no more than its first kMaxAgentDepth+1 levels.
-bool too_deep(std::string_view text) {
-    int depth = 0;
-    bool in_string = false, escaped = false;
-    for (char c : text) {
-        if (in_string) {
-            if (escaped) escaped = false;
-            else if (c == '\\') escaped = true;
-            else if (c == '"') in_string = false;
-        } else if (c == '"') {
-            in_string = true;
-        } else if (c == '[' || c == '{') {
-            if (++depth > kMaxAgentDepth) return true;
-        } else if (c == ']' || c == '}') {
-            --depth;
-        }
-    }
-    return false;
-}
 
 bool has_control(std::string_view s) {
     for (unsigned char c : s)
@@ -91,7 +71,7 @@ Result<AgentRequest> parse(std::string_view line) {
     if (line.find_first_not_of(" \t") == std::string_view::npos) return Error::msg("empty request");
     // nlohmann's lexer takes NUL for the end of the input: refuse it here.
     if (line.find('\0') != std::string_view::npos) return Error::msg("request contains a NUL byte (send UTF-8 JSON text)");
-    if (too_deep(line)) return Error::msg("request nested deeper than " + std::to_string(kMaxAgentDepth) + " levels");
+    if (detail::json_nests_deeper(line, kMaxAgentDepth)) return Error::msg("request nested deeper than " + std::to_string(kMaxAgentDepth) + " levels");
     json doc = json::parse(line.begin(), line.end(), nullptr, false);
     if (doc.is_discarded()) return Error::msg("request is not valid JSON (one UTF-8 JSON object per line)");
     if (!doc.is_object()) return Error::msg("request is not a JSON object");

@@ -30,6 +30,7 @@
 #include "upm/ksmtune.hpp"
 #include "upm/log.hpp"
 #include "upm/metrics.hpp"
+#include "io.hpp"
 
 namespace upm::agent {
 
@@ -38,6 +39,8 @@ using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 namespace {
+
+using upm::detail::Fd;
 
 constexpr std::size_t kMaxHttpHead = 8 * 1024;
 constexpr std::size_t kMaxQueuedOut = 2 * kMaxAgentReply;   // reply bytes queued for one connection
@@ -54,17 +57,6 @@ std::string dirname_of(const std::string& path) {
     if (slash == 0) return "/";
     return path.substr(0, slash);
 }
-
-struct Fd {
-    int fd = -1;
-    Fd() = default;
-    explicit Fd(int f) : fd(f) {}
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-    ~Fd() {
-        if (fd >= 0) ::close(fd);
-    }
-};
 
 enum class Kind { agent, http };
 

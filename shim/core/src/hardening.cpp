@@ -27,24 +27,18 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "io.hpp"
+
 namespace upm {
 
 using json = nlohmann::ordered_json;
 
 namespace {
 
+using detail::Fd;
+
 constexpr std::size_t kSecretBytes = 32;
 constexpr std::size_t kMaxSecret = 4096;
-
-struct Fd {
-    int fd = -1;
-    explicit Fd(int f) : fd(f) {}
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-    ~Fd() {
-        if (fd >= 0) ::close(fd);
-    }
-};
 
 Result<std::vector<unsigned char>> read_secret(const std::string& path) {
     Fd f(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));

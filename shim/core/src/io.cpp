@@ -11,23 +11,12 @@
 
 namespace upm::detail {
 
-namespace {
-
-struct Fd {
-    int fd = -1;
-    ~Fd() {
-        if (fd >= 0) ::close(fd);
-    }
-};
-
-}  // namespace
-
 Result<std::string> read_file(const std::string& path, std::size_t max) {
     try {
         // O_NONBLOCK: opening a FIFO must not wait for a writer.  Only
         // regular files are read (a FIFO or device would block or never end;
         // /proc and /sys files are regular).
-        Fd f{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)};
+        Fd f(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
         if (f.fd < 0) return Error::sys(errno, "open `" + path + "`");
         struct stat st {};
         if (::fstat(f.fd, &st) != 0) return Error::sys(errno, "stat `" + path + "`");
@@ -57,7 +46,7 @@ Result<std::string> read_file(const std::string& path, std::size_t max) {
 }
 
 Status write_file(const std::string& path, std::string_view value) {
-    Fd f{::open(path.c_str(), O_WRONLY | O_CLOEXEC | O_NOCTTY)};
+    Fd f(::open(path.c_str(), O_WRONLY | O_CLOEXEC | O_NOCTTY));
     if (f.fd < 0) return Error::sys(errno, "open `" + path + "`");
     std::size_t done = 0;
     while (done < value.size()) {
@@ -96,6 +85,25 @@ std::optional<std::uint64_t> parse_uint(std::string_view s, int base) {
     auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v, base);
     if (s.empty() || ec != std::errc() || p != s.data() + s.size()) return std::nullopt;
     return v;
+}
+
+bool json_nests_deeper(std::string_view text, int limit) {
+    int depth = 0;
+    bool in_string = false, escaped = false;
+    for (char c : text) {
+        if (in_string) {
+            if (escaped) escaped = false;
+            else if (c == '\\') escaped = true;
+            else if (c == '"') in_string = false;
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c == '[' || c == '{') {
+            if (++depth > limit) return true;
+        } else if (c == ']' || c == '}') {
+            --depth;
+        }
+    }
+    return false;
 }
 
 }  // namespace upm::detail

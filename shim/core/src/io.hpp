@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <unistd.h>
 #include <string>
 #include <string_view>
 
@@ -34,5 +35,31 @@ std::string_view trim(std::string_view s);
 // Parses a decimal integer (optional sign), the whole string; nullopt otherwise.
 std::optional<std::int64_t> parse_int(std::string_view s);
 std::optional<std::uint64_t> parse_uint(std::string_view s, int base = 10);
+
+// True when JSON `text` nests objects and arrays deeper than `limit`
+// (brackets inside strings not counted).  Checked before parsing untrusted
+// documents: nlohmann's parser recurses.  Stops at the first level too many.
+bool json_nests_deeper(std::string_view text, int limit);
+
+// An owned file descriptor, closed when it goes out of scope; -1 = none.
+struct Fd {
+    int fd = -1;
+    Fd() = default;
+    explicit Fd(int f) : fd(f) {}
+    Fd(const Fd&) = delete;
+    Fd& operator=(const Fd&) = delete;
+    Fd(Fd&& o) noexcept : fd(o.fd) { o.fd = -1; }
+    Fd& operator=(Fd&& o) noexcept {
+        if (this != &o) {
+            if (fd >= 0) ::close(fd);
+            fd = o.fd;
+            o.fd = -1;
+        }
+        return *this;
+    }
+    ~Fd() {
+        if (fd >= 0) ::close(fd);
+    }
+};
 
 }  // namespace upm::detail

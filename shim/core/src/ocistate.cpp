@@ -4,31 +4,11 @@
 #include <nlohmann/json.hpp>
 
 #include "upm/spec.hpp"
+#include "io.hpp"
 
 namespace upm {
 
 namespace {
-
-// True when `text` nests objects/arrays deeper than `limit`, brackets inside
-// strings not counted.  Checked before parsing: nlohmann recurses.
-bool nests_deeper(std::string_view text, int limit) {
-    int depth = 0;
-    bool in_string = false, escaped = false;
-    for (char c : text) {
-        if (in_string) {
-            if (escaped) escaped = false;
-            else if (c == '\\') escaped = true;
-            else if (c == '"') in_string = false;
-        } else if (c == '"') {
-            in_string = true;
-        } else if (c == '[' || c == '{') {
-            if (++depth > limit) return true;
-        } else if (c == ']' || c == '}') {
-            --depth;
-        }
-    }
-    return false;
-}
 
 }  // namespace
 
@@ -38,7 +18,7 @@ Result<ContainerState> parse_container_state(std::string_view text, bool need_pi
         if (text.size() > kMaxContainerState)
             return Error::msg("more than " + std::to_string(kMaxContainerState) + " bytes");
         if (text.empty()) return Error::msg("empty");
-        if (nests_deeper(text, kMaxContainerStateDepth))
+        if (detail::json_nests_deeper(text, kMaxContainerStateDepth))
             return Error::msg("nested deeper than " + std::to_string(kMaxContainerStateDepth) + " levels");
         json doc = json::parse(text, nullptr, false);
         if (doc.is_discarded()) return Error::msg("not valid JSON");

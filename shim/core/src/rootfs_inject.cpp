@@ -25,28 +25,10 @@ namespace upm {
 
 namespace {
 
+using detail::Fd;
+
 using json = nlohmann::json;
 using ojson = nlohmann::ordered_json;
-
-struct Fd {
-    int fd = -1;
-    Fd() = default;
-    explicit Fd(int f) : fd(f) {}
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-    Fd(Fd&& o) noexcept : fd(o.fd) { o.fd = -1; }
-    Fd& operator=(Fd&& o) noexcept {
-        if (this != &o) {
-            if (fd >= 0) ::close(fd);
-            fd = o.fd;
-            o.fd = -1;
-        }
-        return *this;
-    }
-    ~Fd() {
-        if (fd >= 0) ::close(fd);
-    }
-};
 
 // `path` inside the rootfs `root`: absolute links and `..` stay inside it,
 // magic links (/proc/PID/root, /proc/self/fd/N) are refused.

@@ -29,6 +29,7 @@
 
 #include "upm/launch.hpp"
 #include "upm/policy.hpp"
+#include "io.hpp"
 
 namespace upm {
 
@@ -36,17 +37,9 @@ using json = nlohmann::ordered_json;
 
 namespace {
 
-constexpr const char* kConfigName = "config.json";
+using detail::Fd;
 
-struct Fd {
-    int fd = -1;
-    explicit Fd(int f) : fd(f) {}
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-    ~Fd() {
-        if (fd >= 0) ::close(fd);
-    }
-};
+constexpr const char* kConfigName = "config.json";
 
 template <typename Set>
 bool contains(const Set& set, std::string_view s) {
@@ -72,32 +65,8 @@ bool flag_true(const std::optional<std::string>& value) {
 
 // ---- JSON --------------------------------------------------------------------
 
-// Deepest nesting of objects and arrays, scanning outside strings; stops
-// counting past `limit`.
-int nesting_depth(std::string_view text, int limit) {
-    int depth = 0, deepest = 0;
-    bool in_string = false;
-    for (std::size_t i = 0; i < text.size(); ++i) {
-        char c = text[i];
-        if (in_string) {
-            if (c == '\\') ++i;
-            else if (c == '"') in_string = false;
-            continue;
-        }
-        if (c == '"') {
-            in_string = true;
-        } else if (c == '{' || c == '[') {
-            deepest = std::max(deepest, ++depth);
-            if (deepest > limit) return deepest;
-        } else if (c == '}' || c == ']') {
-            --depth;
-        }
-    }
-    return deepest;
-}
-
 Result<json> parse_spec(std::string_view text) {
-    if (nesting_depth(text, kMaxSpecDepth) > kMaxSpecDepth)
+    if (detail::json_nests_deeper(text, kMaxSpecDepth))
         return Error{EINVAL, "config.json nests deeper than " + std::to_string(kMaxSpecDepth) + " levels"};
     try {
         json doc = json::parse(text);
