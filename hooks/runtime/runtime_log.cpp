@@ -12,7 +12,7 @@
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/spdlog.h>
 
-#include "upm/log_sinks.hpp"
+#include "upm/node_log.hpp"
 
 namespace upm::runtime {
 
@@ -27,69 +27,6 @@ spdlog::level::level_enum to_spdlog(NoteLevel level) {
     }
     return spdlog::level::info;
 }
-
-spdlog::level::level_enum parse_level(const std::string& level) {
-    if (level == "off") return spdlog::level::off;
-    if (level == "error") return spdlog::level::err;
-    if (level == "warn") return spdlog::level::warn;
-    if (level == "debug") return spdlog::level::debug;
-    return spdlog::level::info;
-}
-
-// A file opened on the first line written to it.
-class LazyFileSink : public spdlog::sinks::base_sink<spdlog::details::null_mutex> {
-public:
-    LazyFileSink(std::string path, int flags, mode_t mode) : path_(std::move(path)), flags_(flags), mode_(mode) {}
-    ~LazyFileSink() override {
-        if (fd_ >= 0) ::close(fd_);
-    }
-
-protected:
-    virtual void format_line(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& out) = 0;
-    virtual void before_open() {}
-
-    void sink_it_(const spdlog::details::log_msg& msg) override {
-        if (fd_ == -1) {
-            before_open();
-            fd_ = ::open(path_.c_str(), flags_, mode_);
-            if (fd_ < 0) fd_ = -2;  // do not try again
-        }
-        if (fd_ < 0) return;
-        spdlog::memory_buf_t buf;
-        format_line(msg, buf);
-        write_all(fd_, std::string_view(buf.data(), buf.size()));
-    }
-    void flush_() override {}
-
-    std::string path_;
-
-private:
-    int flags_;
-    mode_t mode_;
-    int fd_ = -1;
-};
-
-// The node's log file: "TIME upm-runtime[PID] LEVEL: MESSAGE".
-class NodeLogSink final : public LazyFileSink {
-public:
-    explicit NodeLogSink(const std::string& path)
-        : LazyFileSink(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0640) {
-        auto f = std::make_unique<spdlog::pattern_formatter>(spdlog::pattern_time_type::utc);
-        f->add_flag<LevelFlag>('*');
-        f->set_pattern("%Y-%m-%dT%H:%M:%S.%fZ %n[%P] %*: %v");
-        formatter_ = std::move(f);
-    }
-
-protected:
-    void before_open() override {
-        // /var/log/upm may not exist yet on a fresh node; create that one level.
-        auto slash = path_.rfind('/');
-        if (slash != std::string::npos && slash > 0) ::mkdir(path_.substr(0, slash).c_str(), 0750);
-    }
-    void format_line(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& out) override {
-        formatter_->clone()->format(msg, out);
-    }
-};
 
 // The real runtime's --log file, in logrus's json or text format.
 class RuntimeLogSink final : public LazyFileSink {
@@ -146,9 +83,7 @@ Log::Log(const NodeConfig& config, const RuntimeArgs& args) {
     try {
         std::vector<spdlog::sink_ptr> sinks;
         auto lowest = spdlog::level::off;
-        if (!config.log_file.empty() && config.log_level != "off") {
-            auto sink = std::make_shared<NodeLogSink>(config.log_file);
-            sink->set_level(parse_level(config.log_level));
+        if (auto sink = make_node_log_sink(config)) {
             lowest = std::min(lowest, sink->level());
             sinks.push_back(std::move(sink));
         }

@@ -281,33 +281,16 @@ bool cgroup_pids(const std::string& dir, int depth, std::vector<pid_t>& out) {
     return true;
 }
 
-std::uint64_t page_size() {
-    long p = ::sysconf(_SC_PAGESIZE);
-    return p > 0 ? static_cast<std::uint64_t>(p) : 4096;
-}
-
+// The process's KSM counters, added to the container's (a process that has
+// exited meanwhile, or a kernel without the files, adds nothing).
 void add_process(pid_t pid, ContainerUsage& u) {
-    std::string dir = "/proc/" + std::to_string(pid);
-    auto merging = read_file(dir + "/ksm_merging_pages", detail::kMaxSmallFile);
-    if (!merging) return;  // exited (or a kernel without the file)
+    auto k = read_ksm_counters(pid);
+    if (!k || !k->merging_present) return;
     u.processes++;
     u.pids.push_back(pid);
-    u.merging_pages += parse_uint(trim(*merging)).value_or(0);
-    if (auto stat = read_file(dir + "/ksm_stat", detail::kMaxSmallFile)) {
-        std::string_view t = *stat;
-        while (!t.empty()) {
-            auto nl = t.find('\n');
-            auto line = t.substr(0, nl);
-            t.remove_prefix(nl == std::string_view::npos ? t.size() : nl + 1);
-            auto sp = line.find(' ');
-            if (sp == std::string_view::npos) continue;
-            auto key = line.substr(0, sp);
-            auto value = trim(line.substr(sp + 1));
-            if (key == "ksm_rmap_items") u.rmap_items += parse_uint(value).value_or(0);
-            if (key == "ksm_process_profit")
-                if (auto v = parse_int(value)) u.profit_bytes = u.profit_bytes.value_or(0) + *v;
-        }
-    }
+    u.merging_pages += k->merging_pages;
+    u.rmap_items += k->rmap_items;
+    if (k->profit) u.profit_bytes = u.profit_bytes.value_or(0) + *k->profit;
 }
 
 }  // namespace
@@ -316,7 +299,7 @@ Snapshot take_snapshot(const Registry& registry, const std::string& cgroup_root)
     Snapshot s;
     s.taken_at = unix_now();
     s.node = read_node_stats();
-    const std::uint64_t psize = page_size();
+    const std::uint64_t psize = s.node.page_size;
     const std::string cg2 = cgroup2_root(cgroup_root);
     static const long ticks = ::sysconf(_SC_CLK_TCK) > 0 ? ::sysconf(_SC_CLK_TCK) : 100;
 

@@ -70,6 +70,36 @@ bool read_sysfs_dir(const std::string& dir, std::map<std::string, std::int64_t>&
 
 }  // namespace
 
+Result<KsmCounters> read_ksm_counters(pid_t pid) {
+    KsmCounters k;
+    const std::string dir = detail::proc_dir(pid);
+    auto merging = read_file(dir + "/ksm_merging_pages", detail::kMaxSmallFile);
+    if (merging) {
+        k.merging_present = true;
+        k.merging_pages = parse_uint(trim(*merging)).value_or(0);
+    } else if (merging.error().err != ENOENT) {
+        return merging.error();
+    }
+    if (auto stat = read_file(dir + "/ksm_stat", detail::kMaxSmallFile)) {
+        std::string_view text = *stat;
+        while (!text.empty()) {
+            auto nl = text.find('\n');
+            auto line = text.substr(0, nl);
+            text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
+            // "ksm_rmap_items 12" or "ksm_merge_any: no"
+            auto sp = line.find(' ');
+            if (sp == std::string_view::npos) continue;
+            auto key = line.substr(0, sp);
+            if (key.ends_with(':')) key.remove_suffix(1);
+            auto value = trim(line.substr(sp + 1));
+            k.stat[std::string(key)] = std::string(value);
+            if (key == "ksm_rmap_items") k.rmap_items = parse_uint(value).value_or(0);
+            if (key == "ksm_process_profit") k.profit = parse_int(value);
+        }
+    }
+    return k;
+}
+
 Result<ProcessStats> read_process_stats(pid_t pid) {
     try {
         ProcessStats s;
@@ -82,29 +112,12 @@ Result<ProcessStats> read_process_stats(pid_t pid) {
         }
         s.comm = std::string(trim(*comm));
 
-        auto merging = read_file(dir + "/ksm_merging_pages", detail::kMaxSmallFile);
-        if (merging) {
-            s.ksm_merging_pages = parse_uint(trim(*merging)).value_or(0);
-        } else if (merging.error().err != ENOENT) {
-            return merging.error().wrap("process " + std::to_string(pid));
-        }
-        if (auto stat = read_file(dir + "/ksm_stat", detail::kMaxSmallFile)) {
-            std::string_view text = *stat;
-            while (!text.empty()) {
-                auto nl = text.find('\n');
-                auto line = text.substr(0, nl);
-                text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
-                // "ksm_rmap_items 12" or "ksm_merge_any: no"
-                auto sp = line.find(' ');
-                if (sp == std::string_view::npos) continue;
-                auto key = line.substr(0, sp);
-                if (key.ends_with(':')) key.remove_suffix(1);
-                auto value = trim(line.substr(sp + 1));
-                s.ksm_stat[std::string(key)] = std::string(value);
-                if (key == "ksm_rmap_items") s.ksm_rmap_items = parse_uint(value).value_or(0);
-                if (key == "ksm_process_profit") s.ksm_process_profit = parse_int(value);
-            }
-        }
+        auto ksm = read_ksm_counters(pid);
+        if (!ksm) return ksm.error().wrap("process " + std::to_string(pid));
+        s.ksm_merging_pages = ksm->merging_pages;
+        s.ksm_rmap_items = ksm->rmap_items;
+        s.ksm_process_profit = ksm->profit;
+        s.ksm_stat = std::move(ksm->stat);
         if (auto rollup = read_file(dir + "/smaps_rollup", detail::kMaxSmallFile)) {
             s.pss_bytes = rollup_bytes(*rollup, "Pss");
             s.rss_bytes = rollup_bytes(*rollup, "Rss");

@@ -25,6 +25,20 @@ struct ProcessStats {
     std::map<std::string, std::string> ksm_stat;  // every line of /proc/PID/ksm_stat
 };
 
+// A process's KSM counters: /proc/PID/ksm_merging_pages and /proc/PID/ksm_stat.
+struct KsmCounters {
+    bool merging_present = false;           // ksm_merging_pages was read
+    std::uint64_t merging_pages = 0;
+    std::uint64_t rmap_items = 0;           // ksm_stat (0 if absent)
+    std::optional<std::int64_t> profit;     // ksm_process_profit, kernels >= 6.6
+    std::map<std::string, std::string> stat;  // every line of ksm_stat
+};
+
+// Fails only when ksm_merging_pages exists and cannot be read (another
+// user's process without CAP_SYS_PTRACE); a missing file (the process has
+// exited, or an older kernel) leaves `merging_present` false.
+Result<KsmCounters> read_ksm_counters(pid_t pid);
+
 // Fails when the process does not exist or its KSM counters cannot be read
 // (another user's process without CAP_SYS_PTRACE); PSS/RSS stay 0 when
 // smaps_rollup is unreadable.
