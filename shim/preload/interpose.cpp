@@ -1,4 +1,5 @@
-// Interposed libc functions: dlopen(), unshare(), setns().
+// Interposed libc functions: dlopen(), unshare(), setns(), and the
+// credential changes (setuid() and its family, setgroups(), capset()).
 //
 // dlopen(): the wrapper must not change which library gets loaded.  glibc
 // resolves a bare name through the RPATH/RUNPATH of the *calling* object,
@@ -19,7 +20,37 @@
 // must not make such a call fail, so these wrappers stop the worker (waiting
 // at most 2 s), make the call, and let the worker resume.  Programs that
 // issue the raw syscall bypass this (documented).
+//
+// Credentials (security finding #8).  Linux credentials belong to a thread;
+// POSIX wants setuid() & co. to change the whole process, so glibc runs the
+// syscall on the calling thread and then, by signal (SIGSETXID), on every
+// other thread, and aborts the process if it fails on one of them after it
+// succeeded on the caller ("Fatal glibc error: ... setxid").  Per-thread
+// credential changes made before -- prctl(PR_SET_KEEPCAPS), capset(),
+// securebits, which are never broadcast -- apply to the calling thread only.
+// That is what privilege-dropping entrypoints do: `setpriv --reuid --regid`
+// (and capsh --keep=1 --uid --caps --gid) sets KEEPCAPS on its thread,
+// setresuid() (broadcast: every thread becomes uid 1000; the worker, which
+// has no KEEPCAPS, loses all its capabilities), capset() to get CAP_SETGID
+// back (its own thread only), then setresgid() -- which the worker, without
+// CAP_SETGID, refuses: glibc aborted setpriv with status 134.  So each
+// broadcast function stops the worker before the call and starts it again
+// after, as a clone of the calling thread, with the credentials the
+// program now has.  The minimal set is the functions glibc broadcasts and a
+// program can reach through the PLT: setuid, setgid, seteuid, setegid,
+// setreuid, setregid, setresuid, setresgid, setgroups (glibc's internal
+// callers, e.g. initgroups(), bypass the wrappers but run before any uid
+// change, when every thread still has every capability).  capset() is
+// wrapped too, though it cannot abort anything: after a program dropped its
+// capabilities with it (libcap-ng's capng_apply) and kept running, the
+// worker would otherwise go on holding root's capabilities inside a program
+// that gave them up.  setfsuid()/setfsgid() are not: they are per-thread,
+// never broadcast, only change the caller's file-access checks and cannot
+// make another call fail.  libcap's cap_setuid()/cap_setgroups() issue raw
+// syscalls on the calling thread only (without libpsx): they bypass this.
 #include <dlfcn.h>
+#include <grp.h>
+#include <linux/capability.h>
 #include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -55,6 +86,9 @@ Fn next_symbol(std::atomic<void*>& cache, const char* name) {
 
 std::atomic<void*> g_real_unshare{nullptr};
 std::atomic<void*> g_real_setns{nullptr};
+std::atomic<void*> g_real_setuid{nullptr}, g_real_setgid{nullptr}, g_real_seteuid{nullptr},
+    g_real_setegid{nullptr}, g_real_setreuid{nullptr}, g_real_setregid{nullptr}, g_real_setresuid{nullptr},
+    g_real_setresgid{nullptr}, g_real_setgroups{nullptr}, g_real_capset{nullptr};
 
 // Namespace-changing flags the kernel refuses in a multi-threaded process.
 constexpr int kSingleThreadUnshare = CLONE_NEWUSER | CLONE_VM | CLONE_SIGHAND | CLONE_THREAD;
@@ -160,4 +194,45 @@ extern "C" UPM_EXPORT int setns(int fd, int nstype) {
     if (quiesce) upm::preload::resume_worker();
     errno = saved;
     return rc;
+}
+
+namespace {
+
+// Calls the next `name` (glibc's) with the worker stopped (see the top of
+// the file).  Without a next definition (no libc?) the call fails with
+// ENOSYS rather than bypassing glibc's all-thread broadcast.
+template <typename... A>
+int with_worker_stopped(std::atomic<void*>& cache, const char* name, A... args) {
+    const auto real = next_symbol<int (*)(A...)>(cache, name);
+    if (!real) {
+        errno = ENOSYS;
+        return -1;
+    }
+    (void)upm::preload::quiesce_worker(kQuiesceTimeoutMs);
+    int rc = real(args...);
+    int saved = errno;
+    upm::preload::resume_worker();
+    errno = saved;
+    return rc;
+}
+
+}  // namespace
+
+extern "C" UPM_EXPORT int setuid(uid_t uid) { return with_worker_stopped(g_real_setuid, "setuid", uid); }
+extern "C" UPM_EXPORT int setgid(gid_t gid) { return with_worker_stopped(g_real_setgid, "setgid", gid); }
+extern "C" UPM_EXPORT int seteuid(uid_t uid) { return with_worker_stopped(g_real_seteuid, "seteuid", uid); }
+extern "C" UPM_EXPORT int setegid(gid_t gid) { return with_worker_stopped(g_real_setegid, "setegid", gid); }
+extern "C" UPM_EXPORT int setreuid(uid_t r, uid_t e) { return with_worker_stopped(g_real_setreuid, "setreuid", r, e); }
+extern "C" UPM_EXPORT int setregid(gid_t r, gid_t e) { return with_worker_stopped(g_real_setregid, "setregid", r, e); }
+extern "C" UPM_EXPORT int setresuid(uid_t r, uid_t e, uid_t s) {
+    return with_worker_stopped(g_real_setresuid, "setresuid", r, e, s);
+}
+extern "C" UPM_EXPORT int setresgid(gid_t r, gid_t e, gid_t s) {
+    return with_worker_stopped(g_real_setresgid, "setresgid", r, e, s);
+}
+extern "C" UPM_EXPORT int setgroups(size_t n, const gid_t* groups) {
+    return with_worker_stopped(g_real_setgroups, "setgroups", n, groups);
+}
+extern "C" UPM_EXPORT int capset(cap_user_header_t header, const cap_user_data_t data) {
+    return with_worker_stopped(g_real_capset, "capset", header, data);
 }

@@ -107,7 +107,9 @@ void notify_dlopen();
 // Wakes the worker from the signal handler (async-signal-safe).
 void notify_signal_async();
 // Stops the worker and waits for it (at most timeout_ms); true when no
-// worker thread is left.  resume_worker() restarts it if triggers remain.
+// worker thread is left.  resume_worker() restarts it if triggers remain
+// (after the last of overlapping quiesce/resume pairs), as a clone of the
+// calling thread.  Both do nothing in a vfork() child.
 bool quiesce_worker(int timeout_ms);
 void resume_worker();
 

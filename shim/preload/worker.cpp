@@ -89,6 +89,17 @@ unsigned long long g_last_adds = 0;     // dl_iterate_phdr's load counter at the
 
 std::atomic<pid_t> g_worker_tid{0};   // kernel thread id of the current worker
 
+// The process whose worker this is: set by arm_triggers() and in the fork
+// child.  A vfork() child shares our memory but is another process; the
+// wrappers of interpose.cpp must neither stop the parent's worker from
+// there nor start a thread in it (quiesce_worker/resume_worker do nothing).
+std::atomic<pid_t> g_owner_pid{0};
+// Wrappers between quiesce_worker() and resume_worker() (g_ctl): the worker
+// restarts only when the last one resumes.
+int g_holds = 0;
+
+bool in_owner_process() { return ::getpid() == g_owner_pid.load(std::memory_order_relaxed); }
+
 bool g_fork_ctl_locked = false;
 bool g_fork_log_locked = false;
 
@@ -281,6 +292,8 @@ void fork_parent() {
 }
 
 void fork_child() {
+    g_owner_pid.store(::getpid());
+    g_holds = 0;
     const bool usable = g_fork_ctl_locked && g_fork_log_locked;
     ::pthread_mutex_init(&g_ctl, nullptr);
     log_reset_in_child(g_fork_log_locked);
@@ -304,6 +317,7 @@ void fork_child() {
 }  // namespace
 
 void arm_triggers(const Config& c) {
+    g_owner_pid.store(::getpid());
     ::sem_init(&g_wake, 0, 0);
     ::pthread_atfork(fork_prepare, fork_parent, fork_child);
     if (!c.automatic) return;
@@ -363,7 +377,9 @@ void notify_signal_async() {
 }
 
 bool quiesce_worker(int timeout_ms) {
+    if (!in_owner_process()) return true;   // a vfork() child: not our thread to stop
     ::pthread_mutex_lock(&g_ctl);
+    g_holds++;
     if (!g_joinable) {
         g_stop.store(true);     // keeps notify_dlopen() from starting one meanwhile
         ::pthread_mutex_unlock(&g_ctl);
@@ -403,9 +419,17 @@ bool quiesce_worker(int timeout_ms) {
 }
 
 void resume_worker() {
+    if (!in_owner_process()) return;
     ::pthread_mutex_lock(&g_ctl);
-    g_stop.store(false);
-    if (!g_running && needs_worker()) spawn_locked();
+    if (g_holds > 0) g_holds--;
+    if (g_holds == 0) {
+        g_stop.store(false);
+        // The new thread is a clone of the calling one: it gets the
+        // program's credentials as they are now (uid, gid, groups,
+        // capabilities, securebits), whatever per-thread changes the
+        // program made meanwhile.
+        if (!g_running && needs_worker()) spawn_locked();
+    }
     ::pthread_mutex_unlock(&g_ctl);
 }
 

@@ -33,7 +33,10 @@ PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.execu
 
 GLIBC_LIBS = {"libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1",
               "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1"}
-EXPORTS = {"upm_advise", "upm_advise_all", "upm_version", "upm_backend", "dlopen", "unshare", "setns"}
+EXPORTS = {"upm_advise", "upm_advise_all", "upm_version", "upm_backend", "dlopen", "unshare", "setns",
+           # credential changes: the worker is stopped around them (test_preload_privs.py)
+           "setuid", "setgid", "seteuid", "setegid", "setreuid", "setregid", "setresuid", "setresgid",
+           "setgroups", "capset"}
 
 # Policies.  "quiet": nothing happens unless the test triggers it (periodic
 # cannot be switched off in a policy, so it is made to never fire).
