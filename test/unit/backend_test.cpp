@@ -2,12 +2,17 @@
 // follow what the probes find, so the test passes on a stock kernel (KSM
 // only), on the upm kernel, and on a kernel without KSM.
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
 
 #include "upm/backend.hpp"
 #include "upm/maps.hpp"
+
+#ifndef PR_GET_MEMORY_MERGE
+#define PR_GET_MEMORY_MERGE 68
+#endif
 
 using namespace upm;
 
@@ -39,7 +44,8 @@ TEST_CASE("backend: selection follows the probes", "[backend]") {
     }
     auto k = select_backend(BackendChoice::ksm, true);
     if (ksm)
-        CHECK(k.kind == (kernel_has_memory_merge_prctl() ? BackendKind::ksm_process : BackendKind::ksm));
+        CHECK(k.kind == (kernel_has_memory_merge_prctl() && no_new_privs() ? BackendKind::ksm_process
+                                                                           : BackendKind::ksm));
     else
         CHECK(k.kind == BackendKind::none);
     // The probes leave nothing mergeable behind.
@@ -48,6 +54,25 @@ TEST_CASE("backend: selection follows the probes", "[backend]") {
     std::size_t mg = 0;
     for (const auto& [start, f] : *flags) mg += std::count(f.begin(), f.end(), "mg");
     CHECK(mg == 0);
+}
+
+TEST_CASE("backend: the whole-process merge only with no_new_privs", "[backend]") {
+    // Security finding #4: PR_SET_MEMORY_MERGE survives exec, set-user-ID
+    // execs included, so it needs no_new_privs.  (The test binary does not
+    // set no_new_privs on itself: that could not be undone.)
+    if (!kernel_has_ksm() || !kernel_has_memory_merge_prctl()) {
+        WARN("kernel has no KSM or no PR_SET_MEMORY_MERGE; skipping");
+        return;
+    }
+    if (no_new_privs()) {
+        WARN("the test runs with no_new_privs already; the refusal cannot be checked");
+        return;
+    }
+    auto k = select_backend(BackendChoice::ksm, true);
+    CHECK(k.kind == BackendKind::ksm);
+    CHECK_THAT(k.reason, Catch::Contains("does not have no_new_privs"));
+    CHECK(enable_process_merge() == EPERM);
+    CHECK(::prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0) == 0);
 }
 
 TEST_CASE("backend: advise_range marks the VMA mergeable", "[backend]") {

@@ -28,6 +28,9 @@
 #define PR_SET_MEMORY_MERGE 67
 #define PR_GET_MEMORY_MERGE 68
 #endif
+#ifndef PR_GET_NO_NEW_PRIVS
+#define PR_GET_NO_NEW_PRIVS 39
+#endif
 
 namespace upm {
 
@@ -94,6 +97,13 @@ bool kernel_has_memory_merge_prctl() {
     });
 }
 
+bool no_new_privs() {
+    int saved = errno;
+    bool set = ::prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1;
+    errno = saved;
+    return set;
+}
+
 bool ksmd_running() {
     auto text = detail::read_file("/sys/kernel/mm/ksm/run", detail::kMaxSmallFile);
     return text && detail::trim(*text) == "1";
@@ -105,8 +115,21 @@ BackendInfo select_backend(BackendChoice choice, bool everything_anonymous) {
             if (!ksmd_running())
                 why += "; ksmd is stopped (/sys/kernel/mm/ksm/run is not 1): pages are marked but not merged "
                        "until it runs";
-            if (everything_anonymous && kernel_has_memory_merge_prctl())
-                return {BackendKind::ksm_process, why + "; the whole process is made mergeable (PR_SET_MEMORY_MERGE)"};
+            if (everything_anonymous && kernel_has_memory_merge_prctl()) {
+                // PR_SET_MEMORY_MERGE is inherited across fork *and exec*,
+                // set-user-ID execs included: without no_new_privs, a
+                // set-uid-root program started by this process would run
+                // mergeable (its heap open to KSM timing probes).  Regions
+                // advised with MADV_MERGEABLE lose the flag at exec.
+                if (no_new_privs())
+                    return {BackendKind::ksm_process,
+                            why + "; the whole process is made mergeable (PR_SET_MEMORY_MERGE: no_new_privs is set, "
+                                  "so no program it execs can gain privileges with the flag)"};
+                return {BackendKind::ksm,
+                        why + "; regions are advised one by one (MADV_MERGEABLE), not the whole process "
+                              "(PR_SET_MEMORY_MERGE): the process does not have no_new_privs, and the whole-process "
+                              "flag would survive the exec of set-user-ID programs"};
+            }
             return {BackendKind::ksm, why};
         };
         switch (choice) {
@@ -147,6 +170,7 @@ int advise_range(BackendKind kind, void* addr, std::size_t len) {
 }
 
 int enable_process_merge() {
+    if (!no_new_privs()) return EPERM;     // see select_backend()
     int saved = errno;
     int rc = ::prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) == 0 ? 0 : errno;
     errno = saved;
