@@ -76,7 +76,7 @@ int main(int argc, char** argv) {
             if (setrlimit(RLIMIT_STACK, &lim) != 0) {
                 warn("raising RLIMIT_STACK for the per-domain layout", errno);
                 no_randomize = false;   // ASLR off without the domain's offset would be `fixed`: keep ASLR
-            } else if (!getenv("UPM_STACK_RLIMIT")) {
+            } else if (!secure_getenv("UPM_STACK_RLIMIT")) {
                 char v[32];
                 if (old.rlim_cur == RLIM_INFINITY)
                     snprintf(v, sizeof v, "unlimited");

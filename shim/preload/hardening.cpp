@@ -124,7 +124,9 @@ void trim_before_advice(const char* trigger) {
 }
 
 void restore_thread_stack_default() {
-    const char* v = ::getenv("UPM_STACK_RLIMIT");
+    // secure_getenv: never from the caller of a set-user-ID program (the
+    // constructor does not even call this function there).
+    const char* v = ::secure_getenv("UPM_STACK_RLIMIT");
     if (!v || !*v) return;
     struct rlimit now {};
     if (::getrlimit(RLIMIT_STACK, &now) != 0) return;

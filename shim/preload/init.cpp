@@ -16,6 +16,14 @@
 //   UPM_DOMAIN=NAME    sharing domain (informational until the kernel takes one)
 //   UPM_LOG=LEVEL      off|error|warn|info|debug|trace; overrides log_level
 //   UPM_FAIL_CLOSED=1  treat any policy or backend error as fatal (exit 127)
+//   UPM_STACK_RLIMIT   set by upm-exec under a per-domain layout (hardening.cpp)
+//
+// Secure-execution programs (set-user-ID, set-group-ID, file capabilities:
+// getauxval(AT_SECURE) != 0) get none of this: the library does nothing at
+// all in them, not even reading its variables -- they come from the
+// unprivileged caller.  Every variable is read with secure_getenv(), which
+// returns NULL in such a process, so that a future reader that forgets the
+// AT_SECURE check still cannot be steered.
 //
 // Errors: fail open by default -- say why once on stderr (even when logging
 // is off) and leave the program alone; fail closed (on_error "closed" or
@@ -23,7 +31,6 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <sys/auxv.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -38,13 +45,13 @@
 #include "upm/log.hpp"
 #include "upm/maps.hpp"
 
-#ifndef PR_SET_MEMORY_MERGE
-#define PR_SET_MEMORY_MERGE 67
-#endif
-
 namespace upm::preload {
 
 namespace {
+
+// A secure-execution process (AT_SECURE): set-user-ID or set-group-ID, file
+// capabilities, or an LSM transition.  The kernel sets it per exec.
+bool secure_process() { return ::getauxval(AT_SECURE) != 0; }
 
 pthread_once_t g_once = PTHREAD_ONCE_INIT;
 Config* g_cfg = nullptr;    // written once inside g_once
@@ -52,12 +59,12 @@ pthread_once_t g_backend_once = PTHREAD_ONCE_INIT;
 BackendState* g_backend = nullptr;     // written once inside g_backend_once
 
 bool env_flag(const char* name) {
-    const char* v = ::getenv(name);
+    const char* v = ::secure_getenv(name);
     return v && *v && std::strcmp(v, "0") != 0;
 }
 
 const char* env_str(const char* name) {
-    const char* v = ::getenv(name);
+    const char* v = ::secure_getenv(name);
     return v && *v ? v : nullptr;
 }
 
@@ -84,7 +91,7 @@ bool loaded_by_preload() {
         }
         return false;
     };
-    if (const char* env = ::getenv("LD_PRELOAD"); env && listed(env)) return true;
+    if (const char* env = ::secure_getenv("LD_PRELOAD"); env && listed(env)) return true;
     // /etc/ld.so.preload: read only when the environment did not say.
     FILE* f = std::fopen("/etc/ld.so.preload", "re");
     if (!f) return false;
@@ -134,7 +141,7 @@ void init_once() {
     // /etc/ld.so.preload (upm-hook's hooks.d mode).  Stay inert there: the
     // caller's environment (UPM_POLICY, UPM_LOG, ...) must not steer a
     // privileged process, and its memory is not offered to merging.
-    if (env_flag("UPM_DISABLE") || ::getauxval(AT_SECURE) != 0) {
+    if (secure_process() || env_flag("UPM_DISABLE")) {
         c->disabled = true;
         return;
     }
@@ -143,7 +150,7 @@ void init_once() {
 
     const char* path = env_str("UPM_POLICY");
     struct stat hook_policy {};
-    if (!path && !std::getenv("UPM_POLICY") && ::stat(kHookPolicy, &hook_policy) == 0 && S_ISREG(hook_policy.st_mode))
+    if (!path && !::secure_getenv("UPM_POLICY") && ::stat(kHookPolicy, &hook_policy) == 0 && S_ISREG(hook_policy.st_mode))
         path = kHookPolicy;
     if (path) {
         c->policy_name = path;
@@ -200,20 +207,20 @@ void select_once() {
     g_backend = b;
     const Config& c = *g_cfg;
     if (!c.active) {
-        b->reason = c.disabled ? "disabled by UPM_DISABLE" : "inactive";
+        b->reason = c.disabled ? "disabled (UPM_DISABLE, or a set-user-ID or file-capability program)" : "inactive";
         return;
     }
     BackendInfo bi = select_backend(c.choice, everything_anonymous(c.policy));
     if (bi.kind == BackendKind::ksm_process) {
         // Once per process: every present and future anonymous mapping is
-        // mergeable (inherited by fork; the regions are still advised too).
-        int saved = errno;
-        if (::prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) != 0) {
+        // mergeable (inherited by fork and exec; the regions are still
+        // advised too).  Only with no_new_privs (select_backend): the flag
+        // would otherwise reach set-user-ID programs this process execs.
+        if (int rc = enable_process_merge(); rc != 0) {
             bi.reason += fmt::format("; prctl(PR_SET_MEMORY_MERGE) failed: {}, advising regions instead",
-                                     std::strerror(errno));
+                                     std::strerror(rc));
             bi.kind = BackendKind::ksm;
         }
-        errno = saved;
     }
     b->kind = bi.kind;
     b->reason = bi.reason;
@@ -274,6 +281,14 @@ void warm_up(const upm::preload::Config& c) {
 // destructors are registered before our exit handler, so they run after it.
 extern "C" __attribute__((visibility("hidden"))) void upm_preload_start(void) {
     try {
+        // Set-user-ID and file-capability programs: nothing at all, not even
+        // the stack size from UPM_STACK_RLIMIT (an unprivileged caller set a
+        // set-uid-root program's thread stacks to 16 KiB through it).
+        // config() records the process as disabled for the C API.
+        if (::getauxval(AT_SECURE) != 0) {
+            (void)upm::preload::config();
+            return;
+        }
         upm::preload::restore_thread_stack_default();   // before main() can start threads
         const auto& c = upm::preload::config();
         if (!c.active) return;

@@ -209,7 +209,7 @@ std::string agent_error_reply(std::string_view message) {
 }
 
 std::string agent_socket_path() {
-    const char* env = std::getenv(kEnvAgentSocket);
+    const char* env = ::secure_getenv(kEnvAgentSocket);
     if (env && *env) return env;
     return kAgentSocket;
 }

@@ -120,7 +120,7 @@ bool env_has(const json& env, std::string_view name) {
 }  // namespace
 
 std::string domain_secret_path() {
-    const char* env = std::getenv(kEnvDomainSecret);
+    const char* env = ::secure_getenv(kEnvDomainSecret);
     return env && *env ? std::string(env) : std::string(kDefaultDomainSecret);
 }
 
@@ -277,7 +277,7 @@ Status apply_layout_to_self(const HardeningPlan& plan) {
             return Error::sys(e, "personality(ADDR_NO_RANDOMIZE)");
         }
     }
-    if (rlimit_set && !std::getenv(kEnvStackRlimit)) {
+    if (rlimit_set && !::secure_getenv(kEnvStackRlimit)) {
         std::string v = old.rlim_cur == RLIM_INFINITY ? "unlimited" : std::to_string(old.rlim_cur);
         ::setenv(kEnvStackRlimit, v.c_str(), 1);
     }

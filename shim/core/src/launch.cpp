@@ -34,7 +34,7 @@ std::string exe_dir() {
 
 Result<std::string> find_preload() {
     try {
-        if (const char* env = std::getenv(kEnvPreload); env && *env) {
+        if (const char* env = ::secure_getenv(kEnvPreload); env && *env) {
             if (readable(env)) return real_path(env);
             return Error::sys(errno, std::string("$UPM_PRELOAD names `") + env + "`, which cannot be read");
         }

@@ -163,7 +163,7 @@ NodeConfigLoad load_node_config(const std::string& self_exe) {
     NodeConfig defaults = default_node_config(self_exe);
     std::string path = kNodeConfigPath;
     bool from_env = false;
-    if (const char* env = std::getenv(kEnvNodeConfig); env && *env) {
+    if (const char* env = ::secure_getenv(kEnvNodeConfig); env && *env) {
         path = env;
         from_env = true;
     }

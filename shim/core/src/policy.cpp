@@ -711,7 +711,7 @@ bool valid_domain(std::string_view domain) {
 std::vector<std::string> policy_search_path() {
     std::vector<std::string> dirs;
     try {
-        const char* env = std::getenv("UPM_POLICY_PATH");
+        const char* env = ::secure_getenv("UPM_POLICY_PATH");
         if (env && *env) {
             std::string_view rest = env;
             while (!rest.empty()) {
