@@ -561,18 +561,29 @@ def test_fork_while_the_worker_probes_the_backend(preload_lib: Path, tmp_path: P
 
 
 def test_everything_anonymous_uses_prctl(preload_lib: Path, policies_dir: Path):
-    """all-anonymous.json on the KSM backend: prctl(PR_SET_MEMORY_MERGE) once."""
+    """all-anonymous.json on the KSM backend: prctl(PR_SET_MEMORY_MERGE) once
+    in a process with no_new_privs (setpriv --no-new-privs); without it, the
+    regions one by one, since the prctl's flag would survive the exec of a
+    set-user-ID program (security #4, test_preload_privs.py)."""
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv (util-linux) is not installed")
     script = ("import time, upm; time.sleep(0.2)\n"
               "stat = open('/proc/self/ksm_stat').read() if __import__('os').path.exists('/proc/self/ksm_stat') else ''\n"
               "print(upm.backend(), 'ksm_merge_any: yes' in stat)\n")
     env = preloaded(preload_lib, policies_dir / "all-anonymous.json", PYTHONPATH=PYTHON_HELPER_DIR)
-    r = run([PYTHON, "-c", script], env)
+    r = run(["setpriv", "--no-new-privs", PYTHON, "-c", script], env)
     assert r.returncode == 0, r.stderr
     backend, merge_any = r.stdout.split()
-    print(r.stdout)
+    print("no_new_privs:", r.stdout)
     if backend != "ksm-process":
         pytest.skip(f"backend is `{backend}` here (kernel with MADV_UPM, or without PR_SET_MEMORY_MERGE)")
     assert merge_any == "True"
+    if "NoNewPrivs:\t1" in Path("/proc/self/status").read_text():
+        pytest.skip("the tests run with no_new_privs: the case without it cannot be checked here")
+    r = run([PYTHON, "-c", script], env)
+    assert r.returncode == 0, r.stderr
+    print("without:", r.stdout)
+    assert r.stdout.split() == ["ksm", "False"], r.stdout
 
 
 def test_signal_trigger(preload_lib: Path, bins, tmp_path: Path):
