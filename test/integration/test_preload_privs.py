@@ -208,11 +208,14 @@ def drop_cases(privs):
         "su-exec": [plain, "drop", str(UID), str(UID), "/usr/bin/id"],
         # capsh (libcap2-bin): keep CAP_SETGID across the uid change
         "capsh": ["capsh", "--keep=1", f"--uid={UID}", "--caps=cap_setgid+ep", f"--gid={UID}", "--", "-c", "id"],
+        # capsh dropping a bounding capability, then the ids (did not fail
+        # before either: no per-thread divergence before the broadcasts)
+        "capsh-drop": ["capsh", "--drop=cap_net_raw", f"--gid={UID}", f"--uid={UID}", "--", "-c", "id"],
     }
 
 
 @pytest.mark.parametrize("how", ["LD_PRELOAD", "upm run"])
-@pytest.mark.parametrize("case", ["setpriv", "keepcaps", "su-exec", "capsh"])
+@pytest.mark.parametrize("case", ["setpriv", "keepcaps", "su-exec", "capsh", "capsh-drop"])
 def test_privilege_drop_under_the_preload(request, privs, worker_policy, how, case):
     """The entrypoint drops to uid 1000 while the preload's worker thread
     exists; it must exit 0 and its child print uid=1000 (before the fix the
