@@ -588,6 +588,53 @@ def test_image_file_is_read_as_the_container_user(hnode):
     assert lines[1:3] == [str(LIBDL), PRELOAD], r.stdout
 
 
+def test_image_file_is_read_as_the_mapped_user(hnode):
+    """Security #2, user namespaces: the container's root is host uid 100000
+    (linux.uidMappings); the image's /etc/ld.so.preload is 0600.  Owned by
+    host uid 100000 (the container's root) it is read and extended; owned by
+    host root, which the container's root cannot read, the container starts
+    without upm and the log names both ids.  (The hook also creates /dev/upm
+    as the owner of the runtime's /dev tmpfs, which belongs to the user
+    namespace: as host root, mkdir failed with EOVERFLOW.)"""
+    results = {}
+    # runc binds the rootfs from inside the user namespace: its parents must
+    # be searchable by host uid 100000 (tmp_path's are 0700)
+    public = Path(tempfile.mkdtemp(prefix="upm-userns-", dir="/tmp"))
+    os.chmod(public, 0o711)
+    try:
+        _mapped_runs(hnode, public, results)
+    finally:
+        shutil.rmtree(public, ignore_errors=True)
+    r, cid = results[100000]
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and int(lines[0]) >= 1, (r.stdout, r.stderr, hnode.log())
+    assert lines[1:3] == [str(LIBDL), PRELOAD], r.stdout
+    r, cid = results[0]
+    log = hnode.log()
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == "0", (r.stdout, r.stderr, log)
+    assert (f"container `{cid}`: not deduplicated: `/etc/ld.so.preload` in the image cannot be read by the "
+            "container's user (uid 0, gid 0; host uid 100000, gid 100000)") in log, log
+
+
+def _mapped_runs(hnode, public: Path, results: dict) -> None:
+    for owner in (100000, 0):
+        b = user_bundle(hnode, uid=0)
+        b = Path(shutil.move(b, public / b.name))
+        spec = json.loads((b / "config.json").read_text())
+        spec["linux"]["namespaces"].append({"type": "user"})
+        spec["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        spec["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        # (sysfs and cgroupfs of the host's network and cgroup namespaces
+        # cannot be mounted from a new user namespace)
+        spec["mounts"] = [m for m in spec["mounts"] if m["destination"] not in ("/sys", "/sys/fs/cgroup")]
+        (b / "config.json").write_text(json.dumps(spec))
+        image = b / "rootfs/etc/ld.so.preload"
+        image.write_text(f"{LIBDL}\n")
+        os.chown(image, owner, owner)
+        os.chmod(image, 0o600)
+        results[owner] = hnode.run(b)
+
+
 # ---------------------------------------------------------------------------
 # precreate (podman): the spec on stdin, the spec on stdout
 

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
+#include <sys/fsuid.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -337,6 +338,18 @@ Result<std::string> inject_in_namespace(const RootfsInjection& in, const Prepare
     bool listed = false;
     std::string text = ld_so_preload_with(existing, entry, &listed);
 
+    // With a user namespace the runtime's /dev tmpfs belongs to it, and an
+    // inode created there needs an owner mapped in it (EOVERFLOW for host
+    // root): /dev/upm and its files are created as the owner of that /dev
+    // (the container's root).  Only the filesystem ids change; the mounts
+    // below need CAP_SYS_ADMIN, which setfsuid() leaves.
+    if (dev_st.st_uid != 0 || dev_st.st_gid != 0) {
+        (void)::setfsgid(dev_st.st_gid);
+        (void)::setfsuid(dev_st.st_uid);
+        if (static_cast<uid_t>(::setfsuid(static_cast<uid_t>(-1))) != dev_st.st_uid ||
+            static_cast<gid_t>(::setfsgid(static_cast<gid_t>(-1))) != dev_st.st_gid)
+            return Error::msg("setfsuid/setfsgid to the owner of `/dev` (" + std::to_string(dev_st.st_uid) + ")");
+    }
     if (::mkdirat(dev.fd, "upm", 0755) != 0) {
         if (errno == EEXIST) return Error::msg("`/dev/upm` exists already (injected twice?)");
         return Error::sys(errno, "mkdir `/dev/upm`");
