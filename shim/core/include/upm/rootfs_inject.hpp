@@ -15,18 +15,22 @@
 //   3. forks a child that enters the container's mount namespace and, from
 //      an fd of the rootfs, resolves every path of the image with
 //      openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV):
-//      links stay inside the rootfs and no path may cross a mount (a volume,
-//      /dev, /proc) -- the hook is host root, the mounts of the container are
-//      not the image's.  /etc/ld.so.preload is resolved with O_PATH (a device
-//      node is never opened: the hook runs outside the container's device
-//      cgroup) and type-checked on that fd; its text is read by a grandchild
-//      with the container's uid, gid and groups (process.user, mapped
-//      through the init's /proc/PID/uid_map and gid_map) and no
-//      capabilities, which reopens the same inode through /proc/self/fd;
+//      links stay inside the rootfs and no path of the image may cross a
+//      mount (a volume, /dev, /proc) -- the hook is host root, the mounts of
+//      the container are not the image's (the runtime's /dev tmpfs is the
+//      one crossed on purpose, and the image's `dev` may not be a link).
+//      /etc/ld.so.preload is resolved with O_PATH (a device node is never
+//      opened: the hook runs outside the container's device cgroup) and
+//      type-checked on that fd; its text is read by a grandchild with the
+//      container's uid, gid and groups (process.user, mapped through the
+//      init's /proc/PID/uid_map and gid_map) and no capabilities, which
+//      reopens the same inode through /proc/self/fd;
 //   4. mounts the preload and policy under /dev/upm (the runtime's tmpfs,
-//      never the image) and binds a read-only file with the image's
-//      /etc/ld.so.preload entries plus ours over the file the container's
-//      loader will read (move_mount onto that file's O_PATH fd).
+//      never the image; created as that tmpfs's owner, which a user
+//      namespace makes the container's root) and binds a read-only file
+//      with the image's /etc/ld.so.preload entries plus ours over the file
+//      the container's loader will read (move_mount onto that file's O_PATH
+//      fd).
 //
 // Nothing is written outside the rootfs mount and the container's /dev
 // tmpfs; the only write into the image is an empty /etc/ld.so.preload mount
