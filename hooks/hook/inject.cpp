@@ -100,6 +100,9 @@ int run_create_runtime(const std::string& stage, const upm::NodeConfigLoad& load
         in.preload_source = p.edit.preload_source;
         in.policy_source = p.edit.policy_source;
         in.domain = p.edit.domain;
+        in.uid = root->uid;
+        in.gid = root->gid;
+        in.additional_gids = root->additional_gids;
         auto done = upm::inject_into_rootfs(in);
         if (!done) return fail(done.error().message);
         if (!p.edit.hardening.empty())

@@ -19,9 +19,12 @@ when it is not installed or cannot start a container here.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import stat
+import struct
 import subprocess
 import tempfile
 from pathlib import Path
@@ -369,10 +372,10 @@ def test_hostile_rootfs(hnode, case):
     elif case == "ld-device":
         # (a FIFO would hang the container's own loader, with or without upm)
         (rootfs / "etc/ld.so.preload").symlink_to("/dev/null")
-        expect = "not deduplicated: `/etc/ld.so.preload` in the image is not a regular file"
+        expect = "not deduplicated: `/etc/ld.so.preload` in the image resolves across a mount"
     elif case == "ld-proc":
         (rootfs / "etc/ld.so.preload").symlink_to("/proc/1/environ")
-        expect = "not deduplicated: `/etc/ld.so.preload` in the image resolves into `/proc` or `/sys`"
+        expect = "not deduplicated: `/etc/ld.so.preload` in the image resolves across a mount"
     elif case == "ld-dir":
         (rootfs / "etc/ld.so.preload").symlink_to(str(host))
         expect = "not deduplicated: `/etc/ld.so.preload` in the image is a link that resolves to nothing inside the rootfs"
@@ -431,6 +434,205 @@ def test_hostile_busybox_image(hnode, tmp_path):
     assert r.returncode == 0, r.stderr
     assert (snapshot(host), snapshot(hostrun)) == before
     assert f"container `{cid}`: not deduplicated: the image has no `/etc`" in hnode.log()
+
+
+# ---------------------------------------------------------------------------
+# Hostile images, continued: device nodes, volumes, files of other users.
+# The hook runs as host root, in the runtime's cgroup (outside the
+# container's device allow-list), in the container's mount namespace.
+
+
+class Inotify:
+    """IN_OPEN events on one path (through ctypes: the stdlib has no inotify)."""
+
+    IN_OPEN = 0x20
+
+    def __init__(self, path: Path) -> None:
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self.libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        wd = self.libc.inotify_add_watch(self.fd, os.fsencode(path), self.IN_OPEN)
+        assert wd >= 0, os.strerror(ctypes.get_errno())
+
+    def opens(self) -> int:
+        n = 0
+        while True:
+            try:
+                data = os.read(self.fd, 4096)
+            except BlockingIOError:
+                return n
+            i = 0
+            while i < len(data):
+                _wd, mask, _cookie, length = struct.unpack_from("iIII", data, i)
+                n += bool(mask & self.IN_OPEN)
+                i += 16 + length
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def test_ld_so_preload_device_is_never_opened(hnode):
+    """Security #1: the image's /etc/ld.so.preload is a character device (1:3,
+    /dev/null's numbers, harmless; a watchdog 10:130 would reboot the node).
+    The hook must not open it: it resolves with O_PATH, sees a device and
+    stops.  Oracle: an inotify IN_OPEN watch on the device node in the rootfs,
+    read after `create` (the createRuntime hook has run, the container's own
+    loader has not).  O_PATH opens raise no IN_OPEN (checked here first, with
+    a control open that must be seen)."""
+    b = hnode.bundle(PROBE, {"upm.enabled": "true"})
+    node = b / "rootfs/etc/ld.so.preload"
+    os.mknod(node, 0o644 | stat.S_IFCHR, os.makedev(1, 3))
+    watch = Inotify(node)
+    try:
+        os.close(os.open(node, os.O_PATH))
+        if watch.opens() != 0:
+            pytest.skip("this kernel reports O_PATH opens as IN_OPEN: the oracle cannot tell them apart")
+        os.close(os.open(node, os.O_RDONLY))
+        assert watch.opens() == 1, "the control open of the device node raised no IN_OPEN"
+        cid = hnode.n.new_id()
+        # (the created container's init keeps the runtime's stdio: files, not pipes)
+        with open(hnode.n.tmp / f"create-{cid}.err", "w+") as err:
+            r = subprocess.run(hnode.n.argv("create", "--bundle", b, cid, wrapper=False), env=hnode.n.env(),
+                               stdin=subprocess.DEVNULL, stdout=err, stderr=err, timeout=90)
+            err.seek(0)
+            assert r.returncode == 0, err.read()
+        log = hnode.log()
+        assert f"container `{cid}`: not deduplicated: `/etc/ld.so.preload` in the image is not a regular file" \
+            in log, log
+        assert watch.opens() == 0, "the createRuntime hook opened the image's device node"
+    finally:
+        watch.close()
+
+
+def user_bundle(hnode, mounts=(), uid=1000):
+    """A bundle whose process runs as `uid` and prints what it can see of the
+    preload files; `mounts`: (destination, host directory) read-write binds."""
+    b = hnode.bundle(["/bin/sh", "-c", "grep -c libupm-preload.so /proc/self/maps; cat /etc/ld.so.preload; "
+                      "cat /dev/upm/ld.so.preload; ls -l /dev/upm; true"], {"upm.enabled": "true"})
+    spec = json.loads((b / "config.json").read_text())
+    spec["process"]["user"] = {"uid": uid, "gid": uid}
+    for dest, src in mounts:
+        spec["mounts"].append({"destination": dest, "type": "bind", "source": str(src), "options": ["rbind", "rw"]})
+    (b / "config.json").write_text(json.dumps(spec))
+    return b
+
+
+SECRET = "TOP-SECRET-of-the-host-1234"
+
+
+def test_link_to_a_volume_is_not_read(hnode):
+    """Security #2a: /vol is a bind of a host directory holding a root-only
+    (0600) file; the image's /etc/ld.so.preload links to /vol/secret and the
+    container runs as uid 1000.  The hook must not read across the mount: the
+    secret never reaches the container (its stdout, stderr through ld.so's
+    complaints, /dev/upm/ld.so.preload); the host file is unchanged; the
+    container starts without upm and the log says why."""
+    host = hnode.n.tmp / "host-vol"
+    host.mkdir()
+    (host / "secret").write_text(SECRET + "\n")
+    os.chmod(host / "secret", 0o600)
+    before = snapshot(host)
+    b = user_bundle(hnode, [("/vol", host)])
+    (b / "rootfs/etc/ld.so.preload").symlink_to("/vol/secret")
+    r, cid = hnode.run(b)
+    log = hnode.log()
+    assert SECRET not in r.stdout and SECRET not in r.stderr, (r.stdout, r.stderr)
+    assert snapshot(host) == before
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "0", (r.stdout, log)
+    assert f"container `{cid}`: not deduplicated: `/etc/ld.so.preload` in the image resolves across a mount" \
+        in log, log
+
+
+def test_etc_link_to_a_volume_creates_nothing(hnode):
+    """Security #2b: the image's /etc links to /data, a writable bind of a host
+    directory.  The hook must not create its mount point there: the host
+    directory stays empty, the container starts without upm, the log says
+    why."""
+    host = hnode.n.tmp / "host-data"
+    host.mkdir()
+    b = user_bundle(hnode, [("/data", host)])
+    (b / "rootfs/etc").rmdir()
+    (b / "rootfs/etc").symlink_to("/data")
+    r, cid = hnode.run(b)
+    log = hnode.log()
+    assert list(host.iterdir()) == [], "the hook created a file in the host directory"
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "0", (r.stdout, log)
+    assert f"container `{cid}`: not deduplicated: `/etc` in the image resolves across a mount" in log, log
+
+
+def test_image_file_is_read_as_the_container_user(hnode):
+    """Security #2 (reading as the container's user): the image's own
+    /etc/ld.so.preload is root-only (0600) and the container runs as uid
+    1000, whose loader cannot read it.  The hook must not read it for them
+    and publish it in a world-readable file: the text never reaches the
+    container, which starts without upm, the log says why.  The same file
+    made readable (0644) is extended and the preload is loaded."""
+    b = user_bundle(hnode)
+    image = b / "rootfs/etc/ld.so.preload"
+    image.write_text(SECRET + "\n")
+    os.chmod(image, 0o600)
+    r, cid = hnode.run(b)
+    log = hnode.log()
+    assert SECRET not in r.stdout and SECRET not in r.stderr, (r.stdout, r.stderr)
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == "0", (r.stdout, r.stderr, log)
+    assert (f"container `{cid}`: not deduplicated: `/etc/ld.so.preload` in the image cannot be read by the "
+            "container's user (uid 1000, gid 1000)") in log, log
+    # readable by the container's user: injected after the image's entry
+    b = user_bundle(hnode)
+    (b / "rootfs/etc/ld.so.preload").write_text(f"{LIBDL}\n")
+    r, cid = hnode.run(b)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and int(lines[0]) >= 1, (r.stdout, r.stderr, hnode.log())
+    assert lines[1:3] == [str(LIBDL), PRELOAD], r.stdout
+
+
+def test_image_file_is_read_as_the_mapped_user(hnode):
+    """Security #2, user namespaces: the container's root is host uid 100000
+    (linux.uidMappings); the image's /etc/ld.so.preload is 0600.  Owned by
+    host uid 100000 (the container's root) it is read and extended; owned by
+    host root, which the container's root cannot read, the container starts
+    without upm and the log names both ids.  (The hook also creates /dev/upm
+    as the owner of the runtime's /dev tmpfs, which belongs to the user
+    namespace: as host root, mkdir failed with EOVERFLOW.)"""
+    results = {}
+    # runc binds the rootfs from inside the user namespace: its parents must
+    # be searchable by host uid 100000 (tmp_path's are 0700)
+    public = Path(tempfile.mkdtemp(prefix="upm-userns-", dir="/tmp"))
+    os.chmod(public, 0o711)
+    try:
+        _mapped_runs(hnode, public, results)
+    finally:
+        shutil.rmtree(public, ignore_errors=True)
+    r, cid = results[100000]
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and int(lines[0]) >= 1, (r.stdout, r.stderr, hnode.log())
+    assert lines[1:3] == [str(LIBDL), PRELOAD], r.stdout
+    r, cid = results[0]
+    log = hnode.log()
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == "0", (r.stdout, r.stderr, log)
+    assert (f"container `{cid}`: not deduplicated: `/etc/ld.so.preload` in the image cannot be read by the "
+            "container's user (uid 0, gid 0; host uid 100000, gid 100000)") in log, log
+
+
+def _mapped_runs(hnode, public: Path, results: dict) -> None:
+    for owner in (100000, 0):
+        b = user_bundle(hnode, uid=0)
+        b = Path(shutil.move(b, public / b.name))
+        spec = json.loads((b / "config.json").read_text())
+        spec["linux"]["namespaces"].append({"type": "user"})
+        spec["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        spec["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        # (sysfs and cgroupfs of the host's network and cgroup namespaces
+        # cannot be mounted from a new user namespace)
+        spec["mounts"] = [m for m in spec["mounts"] if m["destination"] not in ("/sys", "/sys/fs/cgroup")]
+        (b / "config.json").write_text(json.dumps(spec))
+        image = b / "rootfs/etc/ld.so.preload"
+        image.write_text(f"{LIBDL}\n")
+        os.chown(image, owner, owner)
+        os.chmod(image, 0o600)
+        results[owner] = hnode.run(b)
 
 
 # ---------------------------------------------------------------------------

@@ -66,6 +66,43 @@ TEST_CASE("rootfs_inject: what config.json says about the root", "[rootfs_inject
     CHECK_FALSE(read_spec_root(std::string(100, '[') + std::string(100, ']')));
 }
 
+TEST_CASE("rootfs_inject: the container's user from config.json", "[rootfs_inject]") {
+    auto r = read_spec_root(R"({"process": {"user": {"uid": 1000, "gid": 100, "additionalGids": [5, 6]}}})");
+    REQUIRE(r);
+    CHECK(r->uid == 1000);
+    CHECK(r->gid == 100);
+    CHECK(r->additional_gids == std::vector<std::uint32_t>{5, 6});
+    r = read_spec_root(R"({"process": {"args": ["sh"]}})");
+    REQUIRE(r);
+    CHECK(r->uid == 0);
+    CHECK(r->gid == 0);
+    CHECK(r->additional_gids.empty());
+    for (const char* bad : {R"({"process": {"user": {"uid": -1, "gid": 0}}})", R"({"process": {"user": {"uid": "0"}}})",
+                            R"({"process": {"user": {"uid": 4294967295}}})", R"({"process": {"user": {"uid": 1.5}}})",
+                            R"({"process": {"user": {"gid": 0, "additionalGids": 5}}})",
+                            R"({"process": {"user": {"additionalGids": [1, -2]}}})"}) {
+        INFO(bad);
+        CHECK_FALSE(read_spec_root(bad));
+    }
+}
+
+TEST_CASE("rootfs_inject: ids through a user namespace's map", "[rootfs_inject]") {
+    const std::string identity = "         0          0 4294967295\n";
+    CHECK(map_id(identity, 0) == 0u);
+    CHECK(map_id(identity, 1000) == 1000u);
+    CHECK(map_id(identity, 4294967294u) == 4294967294u);
+    const std::string userns = "0 100000 65536\n65536 1000 1\n";
+    CHECK(map_id(userns, 0) == 100000u);
+    CHECK(map_id(userns, 1000) == 101000u);
+    CHECK(map_id(userns, 65535) == 165535u);
+    CHECK(map_id(userns, 65536) == 1000u);
+    CHECK_FALSE(map_id(userns, 65537));
+    CHECK_FALSE(map_id("", 0));                       // a user namespace without a map yet
+    CHECK_FALSE(map_id("0 100000\n", 0));              // malformed lines map nothing
+    CHECK_FALSE(map_id("0 100000 1 junk\n", 0));
+    CHECK_FALSE(map_id("0 4294967295 1\n", 0));        // (uid_t)-1 is no id
+}
+
 TEST_CASE("rootfs_inject: without a container nothing is done", "[rootfs_inject]") {
     RootfsInjection in;
     CHECK_FALSE(inject_into_rootfs(in));
