@@ -4,7 +4,7 @@
 //
 //   upm-ksmtune [--kick-on-start] [--state-file F] [--sysfs DIR]
 //               [--idle-run N] [--idle-pages-to-scan N] [--idle-sleep-millisecs N]
-//               [--max-burst-ms N] [--min-burst-ms N] [--log LEVEL]
+//               [--cpu-budget S] [--cpu-per-minute S] [--min-burst-ms N] [--log LEVEL]
 //
 // Prints one JSON status line (upm::to_json plus "t", seconds since start,
 // and "event") at start, after every tick and at exit.  SIGUSR1 = kick
@@ -28,7 +28,7 @@ void usage(FILE* f) {
     std::fputs(
         "usage: upm-ksmtune [--kick-on-start] [--state-file F] [--sysfs DIR]\n"
         "                   [--idle-run N] [--idle-pages-to-scan N] [--idle-sleep-millisecs N]\n"
-        "                   [--max-burst-ms N] [--min-burst-ms N] [--log LEVEL]\n"
+        "                   [--cpu-budget S] [--cpu-per-minute S] [--min-burst-ms N] [--log LEVEL]\n"
         "Runs the KSM burst tuner; JSON status lines on stdout; SIGUSR1 kicks,\n"
         "SIGTERM/SIGINT/SIGHUP restore the original settings and exit.\n",
         f);
@@ -66,7 +66,8 @@ int main(int argc, char** argv) {
         else if (a == "--idle-run") o.idle.run = to_long(a.c_str(), value());
         else if (a == "--idle-pages-to-scan") o.idle.pages_to_scan = to_long(a.c_str(), value());
         else if (a == "--idle-sleep-millisecs") o.idle.sleep_millisecs = to_long(a.c_str(), value());
-        else if (a == "--max-burst-ms") o.max_burst = std::chrono::milliseconds(to_long(a.c_str(), value()));
+        else if (a == "--cpu-budget") o.burst_cpu_base = static_cast<double>(to_long(a.c_str(), value()));
+        else if (a == "--cpu-per-minute") o.max_cpu_per_minute = static_cast<double>(to_long(a.c_str(), value()));
         else if (a == "--min-burst-ms") o.min_burst = std::chrono::milliseconds(to_long(a.c_str(), value()));
         else if (a == "--log") level = value();
         else if (a == "-h" || a == "--help") {

@@ -33,6 +33,7 @@
  * and makes the exit status 2.
  *
  * Output on stdout, one line each, flushed at once:
+ *   started pid=PID                     (with --delay, before the wait)
  *   ready 0xADDR LEN pid=PID pages=N pagesize=P seed=S
  *   wrote N pages generation=1
  *   checksum HEX16 pages=N bad=K        (on SIGUSR1, and at exit with --checksum)
@@ -86,8 +87,11 @@ enum pattern { PATTERN_DISTINCT, PATTERN_SAME, PATTERN_ZERO };
  * @exec: map the region read-write-executable (like a JIT code cache)
  * @orphan_ok: keep running when the parent dies (default: SIGTERM then)
  * @ready_file: where to write the ready line, or NULL
+ * @delay_s: seconds to wait after start before allocating (a function that
+ *           loads its model a while after it started)
  */
 struct options {
+	double delay_s;
 	uint64_t mib;
 	uint64_t seed;
 	bool unique;
@@ -143,9 +147,10 @@ static void usage(FILE *out)
 		"usage: %s --mib N [--seed S] [--unique-per-process] [--malloc|--mmap]\n"
 		"       [--pattern distinct|same|zero] [--hold SECONDS|--hold-until-signal]\n"
 		"       [--write-after SECONDS [--write-stride K]] [--readonly|--exec] [--checksum]\n"
-		"       [--ready-file PATH] [--orphan-ok]\n"
+		"       [--ready-file PATH] [--orphan-ok] [--delay SECONDS]\n"
 		"\n"
-		"Allocates N MiB whose pages have content derived from (seed, page index),\n"
+		"With --delay, prints \"started pid=PID\" and waits that long first (a\n"
+		"signal ends the program during the wait).  Allocates N MiB whose pages have content derived from (seed, page index),\n"
 		"prints \"ready 0xADDR LEN ...\", holds, optionally rewrites every K-th page\n"
 		"(default K=2) after a delay, and prints a verified checksum on SIGUSR1 and\n"
 		"at exit (--checksum).  --readonly makes the region read-only once filled;\n"
@@ -230,6 +235,8 @@ static void parse_options(int argc, char **argv, struct options *o)
 				die(1, "invalid pattern `%s` (want distinct, same or zero)", p);
 		} else if (!strcmp(a, "--hold")) {
 			o->hold_s = parse_seconds(a, need_arg(argc, argv, &i));
+		} else if (!strcmp(a, "--delay")) {
+			o->delay_s = parse_seconds(a, need_arg(argc, argv, &i));
 		} else if (!strcmp(a, "--hold-until-signal")) {
 			o->hold_s = -1;
 		} else if (!strcmp(a, "--write-after")) {
@@ -473,6 +480,18 @@ int main(int argc, char **argv)
 			die(1, "the parent exited before we started");
 	}
 
+	if (o.delay_s > 0) {
+		printf("started pid=%d\n", (int)getpid());
+		fflush(stdout);
+		struct timespec ts = { .tv_sec = (time_t)o.delay_s,
+				       .tv_nsec = (long)((o.delay_s - (double)(time_t)o.delay_s) * 1e9) };
+		int sig;
+
+		while ((sig = sigtimedwait(&set, NULL, &ts)) < 0 && errno == EINTR)
+			;
+		if (sig > 0 && sig != SIGUSR1)
+			return 0;
+	}
 	allocate(&r, &o);
 	announce_ready(&r, &o);
 	bad = hold(&r, &o, &set);

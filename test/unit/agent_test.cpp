@@ -313,3 +313,41 @@ TEST_CASE("metrics: the agent's exposition is well formed", "[metrics]") {
     CHECK_THAT(text, Catch::Contains("upm_agent_info{version=\"1.2.3\"} 1"));
     CHECK_THAT(text, Catch::Contains("upm_node_pages_sharing "));
 }
+
+TEST_CASE("agent: growth of a container's anonymous memory is seen as new advice", "[agent]") {
+    constexpr std::uint64_t MiB = 1 << 20;
+    agent::GrowthWatch watch(8 * MiB, 0.05);
+    agent::Snapshot s;
+    auto at = [&](std::uint64_t a_mib, std::uint64_t b_mib) -> const agent::Snapshot& {
+        s.usage["a"].anon_bytes = a_mib * MiB;
+        s.usage["b"].anon_bytes = b_mib * MiB;
+        return s;
+    };
+    // First sight: baselines only (registration kicked already).
+    CHECK(watch.observe(at(20, 400)).empty());
+    // Small growth is noise: 7 MiB, and b's 16 MiB is under 5% of 400 MiB.
+    CHECK(watch.observe(at(27, 416)).empty());
+    // The model arrives: a grew by 100 MiB since its baseline.
+    auto g = watch.observe(at(120, 416));
+    REQUIRE(g.size() == 1);
+    CHECK(g[0].id == "a");
+    CHECK(g[0].bytes == 100 * MiB);
+    CHECK(g[0].anon == 120 * MiB);
+    // The baseline moved: no second report for the same memory.
+    CHECK(watch.observe(at(121, 416)).empty());
+    // Freed and allocated again counts again (the baseline follows shrinks).
+    CHECK(watch.observe(at(40, 416)).empty());
+    g = watch.observe(at(90, 416));
+    REQUIRE(g.size() == 1);
+    CHECK(g[0].bytes == 50 * MiB);
+    // b grows past 5% of its baseline (400 MiB: 20 MiB).
+    g = watch.observe(at(90, 421));
+    REQUIRE(g.size() == 1);
+    CHECK(g[0].id == "b");
+    CHECK(g[0].bytes == 21 * MiB);
+    // A container that left the registry is forgotten; back again, it starts over.
+    s.usage.erase("a");
+    CHECK(watch.observe(s).empty());
+    CHECK(watch.size() == 1);
+    CHECK(watch.observe(at(500, 421)).empty());
+}

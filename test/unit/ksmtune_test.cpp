@@ -35,8 +35,11 @@ KsmTunerOptions test_options() {
     o.settle_pages = 64;
     o.settle_fraction = 0.0;
     o.min_burst = 0ms;
-    o.max_burst = 30000ms;
-    o.cooldown = 5000ms;
+    o.burst_cpu_base = 10.0;
+    o.burst_cpu_per_gib = 8.0;
+    o.max_cpu_per_minute = 40.0;
+    o.trickle = KsmKnobs{1, 100, 20, ""};
+    o.max_merging = std::chrono::minutes(30);
     return o;
 }
 
@@ -51,6 +54,7 @@ struct Node {
         s.pages_sharing = 50;
         s.general_profit = 50 * 4096;
         s.anon_pages = 262144;     // 1 GiB of anonymous memory
+        s.ksmd_cpu = 0;
     }
     KsmSample& at(std::chrono::milliseconds since_start) {
         s.when = t0 + since_start;
@@ -161,37 +165,148 @@ TEST_CASE("ksmtune: no growth is not enough before two full scans", "[ksmtune]")
     CHECK(logic.last_burst()->end_reason == "settled");
 }
 
-TEST_CASE("ksmtune: growth keeps the burst going until the hard cap", "[ksmtune]") {
-    KsmBurstLogic logic(test_options(), kIdle);
+TEST_CASE("ksmtune: over its CPU budget a burst trickles until the memory is scanned, never stops short", "[ksmtune]") {
+    // ksmd stopped between bursts (the kernel default), so a burst cut short
+    // would leave advised memory unmerged for ever.
+    const KsmKnobs idle_off{0, 100, 20, ""};
+    auto o = test_options();
+    o.max_cpu_per_minute = 1000.0;   // only the per-burst budget here
+    KsmBurstLogic logic(o, idle_off);
     Node n;
-    logic.kick("k");
+    logic.kick("k", 1ULL << 30);     // 1 GiB advised: budget 10 + 8 = 18 CPU-s
     CHECK(logic.step(n.at(0ms)).burst_started);
     KsmDecision d;
     int ms = 0;
+    // ksmd busy (0.25 CPU-s per 250 ms tick) and still merging every scan.
     while (true) {
         ms += 250;
+        n.s.ksmd_cpu += 0.25;
         if (ms % 1000 == 0) {
             n.s.full_scans += 1;
             n.merge(5000);
         }
         d = logic.step(n.at(std::chrono::milliseconds(ms)));
         if (d.mode != KsmMode::burst) break;
-        REQUIRE(ms < 60000);
+        REQUIRE(ms < 120000);
     }
-    CHECK(ms == 30000);
-    CHECK(d.burst_ended);
-    CHECK(d.knobs == kIdle);
-    CHECK(logic.last_burst()->end_reason == "cap");
+    CHECK(d.mode == KsmMode::trickle);
+    CHECK(d.trickle_started);
+    CHECK_FALSE(d.burst_ended);
+    CHECK(ms == 18250);              // the first tick over 18 CPU-s
+    CHECK(d.knobs == KsmKnobs{1, 100, 20, ""});
+    CHECK(logic.current_burst()->trickle_reason == "budget");
+    CHECK(logic.current_burst()->cpu_budget == Approx(18.0));
 
-    // A kick in the cooldown waits for its end, then bursts again.
-    logic.kick("another");
-    d = logic.step(n.at(31000ms));
-    CHECK(d.mode == KsmMode::idle);
-    CHECK(d.next <= 4001ms);
-    CHECK(logic.kick_pending());
-    d = logic.step(n.at(35000ms));
-    CHECK(d.burst_started);
-    CHECK(logic.bursts() == 2);
+    // Trickling: slower scans that still merge keep it going ...
+    for (int i = 0; i < 5; ++i) {
+        ms += 5000;
+        n.s.ksmd_cpu += 0.5;
+        n.s.full_scans += 1;
+        n.merge(5000);
+        d = logic.step(n.at(std::chrono::milliseconds(ms)));
+        CHECK(d.mode == KsmMode::trickle);
+    }
+    // ... until a full scan adds nothing: done, back to idle (ksmd off).
+    ms += 5000;
+    n.s.full_scans += 1;
+    d = logic.step(n.at(std::chrono::milliseconds(ms)));
+    CHECK(d.burst_ended);
+    CHECK(d.knobs == idle_off);
+    REQUIRE(logic.last_burst());
+    CHECK(logic.last_burst()->end_reason == "settled");
+    CHECK(logic.last_burst()->trickle_reason == "budget");
+    CHECK(logic.last_burst()->trickle_duration == 30000ms);
+    CHECK(logic.last_burst()->cpu_seconds == Approx(18.25 + 2.5));
+}
+
+TEST_CASE("ksmtune: the budget grows with the advised memory (AnonPages growth counts as advice)", "[ksmtune]") {
+    auto o = test_options();
+    o.max_cpu_per_minute = 1000.0;
+    KsmBurstLogic logic(o, kIdle);
+    Node n;
+    logic.kick("register");          // no bytes announced
+    CHECK(logic.step(n.at(0ms)).burst_started);
+    n.s.anon_pages += 4 * 262144;    // 4 GiB loaded since: budget 10 + 32
+    int ms = 0;
+    KsmDecision d;
+    while (true) {
+        ms += 250;
+        n.s.ksmd_cpu += 0.25;
+        if (ms % 1000 == 0) {
+            n.s.full_scans += 1;
+            n.merge(5000);
+        }
+        d = logic.step(n.at(std::chrono::milliseconds(ms)));
+        if (d.mode != KsmMode::burst) break;
+        REQUIRE(ms < 300000);
+    }
+    CHECK(ms == 42250);
+    CHECK(logic.current_burst()->cpu_budget == Approx(42.0));
+}
+
+TEST_CASE("ksmtune: at most max_cpu_per_minute; a kick in a trickle bursts again when the minute allows", "[ksmtune]") {
+    auto o = test_options();
+    o.burst_cpu_base = 1000.0;       // only the rate bound here
+    o.max_cpu_per_minute = 20.0;
+    KsmBurstLogic logic(o, kIdle);
+    Node n;
+    logic.kick("k");
+    CHECK(logic.step(n.at(0ms)).burst_started);
+    int ms = 0;
+    KsmDecision d;
+    while (true) {
+        ms += 250;
+        n.s.ksmd_cpu += 0.25;
+        if (ms % 1000 == 0) {
+            n.s.full_scans += 1;
+            n.merge(5000);
+        }
+        d = logic.step(n.at(std::chrono::milliseconds(ms)));
+        if (d.mode != KsmMode::burst) break;
+        REQUIRE(ms < 120000);
+    }
+    CHECK(d.mode == KsmMode::trickle);
+    CHECK(ms == 20000);              // 20 CPU-s within the last minute
+    CHECK(logic.current_burst()->trickle_reason == "rate");
+    // A kick while the minute is spent: still trickling.
+    logic.kick("more", 64 << 20);
+    ms += 250;
+    n.s.ksmd_cpu += 0.01;
+    n.merge(100);
+    d = logic.step(n.at(std::chrono::milliseconds(ms)));
+    CHECK(d.mode == KsmMode::trickle);
+    // Once the heavy minute has passed, the kick bursts again.
+    for (int i = 0; i < 70 && d.mode == KsmMode::trickle; ++i) {
+        ms += 1000;
+        n.s.ksmd_cpu += 0.05;
+        n.merge(100);
+        d = logic.step(n.at(std::chrono::milliseconds(ms)));
+    }
+    CHECK(d.mode == KsmMode::burst);
+    CHECK(ms > 60000);
+    CHECK(logic.bursts() == 1);      // the same burst, fast again
+}
+
+TEST_CASE("ksmtune: a burst that never settles ends at max_merging", "[ksmtune]") {
+    auto o = test_options();
+    o.max_merging = std::chrono::minutes(2);
+    KsmBurstLogic logic(o, kIdle);
+    Node n;
+    logic.kick("k");
+    CHECK(logic.step(n.at(0ms)).burst_started);
+    KsmDecision d;
+    int ms = 0;
+    while (true) {
+        ms += 1000;
+        n.s.ksmd_cpu += 0.1;
+        n.s.full_scans += 1;
+        n.merge(5000);
+        d = logic.step(n.at(std::chrono::milliseconds(ms)));
+        if (d.burst_ended) break;
+        REQUIRE(ms < 600000);
+    }
+    CHECK(ms == 120000);
+    CHECK(logic.last_burst()->end_reason == "timeout");
 }
 
 TEST_CASE("ksmtune: a kick during a burst extends it", "[ksmtune]") {
@@ -485,6 +600,26 @@ TEST_CASE("ksmtune: the scan-time advisor is off during the tuner's life and res
     CHECK(node.get("pages_to_scan") == "123");
     CHECK(node.get("advisor_mode") == "scan-time");
     CHECK_FALSE(fs::exists(node.state()));
+}
+
+TEST_CASE("ksmtune: by default the admin's scan-time advisor runs between bursts, not during them", "[ksmtune]") {
+    FakeNode node;
+    node.set("run", "1");
+    node.set("advisor_mode", "none [scan-time]");
+    auto o = node.options();
+    o.idle = KsmTunerOptions{}.idle;       // the default: advisor as the original
+    o.burst = KsmTunerOptions{}.burst;
+    KsmTuner tuner(o);
+    REQUIRE(tuner.start().ok());
+    CHECK(tuner.status().idle.advisor_mode == "scan-time");
+    CHECK(tuner.status().current.advisor_mode == "scan-time");   // left as it was
+    CHECK(node.get("run") == "1");
+    tuner.kick("k");
+    CHECK(tuner.status().mode == "burst");
+    CHECK(node.get("advisor_mode") == "none");      // a burst sets its own rate
+    REQUIRE(tuner.stop().ok());
+    CHECK(node.get("advisor_mode") == "scan-time");
+    CHECK(node.get("run") == "1");
 }
 
 TEST_CASE("ksmtune: a node without the advisor (Linux 6.1) is tuned without it", "[ksmtune]") {

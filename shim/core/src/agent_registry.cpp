@@ -286,6 +286,16 @@ bool cgroup_pids(const std::string& dir, int depth, std::vector<pid_t>& out) {
 void add_process(pid_t pid, ContainerUsage& u) {
     auto k = read_ksm_counters(pid);
     if (!k || !k->merging_present) return;
+    if (auto status = read_file("/proc/" + std::to_string(pid) + "/status", detail::kMaxSmallFile)) {
+        // "RssAnon:\t  123456 kB"
+        if (auto pos = status->find("\nRssAnon:"); pos != std::string::npos) {
+            std::string_view v(*status);
+            v.remove_prefix(pos + 9);
+            v = v.substr(0, v.find('\n'));
+            v = trim(v);
+            if (auto kb = parse_uint(v.substr(0, v.find(' ')))) u.anon_bytes += *kb * 1024;
+        }
+    }
     u.processes++;
     u.pids.push_back(pid);
     u.merging_pages += k->merging_pages;
@@ -343,6 +353,29 @@ Snapshot take_snapshot(const Registry& registry, const std::string& cgroup_root)
     return s;
 }
 
+std::vector<Growth> GrowthWatch::observe(const Snapshot& s) {
+    std::vector<Growth> out;
+    for (auto it = base_.begin(); it != base_.end();) {
+        if (!s.usage.count(it->first)) it = base_.erase(it);
+        else ++it;
+    }
+    for (const auto& [id, u] : s.usage) {
+        auto [it, fresh] = base_.emplace(id, u.anon_bytes);
+        if (fresh) continue;
+        std::uint64_t& base = it->second;
+        if (u.anon_bytes <= base) {
+            base = u.anon_bytes;
+            continue;
+        }
+        std::uint64_t grown = u.anon_bytes - base;
+        auto need = std::max<std::uint64_t>(min_bytes_, static_cast<std::uint64_t>(fraction_ * static_cast<double>(base)));
+        if (grown < need) continue;
+        out.push_back({id, grown, u.anon_bytes});
+        base = u.anon_bytes;
+    }
+    return out;
+}
+
 json containers_json(const Registry& registry, const Snapshot* snapshot) {
     json list = json::array();
     for (const auto& [id, c] : registry.containers()) {
@@ -362,6 +395,7 @@ json containers_json(const Registry& registry, const Snapshot* snapshot) {
                 j["ksm_rmap_items"] = u.rmap_items;
                 j["ksm_profit_bytes"] = u.profit_bytes ? json(*u.profit_bytes) : json(nullptr);
                 j["saved_bytes"] = u.saved_bytes;
+                j["anon_bytes"] = u.anon_bytes;
             }
         }
         list.push_back(std::move(j));

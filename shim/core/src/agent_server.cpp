@@ -187,6 +187,7 @@ private:
     void flush(Conn& c);
     void close_conn(int fd, const char* why);
     void prune();
+    void watch_growth();
     void save_if_dirty();
     void write_textfile();
     json status_reply(bool with_usage);
@@ -200,6 +201,8 @@ private:
     AgentInfo info_;
     std::optional<KsmTuner> tuner_;
     std::string tuner_note_;
+    GrowthWatch growth_;                      // advice seen from outside: containers' anonymous memory grows
+    std::uint64_t growth_kicks_ = 0;
     Fd ep_, lfd_, hfd_, sfd_;
     ino_t socket_ino_ = 0;
     std::map<int, Conn> conns_;
@@ -667,9 +670,10 @@ AgentInfo Server::agent_info() {
     if (tuner_) {
         auto s = tuner_->status();
         info.tuner_mode = s.mode;
-        info.tuner_modes = {"idle", "burst", "stopped"};
+        info.tuner_modes = {"idle", "burst", "trickle", "stopped"};
         info.tuner_counters["bursts"] = static_cast<double>(s.bursts);
         info.tuner_counters["kicks"] = static_cast<double>(s.kicks);
+        info.tuner_counters["growth_kicks"] = static_cast<double>(growth_kicks_);
         info.tuner_counters["ksmd_cpu_seconds"] = s.ksmd_cpu_seconds;
         info.tuner_counters["ksmd_burst_cpu_seconds"] = s.ksmd_cpu_seconds_bursts;
         if (s.last_burst) info.tuner_gauges["last_burst_seconds"] = static_cast<double>(s.last_burst->duration.count()) / 1000.0;
@@ -766,6 +770,19 @@ void Server::prune() {
         unwatch(c.id);
         changed();
         logger()->info("container `{}`: process {} exited, dropped from the registry", log_id(c.id), c.pid);
+    }
+}
+
+// New anonymous memory in a registered container is memory its preload
+// advises (the policy's triggers re-advise as a program grows): kick the
+// tuner, so ksmd scans it however long after registration it appears.
+void Server::watch_growth() {
+    if (!tuner_ || registry_.size() == 0) return;
+    for (const auto& g : growth_.observe(snapshot())) {
+        logger()->info("container `{}`: anonymous memory grew by {:.1f} MiB to {:.1f} MiB", log_id(g.id),
+                       static_cast<double>(g.bytes) / (1 << 20), static_cast<double>(g.anon) / (1 << 20));
+        ++growth_kicks_;
+        tuner_->kick("growth " + printable_id(g.id), g.bytes);
     }
 }
 
@@ -889,6 +906,7 @@ int Server::run() {
         // Timers.
         if (now >= next_prune_) {
             prune();
+            watch_growth();
             next_prune_ = now + o_.poll_interval;
         }
         if (tuner_ && now >= next_tune_) next_tune_ = now + std::max(milliseconds(10), tuner_->tick());

@@ -138,6 +138,7 @@ std::string_view to_string(KsmMode m) {
     switch (m) {
         case KsmMode::idle: return "idle";
         case KsmMode::burst: return "burst";
+        case KsmMode::trickle: return "trickle";
         case KsmMode::stopped: return "stopped";
     }
     return "?";
@@ -147,11 +148,23 @@ std::string_view to_string(KsmMode m) {
 // KsmBurstLogic
 
 KsmBurstLogic::KsmBurstLogic(KsmTunerOptions options, KsmKnobs idle)
-    : o_(std::move(options)), idle_(std::move(idle)), burst_(o_.burst) {
+    : o_(std::move(options)), idle_(std::move(idle)), burst_(o_.burst), trickle_(o_.trickle) {
     if (burst_.run < 0) burst_.run = 1;
     if (burst_.sleep_millisecs < 0) burst_.sleep_millisecs = 10;
     if (burst_.pages_to_scan < 0) burst_.pages_to_scan = o_.min_burst_pages_to_scan;
-    if (idle_.advisor_mode.empty()) burst_.advisor_mode.clear();   // node without the advisor
+    if (trickle_.run < 0) trickle_.run = 1;
+    if (trickle_.pages_to_scan < 0) trickle_.pages_to_scan = 100;
+    if (trickle_.sleep_millisecs < 0) trickle_.sleep_millisecs = 20;
+    if (idle_.advisor_mode.empty()) {   // node without the advisor
+        burst_.advisor_mode.clear();
+        trickle_.advisor_mode.clear();
+    }
+    // ksmd already runs at least this fast between bursts: trickle at that rate.
+    if (idle_.run == 1 && idle_.pages_to_scan >= 0 && idle_.sleep_millisecs > 0 && trickle_.sleep_millisecs > 0 &&
+        idle_.pages_to_scan * trickle_.sleep_millisecs >= trickle_.pages_to_scan * idle_.sleep_millisecs) {
+        trickle_.pages_to_scan = idle_.pages_to_scan;
+        trickle_.sleep_millisecs = idle_.sleep_millisecs;
+    }
 }
 
 long KsmBurstLogic::burst_pages_to_scan(long anon_pages, std::uint64_t extra_bytes) const {
@@ -182,12 +195,59 @@ long KsmBurstLogic::growth(const KsmSample& a, const KsmSample& b, long page_siz
     return g;
 }
 
+double KsmBurstLogic::cpu_last_minute(const KsmSample& s) {
+    if (s.ksmd_cpu < 0) return 0;
+    cpu_window_.emplace_back(s.when, s.ksmd_cpu);
+    // Keep one sample at or before the window's start, so the window is whole.
+    while (cpu_window_.size() > 1 && cpu_window_[1].first <= s.when - minutes(1)) cpu_window_.pop_front();
+    return std::max(0.0, s.ksmd_cpu - cpu_window_.front().second);
+}
+
+double KsmBurstLogic::budget(const KsmSample& s) const {
+    std::uint64_t grown = s.anon_pages > budget_anon0_
+                              ? static_cast<std::uint64_t>(s.anon_pages - budget_anon0_) *
+                                    static_cast<std::uint64_t>(page_size_pages())
+                              : 0;
+    double gib = static_cast<double>(std::max(kicked_bytes_, grown)) / (1024.0 * 1024.0 * 1024.0);
+    return o_.burst_cpu_base + o_.burst_cpu_per_gib * gib;
+}
+
+void KsmBurstLogic::start_burst(const KsmSample& s) {
+    mode_ = KsmMode::burst;
+    ++bursts_;
+    burst_.pages_to_scan = burst_pages_to_scan(s.anon_pages, pending_bytes_);
+    start_ = s;
+    boundary_ = s;
+    prev_boundary_.reset();
+    kick_scans_ = s.full_scans;
+    kicked_bytes_ = pending_bytes_;
+    budget_cpu0_ = s.ksmd_cpu;
+    budget_anon0_ = s.anon_pages;
+    cur_ = KsmBurstRecord{};
+    cur_->started = s.when;
+    cur_->kicks = pending_kicks_;
+    cur_->first_reason = pending_reason_;
+    cur_->pages_to_scan = burst_.pages_to_scan;
+    pending_ = false;
+    pending_kicks_ = 0;
+    pending_bytes_ = 0;
+}
+
+void KsmBurstLogic::to_trickle(const KsmSample& s, std::string reason) {
+    mode_ = KsmMode::trickle;
+    rekick_ = false;
+    trickle_since_ = s.when;
+    if (cur_) cur_->trickle_reason = std::move(reason);
+}
+
 void KsmBurstLogic::end_burst(const KsmSample& s, std::string reason) {
     if (cur_) {
         cur_->ended = s.when;
         cur_->duration = duration_cast<milliseconds>(s.when - cur_->started);
+        if (mode_ == KsmMode::trickle) cur_->trickle_duration += duration_cast<milliseconds>(s.when - trickle_since_);
         cur_->full_scans = s.full_scans - start_->full_scans;
         cur_->pages_sharing_gained = s.pages_sharing - start_->pages_sharing;
+        if (s.ksmd_cpu >= 0 && start_->ksmd_cpu >= 0) cur_->cpu_seconds = s.ksmd_cpu - start_->ksmd_cpu;
         cur_->end_reason = std::move(reason);
         last_ = cur_;
         cur_.reset();
@@ -206,6 +266,9 @@ KsmDecision KsmBurstLogic::decision(bool started, bool ended) const {
     if (mode_ == KsmMode::burst) {
         d.knobs = burst_;
         d.next = o_.burst_tick;
+    } else if (mode_ == KsmMode::trickle) {
+        d.knobs = trickle_;
+        d.next = o_.burst_tick;
     } else {
         d.knobs = idle_;
         d.next = o_.idle_tick;
@@ -215,33 +278,24 @@ KsmDecision KsmBurstLogic::decision(bool started, bool ended) const {
 
 KsmDecision KsmBurstLogic::step(const KsmSample& s) {
     if (mode_ == KsmMode::stopped) return decision(false, false);
+    const double minute_cpu = cpu_last_minute(s);
+    const bool rate_ok = minute_cpu < o_.max_cpu_per_minute;
 
     if (mode_ == KsmMode::idle) {
         if (!pending_) return decision(false, false);
-        if (s.when < cooldown_until_) {
-            auto d = decision(false, false);
-            d.next = std::min(d.next, duration_cast<milliseconds>(cooldown_until_ - s.when) + milliseconds(1));
+        start_burst(s);
+        if (!rate_ok) {
+            // The last minute's ksmd CPU is spent: merge, but slowly.
+            to_trickle(s, "rate");
+            auto d = decision(true, false);
+            d.trickle_started = true;
             return d;
         }
-        mode_ = KsmMode::burst;
-        ++bursts_;
-        burst_.pages_to_scan = burst_pages_to_scan(s.anon_pages, pending_bytes_);
-        start_ = s;
-        boundary_ = s;
-        prev_boundary_.reset();
-        kick_scans_ = s.full_scans;
-        cur_ = KsmBurstRecord{};
-        cur_->started = s.when;
-        cur_->kicks = pending_kicks_;
-        cur_->first_reason = pending_reason_;
-        cur_->pages_to_scan = burst_.pages_to_scan;
-        pending_ = false;
-        pending_kicks_ = 0;
-        pending_bytes_ = 0;
         return decision(true, false);
     }
 
-    // In a burst.
+    // In a burst or a trickle.
+    bool trickle_started = false;
     if (pending_) {
         // A kick extends the burst: the settle criterion starts over from
         // this sample, the rate grows if there is more memory now.
@@ -249,8 +303,10 @@ KsmDecision KsmBurstLogic::step(const KsmSample& s) {
         boundary_ = s;
         prev_boundary_.reset();
         burst_.pages_to_scan = std::max(burst_.pages_to_scan, burst_pages_to_scan(s.anon_pages, pending_bytes_));
+        kicked_bytes_ += pending_bytes_;
         cur_->kicks += pending_kicks_;
         cur_->pages_to_scan = burst_.pages_to_scan;
+        if (mode_ == KsmMode::trickle) rekick_ = true;
         pending_ = false;
         pending_kicks_ = 0;
         pending_bytes_ = 0;
@@ -258,12 +314,17 @@ KsmDecision KsmBurstLogic::step(const KsmSample& s) {
         prev_boundary_ = boundary_;
         boundary_ = s;
     }
-
-    if (s.when - start_->when >= o_.max_burst) {
-        end_burst(s, "cap");
-        cooldown_until_ = s.when + o_.cooldown;
-        return decision(false, true);
+    if (mode_ == KsmMode::trickle && rekick_ && rate_ok) {
+        // New advice during the trickle, and the last minute allows it:
+        // fast again, with a budget that counts from now.
+        cur_->trickle_duration += duration_cast<milliseconds>(s.when - trickle_since_);
+        mode_ = KsmMode::burst;
+        rekick_ = false;
+        budget_cpu0_ = s.ksmd_cpu;
+        budget_anon0_ = s.anon_pages;
     }
+    cur_->advised_bytes = std::max(cur_->advised_bytes, kicked_bytes_);
+
     long scans = s.full_scans - kick_scans_;
     if (scans >= o_.settle_full_scans && prev_boundary_ && s.when - start_->when >= o_.min_burst) {
         long limit = std::max(o_.settle_pages,
@@ -273,7 +334,24 @@ KsmDecision KsmBurstLogic::step(const KsmSample& s) {
             return decision(false, true);
         }
     }
-    return decision(false, false);
+    if (s.when - cur_->started >= o_.max_merging) {
+        end_burst(s, "timeout");
+        return decision(false, true);
+    }
+    if (mode_ == KsmMode::burst && s.ksmd_cpu >= 0 && budget_cpu0_ >= 0) {
+        double spent = s.ksmd_cpu - budget_cpu0_;
+        cur_->cpu_budget = budget(s);
+        if (spent > cur_->cpu_budget) {
+            to_trickle(s, "budget");
+            trickle_started = true;
+        } else if (!rate_ok) {
+            to_trickle(s, "rate");
+            trickle_started = true;
+        }
+    }
+    auto d = decision(false, false);
+    d.trickle_started = trickle_started;
+    return d;
 }
 
 // ---------------------------------------------------------------------------
@@ -342,6 +420,7 @@ std::string to_json(const KsmTunerStatus& s) {
     j["original"] = knobs_json(s.original);
     j["idle"] = knobs_json(s.idle);
     j["burst"] = knobs_json(s.burst);
+    j["trickle"] = knobs_json(s.trickle);
     j["recovered"] = s.recovered;
     j["full_scans"] = s.full_scans;
     j["pages_sharing"] = s.pages_sharing;
@@ -354,6 +433,11 @@ std::string to_json(const KsmTunerStatus& s) {
                            {"full_scans", b.full_scans},
                            {"pages_sharing_gained", b.pages_sharing_gained},
                            {"pages_to_scan", b.pages_to_scan},
+                           {"cpu_seconds", b.cpu_seconds},
+                           {"cpu_budget", b.cpu_budget},
+                           {"advised_bytes", b.advised_bytes},
+                           {"trickle_ms", b.trickle_duration.count()},
+                           {"trickle_reason", b.trickle_reason},
                            {"end_reason", b.end_reason},
                            {"reason", b.first_reason}};
     } else {
@@ -539,6 +623,7 @@ Status KsmTuner::start() {
     logic_.emplace(opts, idle);
     st_.idle = idle;
     st_.burst = logic_->burst_knobs();
+    st_.trickle = logic_->trickle_knobs();
 
     if (auto st = apply(idle, *cur); !st) {
         // Put back what was written, and do not leave a state file behind
@@ -577,10 +662,11 @@ std::chrono::milliseconds KsmTuner::tick() {
         st_.last_error = s.error().message;
         return o_.idle_tick;
     }
-    bool was_burst = logic_->mode() == KsmMode::burst;
-    auto d = logic_->step(*s);
+    bool was_merging = logic_->mode() == KsmMode::burst || logic_->mode() == KsmMode::trickle;
     double cpu = ksmd_cpu();
-    if (was_burst) st_.ksmd_cpu_seconds_bursts += cpu - cpu_last_;
+    s->ksmd_cpu = cpu;
+    auto d = logic_->step(*s);
+    if (was_merging) st_.ksmd_cpu_seconds_bursts += cpu - cpu_last_;
     cpu_last_ = cpu;
     st_.ksmd_cpu_seconds = cpu - cpu_start_;
 
@@ -598,15 +684,27 @@ std::chrono::milliseconds KsmTuner::tick() {
     if (d.burst_started)
         logger()->info("ksm tuning: burst {} ({}): {}", logic_->bursts(),
                        logic_->current_burst() ? logic_->current_burst()->first_reason : "", to_string(d.knobs));
+    if (d.trickle_started && logic_->current_burst()) {
+        const auto& b = *logic_->current_burst();
+        logger()->info("ksm tuning: burst {} over its {} ({}), trickling until the advised memory is scanned: {}",
+                       logic_->bursts(), b.trickle_reason == "rate" ? "CPU rate (per minute)" : "CPU budget",
+                       b.trickle_reason == "rate" ? fmt::format("max {:.1f} CPU-s per minute", o_.max_cpu_per_minute)
+                                                  : fmt::format("{:.1f} CPU-s for {:.0f} MiB advised", b.cpu_budget,
+                                                                static_cast<double>(b.advised_bytes) / (1 << 20)),
+                       to_string(d.knobs));
+    }
     if (d.burst_ended && logic_->last_burst()) {
         const auto& b = *logic_->last_burst();
-        logger()->info("ksm tuning: burst ended ({}) after {} ms, {} full scans, pages_sharing {:+}", b.end_reason,
-                       b.duration.count(), b.full_scans, b.pages_sharing_gained);
+        logger()->info("ksm tuning: burst ended ({}) after {} ms ({} ms trickling), {} full scans, pages_sharing {:+}, "
+                       "ksmd {:.2f} CPU-s",
+                       b.end_reason, b.duration.count(), b.trickle_duration.count(), b.full_scans,
+                       b.pages_sharing_gained, b.cpu_seconds);
     }
     if (have) st_.current = *have;
     st_.mode = std::string(to_string(logic_->mode()));
     st_.bursts = logic_->bursts();
     st_.burst = logic_->burst_knobs();
+    st_.trickle = logic_->trickle_knobs();
     st_.last_burst = logic_->last_burst();
     st_.full_scans = s->full_scans;
     st_.pages_sharing = s->pages_sharing;
@@ -619,7 +717,8 @@ Status KsmTuner::stop() {
     std::lock_guard lock(mu_);
     if (!started_) return Ok{};
     double cpu = ksmd_cpu();
-    if (logic_ && logic_->mode() == KsmMode::burst) st_.ksmd_cpu_seconds_bursts += cpu - cpu_last_;
+    if (logic_ && (logic_->mode() == KsmMode::burst || logic_->mode() == KsmMode::trickle))
+        st_.ksmd_cpu_seconds_bursts += cpu - cpu_last_;
     st_.ksmd_cpu_seconds = cpu - cpu_start_;
     auto have = read_knobs();
     if (!have) return have.error().wrap("ksm tuning: restoring the original settings");

@@ -57,6 +57,7 @@ struct ContainerUsage {
     std::uint64_t rmap_items = 0;              // sum of ksm_rmap_items (/proc/PID/ksm_stat)
     std::optional<std::int64_t> profit_bytes;  // sum of ksm_process_profit, kernels >= 6.6
     std::uint64_t saved_bytes = 0;             // merging_pages * page size
+    std::uint64_t anon_bytes = 0;              // sum of RssAnon (/proc/PID/status): resident anonymous memory
     std::string source;                        // "cgroup" or "tree"
     std::vector<pid_t> pids;                   // the processes counted (ascending)
 };
@@ -116,6 +117,34 @@ struct Snapshot {
 // Reads the counters of every registered container and of the node.
 // `cgroup_root` is where cgroup v2 is mounted.
 Snapshot take_snapshot(const Registry& registry, const std::string& cgroup_root = "/sys/fs/cgroup");
+
+// How upmd learns that memory was advised without a message from inside the
+// container: the resident anonymous memory of each registered container
+// (RssAnon summed over its processes, a counter the kernel keeps; merging
+// does not lower it).  A container whose anonymous memory grew by at least
+// max(min_bytes, fraction of its baseline) since the baseline is reported,
+// and its baseline moves to the new value; a shrink lowers the baseline, so
+// memory freed and allocated again counts again.  The first sight of a
+// container only sets its baseline (its registration kicked already).
+// docs/agent.md, "Learning when memory is advised", has the reasoning.
+struct Growth {
+    std::string id;
+    std::uint64_t bytes = 0;   // grown since the baseline
+    std::uint64_t anon = 0;    // now
+};
+
+class GrowthWatch {
+public:
+    explicit GrowthWatch(std::uint64_t min_bytes = 8ull << 20, double fraction = 0.05)
+        : min_bytes_(min_bytes), fraction_(fraction) {}
+    std::vector<Growth> observe(const Snapshot& s);
+    std::size_t size() const { return base_.size(); }
+
+private:
+    std::uint64_t min_bytes_;
+    double fraction_;
+    std::map<std::string, std::uint64_t> base_;
+};
 
 // The `status` reply's "containers" array and "node" object (docs/agent.md).
 nlohmann::json containers_json(const Registry& registry, const Snapshot* snapshot);

@@ -16,6 +16,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -49,7 +50,10 @@ struct KsmTunerOptions {
     // started, and stays stopped (run=0, merged pages stay merged) if it was
     // stopped -- then ksmd runs only during bursts.  pages_to_scan /
     // sleep_millisecs -1 = the original values.
-    KsmKnobs idle{-1, 100, 20, "none"};
+    // advisor_mode "" = the original: an admin who runs ksmd with the
+    // scan-time advisor keeps it between bursts (it is switched off for
+    // bursts and trickles, which it would slow down).
+    KsmKnobs idle{-1, 100, 20, ""};
     // Burst: pages_to_scan=-1 = sized from AnonPages so that one full scan
     // takes about target_scan_time (ksm-throttler sizes from AnonPages too).
     KsmKnobs burst{1, -1, 10, "none"};
@@ -60,16 +64,31 @@ struct KsmTunerOptions {
     // End of a burst: at least settle_full_scans full scans since the last
     // kick AND the savings (pages_sharing, pages_shared, general_profit) grew
     // by at most max(settle_pages, settle_fraction * pages_sharing) pages
-    // over the last full scan; or max_burst since the burst started (hard
-    // cap), after which kicks wait for cooldown before the next burst.
-    // Not before min_burst (the memory of a container that just registered
-    // may be advised a moment later).
+    // over the last full scan.  Not before min_burst (the memory of a
+    // container that just registered may be advised a moment later).
     int settle_full_scans = 2;
     long settle_pages = 64;
     double settle_fraction = 0.002;
     std::chrono::milliseconds min_burst{2000};    // a burst lasts at least this long
-    std::chrono::milliseconds max_burst{30000};
-    std::chrono::milliseconds cooldown{5000};
+
+    // What a burst may cost, in ksmd CPU-seconds (measured, not wall time):
+    // burst_cpu_base + burst_cpu_per_gib per GiB advised during the burst
+    // (the bytes the kicks announced, or the growth of the node's AnonPages
+    // since the burst began, whichever is larger); and at most
+    // max_cpu_per_minute in any 60 s.  A burst over either bound does not
+    // stop: it goes on at the trickle rate until the advised memory has
+    // been scanned (the settle criterion above), so advised memory is
+    // never left unmerged; a kick in a trickle bursts again once the last
+    // minute's CPU is under the bound.
+    double burst_cpu_base = 10.0;
+    double burst_cpu_per_gib = 8.0;
+    double max_cpu_per_minute = 40.0;
+    // Trickle: run=1, the kernel's default rate.  advisor_mode as burst.
+    KsmKnobs trickle{1, 100, 20, "none"};
+    // A trickle (or a burst) that has not settled after this long is ended
+    // anyway: the memory then is not being merged (e.g. advice the kernel
+    // ignores), and scanning it for ever would be the ksmd we replace.
+    std::chrono::milliseconds max_merging{std::chrono::minutes(30)};
 
     // tick() cadence.
     std::chrono::milliseconds burst_tick{250};
@@ -86,9 +105,12 @@ struct KsmSample {
     long pages_volatile = 0;
     std::optional<long> general_profit;     // bytes, kernels >= 6.1 with CONFIG_PROC_FS
     long anon_pages = 0;                    // /proc/meminfo AnonPages, in pages
+    double ksmd_cpu = -1;                   // ksmd's utime+stime, seconds; < 0 unknown
 };
 
-enum class KsmMode { idle, burst, stopped };
+// idle: between bursts; burst: fast; trickle: over the CPU budget, slow
+// until the advised memory has been scanned; stopped: not managing.
+enum class KsmMode { idle, burst, trickle, stopped };
 std::string_view to_string(KsmMode m);
 
 struct KsmBurstRecord {
@@ -98,7 +120,12 @@ struct KsmBurstRecord {
     long full_scans = 0;                    // full scans during the burst
     long pages_sharing_gained = 0;
     long pages_to_scan = 0;                 // the burst rate used
-    std::string end_reason;                 // "settled" | "cap" | "stopped"
+    double cpu_seconds = 0;                 // ksmd CPU during the burst (trickle included)
+    double cpu_budget = 0;                  // the budget it had (base + per GiB advised)
+    std::uint64_t advised_bytes = 0;        // advised during it (kicks, or AnonPages growth)
+    std::chrono::milliseconds trickle_duration{0};   // part of `duration` spent trickling
+    std::string trickle_reason;             // "" | "budget" | "rate": why it went to trickle
+    std::string end_reason;                 // "settled" | "timeout" | "stopped"
     std::string first_reason;               // the kick that started it
 };
 
@@ -108,6 +135,7 @@ struct KsmDecision {
     std::chrono::milliseconds next{0};      // when to sample again
     bool burst_started = false;
     bool burst_ended = false;
+    bool trickle_started = false;           // over budget: slow until settled
 };
 
 // The pure state machine.  `idle` must be resolved already (no -1 left for
@@ -126,6 +154,7 @@ public:
     KsmMode mode() const { return mode_; }
     const KsmKnobs& idle_knobs() const { return idle_; }
     const KsmKnobs& burst_knobs() const { return burst_; }
+    const KsmKnobs& trickle_knobs() const { return trickle_; }
     unsigned long bursts() const { return bursts_; }
     const std::optional<KsmBurstRecord>& last_burst() const { return last_; }
     const std::optional<KsmBurstRecord>& current_burst() const { return cur_; }
@@ -137,20 +166,29 @@ public:
 private:
     KsmDecision decision(bool started, bool ended) const;
     static long growth(const KsmSample& a, const KsmSample& b, long page_size);
+    void start_burst(const KsmSample& s);
     void end_burst(const KsmSample& s, std::string reason);
+    void to_trickle(const KsmSample& s, std::string reason);
+    double cpu_last_minute(const KsmSample& s);   // also records s in the window
+    double budget(const KsmSample& s) const;
 
     KsmTunerOptions o_;
-    KsmKnobs idle_, burst_;
+    KsmKnobs idle_, burst_, trickle_;
     KsmMode mode_ = KsmMode::idle;
     bool pending_ = false;
     std::string pending_reason_;
     std::uint64_t pending_bytes_ = 0;
     unsigned pending_kicks_ = 0;
     unsigned long bursts_ = 0;
-    KsmClock::time_point cooldown_until_{};
+    std::deque<std::pair<KsmClock::time_point, double>> cpu_window_;   // (when, ksmd_cpu), last 60 s
     // during a burst
     long kick_scans_ = 0;           // full_scans at the latest kick
     std::optional<KsmSample> start_, boundary_, prev_boundary_;
+    KsmClock::time_point trickle_since_{};
+    std::uint64_t kicked_bytes_ = 0;    // announced by the kicks since the budget began
+    double budget_cpu0_ = -1;           // ksmd CPU when the budget began (burst start or re-burst)
+    long budget_anon0_ = 0;             // AnonPages then
+    bool rekick_ = false;               // a kick came during the trickle
     std::optional<KsmBurstRecord> cur_, last_;
 };
 
@@ -159,8 +197,8 @@ struct KsmTunerStatus {
     unsigned long bursts = 0;
     unsigned long kicks = 0;
     double ksmd_cpu_seconds = 0;            // ksmd's utime+stime since start()
-    double ksmd_cpu_seconds_bursts = 0;     // ... of it during bursts
-    KsmKnobs current, original, idle, burst;
+    double ksmd_cpu_seconds_bursts = 0;     // ... of it during bursts and trickles
+    KsmKnobs current, original, idle, burst, trickle;
     bool recovered = false;                 // originals came from a state file
     std::optional<KsmBurstRecord> last_burst;
     long full_scans = 0, pages_sharing = 0, pages_shared = 0;
