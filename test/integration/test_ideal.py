@@ -149,12 +149,15 @@ def test_human_output(procs, upm_bin, memhog):
 
 def test_fork_shared_frames_count_once(procs, upm_bin, tmp_path):
     """A parent and its child share their pages' frames after fork (COW):
-    each frame counts once, and sharing is no duplicate left to merge."""
+    each frame counts once, and sharing is no duplicate left to merge.
+    Shared anonymous memory (MAP_SHARED) is not counted: KSM cannot merge it."""
     ready = tmp_path / "ready"
     script = (
         "import mmap, os, signal, sys\n"
-        "m = mmap.mmap(-1, 32 << 20)\n"
+        "m = mmap.mmap(-1, 32 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)\n"
         "m.write(os.urandom(32 << 20))\n"
+        "s = mmap.mmap(-1, 16 << 20)\n"            # MAP_SHARED: never counted
+        "s.write(os.urandom(16 << 20))\n"
         "pid = os.fork()\n"
         "if pid == 0:\n"
         "    signal.pause()\n"
@@ -172,6 +175,7 @@ def test_fork_shared_frames_count_once(procs, upm_bin, tmp_path):
     assert doc["mappings"] - doc["anon_present_pages"] >= region, summary(doc)
     assert doc["unmerged_pages"] == doc["anon_present_pages"]      # fork sharing is not KSM
     assert doc["ideal_saved_pages"] < region // 4, summary(doc)
+    assert doc["anon_present_pages"] < region + (16 << 20) // PAGE_SIZE, "the MAP_SHARED region was counted"
 
 
 def test_unreadable_pid_is_skipped(procs, upm_bin, memhog):
