@@ -21,6 +21,7 @@ void add_run(CLI::App& app, Action& action, std::vector<std::string> command);
 void add_maps(CLI::App& app, Action& action);
 void add_status(CLI::App& app, Action& action);
 void add_policy(CLI::App& app, Action& action);
+void add_ideal(CLI::App& app, Action& action);
 
 // Loads a --policy argument (file or name) for `upm maps`: an empty
 // argument gives the built-in default.  Prints every problem to stderr and
