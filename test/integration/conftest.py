@@ -225,7 +225,10 @@ class KsmControl:
 
     def __init__(self) -> None:
         self.saved: dict[str, str] | None = None
-        self._lock = threading.Lock()
+        # Reentrant: the SIGTERM/SIGHUP handler calls restore() on the main
+        # thread, possibly while apply() waits there for the host lock (a
+        # plain Lock deadlocked the run: `timeout` could not stop it).
+        self._lock = threading.RLock()
         self._lock_fd: int | None = None
 
     def _take_host_lock(self) -> None:
