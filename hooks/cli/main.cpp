@@ -43,6 +43,7 @@ int main(int argc, char** argv) {
     upm::cli::add_maps(app, action);
     upm::cli::add_status(app, action);
     upm::cli::add_policy(app, action);
+    upm::cli::add_bench(app, action);
 
     // Name an unknown command (CLI11 would only say "A subcommand is required").
     CLI::App* level = &app;
