@@ -69,6 +69,10 @@ KSM_FIXED = {
     "ksm-default": {"advisor_mode": "none", "pages_to_scan": "100", "sleep_millisecs": "20", "run": "1"},
     "ksm-aggressive": {"advisor_mode": "none", "pages_to_scan": "10000", "sleep_millisecs": "10", "run": "1"},
 }
+# The only parts of the host's /etc a container sees (read-only): the
+# dynamic linker's cache and alternatives (BLAS), matplotlib's rc file
+# (python3-igraph imports matplotlib, which fails without it).
+ETC_FILES = ("ld.so.cache", "matplotlibrc")
 T0 = time.monotonic()
 
 
@@ -262,6 +266,67 @@ def merging_pages(pid: int) -> int:
         return 0
 
 
+def _anon_regions(pid: int):
+    """(start, end) of the private mappings upm's default classes cover
+    (heap, anonymous, library data: private and writable, or anonymous),
+    without [stack] and the kernel's pseudo-mappings."""
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        parts = line.split(None, 5)
+        start, end = (int(x, 16) for x in parts[0].split("-"))
+        perms, inode = parts[1], int(parts[4])
+        path = parts[5].strip() if len(parts) > 5 else ""
+        if perms[3] != "p" or perms[0] != "r" or path.startswith("[stack") or \
+                path in ("[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]"):
+            continue
+        if perms[1] == "w" or inode == 0:
+            yield start, end
+
+
+def python_ideal(pids: list[int]) -> dict:
+    """The fallback of `upm ideal` (the method of test/demo/layout_bench.py):
+    every present anonymous page of those regions (pagemap) is read through
+    /proc/PID/mem and hashed; ideal saved = pages - distinct contents.  Also
+    the saving achieved right now for exactly these processes: present
+    pages - distinct page frames."""
+    import array
+    from collections import Counter
+    pfn_mask = (1 << 55) - 1
+    digests: Counter = Counter()
+    frames = array.array("Q")
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/pagemap", "rb", buffering=0) as pm, \
+                    open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+                for start, end in _anon_regions(pid):
+                    pm.seek(start // PAGE * 8)
+                    entries = array.array("Q")
+                    entries.frombytes(pm.read((end - start) // PAGE * 8))
+                    i, n = 0, len(entries)
+                    while i < n:       # runs of present anonymous pages, read in one go
+                        if not (entries[i] >> 63 and not (entries[i] >> 61) & 1):
+                            i += 1
+                            continue
+                        j = i
+                        while j < n and j - i < 256 and entries[j] >> 63 and not (entries[j] >> 61) & 1:
+                            j += 1
+                        try:
+                            mem.seek(start + i * PAGE)
+                            data = mem.read((j - i) * PAGE)
+                        except OSError:
+                            i = j
+                            continue
+                        for k in range(len(data) // PAGE):
+                            digests[hash(data[k * PAGE:(k + 1) * PAGE])] += 1   # 64-bit SipHash
+                            frames.append(entries[i + k] & pfn_mask)
+                        i = j
+        except OSError:
+            continue
+    total = sum(digests.values())
+    return {"anon_present_pages": total, "distinct_contents": len(digests),
+            "ideal_saved_pages": total - len(digests), "saved_frames_pages": len(frames) - len(set(frames)),
+            "page_size": PAGE, "source": "python fallback (pagemap + /proc/PID/mem, SipHash per page)"}
+
+
 def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -295,7 +360,9 @@ class Container:
         for d in ("usr", "proc", "dev", "sys", "tmp", "etc/alternatives", "opt/upm-bench",
                   "var/cache/upm-bench", "run/upm-bench"):
             (rootfs / d).mkdir(parents=True, exist_ok=True)
-        (rootfs / "etc" / "ld.so.cache").touch()
+        for f in ETC_FILES:
+            if Path("/etc", f).exists():
+                (rootfs / "etc" / f).touch()
         for link, target in (("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")):
             if not (rootfs / link).is_symlink():
                 (rootfs / link).symlink_to(target)
@@ -311,8 +378,8 @@ class Container:
         ro = ["rbind", "ro", "nosuid", "nodev"]
         spec["mounts"] += [
             {"destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro", "nosuid"]},
-            {"destination": "/etc/ld.so.cache", "type": "bind", "source": "/etc/ld.so.cache", "options": ro},
-            {"destination": "/etc/alternatives", "type": "bind", "source": "/etc/alternatives", "options": ro},
+            *({"destination": f"/etc/{f}", "type": "bind", "source": f"/etc/{f}", "options": ro}
+              for f in (*ETC_FILES, "alternatives") if Path("/etc", f).exists()),
             {"destination": "/opt/upm-bench", "type": "bind", "source": str(b.functions), "options": ro},
             {"destination": "/var/cache/upm-bench", "type": "bind", "source": str(b.cache), "options": ro},
             {"destination": "/run/upm-bench", "type": "bind", "source": str(b.sockdir),
@@ -660,34 +727,43 @@ class Bench:
             time.sleep(max(0.0, a.load_interval - (time.monotonic() - t)))
 
     def ideal(self, pids: list[int]) -> dict | None:
+        doc = self.upm_ideal(pids)
+        if doc is None and self.args.ideal_fallback:
+            t = time.monotonic()
+            doc = python_ideal(pids)
+            doc["_seconds"] = round(time.monotonic() - t, 2)
+        return doc
+
+    def upm_ideal(self, pids: list[int]) -> dict | None:
+        fallback = ("; using the python fallback (--no-ideal-fallback: n/a)" if self.args.ideal_fallback
+                    else "; the fraction of the ideal is n/a")
         if self.ideal_missing:
             return None
         if "upm" not in self.bins:
             self.ideal_missing = True
-            self.warn("the `upm` CLI was not found; the fraction of the ideal is n/a")
+            self.warn("the `upm` CLI was not found" + fallback)
             return None
         t = time.monotonic()
         try:
             r = subprocess.run([str(self.bins["upm"]), "ideal", "--json", *map(str, pids)],
                                capture_output=True, text=True, timeout=900)
         except (OSError, subprocess.TimeoutExpired) as e:
-            self.warn(f"`upm ideal` failed ({e}); the fraction of the ideal is n/a")
+            self.warn(f"`upm ideal` failed ({e})" + fallback)
             return None
         if r.returncode != 0:
-            if "ideal" in r.stderr and ("required" in r.stderr or "not" in r.stderr or "Extra" in r.stderr
-                                        or "subcommand" in r.stderr):
+            if r.returncode == 2 and "ideal" in r.stderr and ("unknown" in r.stderr or "xtra" in r.stderr):
                 self.ideal_missing = True
-                self.warn(f"`{self.bins['upm']} ideal` is not available in this build; the fraction of the "
-                          "ideal is n/a (upm ideal lands with branch `ideal`)")
+                self.warn(f"`{self.bins['upm']} ideal` is not available in this build" + fallback)
             else:
-                self.warn(f"`upm ideal` failed (status {r.returncode}): {r.stderr.strip()[-300:]}")
+                self.warn(f"`upm ideal` failed (status {r.returncode}): {r.stderr.strip()[-300:]}" + fallback)
             return None
         try:
             doc = json.loads(r.stdout)
         except ValueError:
-            self.warn("`upm ideal --json` printed no JSON; the fraction of the ideal is n/a")
+            self.warn("`upm ideal --json` printed no JSON" + fallback)
             return None
         doc["_seconds"] = round(time.monotonic() - t, 2)
+        doc.setdefault("source", "upm ideal")
         return doc
 
     def summarise(self, mode, cs, base, samples, final, ideal, lat_early, lat_merged, t_ready, agent) -> dict:
@@ -712,13 +788,23 @@ class Bench:
             "lat_merged_p99_ms": round(pct(lat_merged, 0.99) * 1000, 1),
             "measured_s": round(samples[-1]["t"] - t_ready, 1) if samples else None,
             "ksm_settings": {k: read_knob(k) for k in ("run", "pages_to_scan", "sleep_millisecs")},
-            "ideal": ideal, "series": samples,
+            "ideal": ideal, "loadavg_end": Path("/proc/loadavg").read_text().split()[:3], "series": samples,
         }
         gib = saved_kernel / GIB
         res["ksmd_cpu_s_per_gib"] = round(final["ksmd_cpu"] / gib, 2) if gib > 0.01 else None
         if ideal and ideal.get("ideal_saved_pages"):
+            # achieved, for exactly these processes when the ideal tool says
+            # it (distinct frames, or what is left to merge), else the node's
+            # pages_sharing delta
+            if "saved_frames_pages" in ideal:
+                achieved = ideal["saved_frames_pages"]
+            elif "ideal_saved_from_unmerged_pages" in ideal:
+                achieved = ideal["ideal_saved_pages"] - ideal["ideal_saved_from_unmerged_pages"]
+            else:
+                achieved = final["sharing"]
+            res["achieved_saved_pages"] = achieved
             res["ideal_saved_bytes"] = ideal["ideal_saved_pages"] * ideal.get("page_size", PAGE)
-            res["of_ideal"] = round(final["sharing"] / ideal["ideal_saved_pages"], 3)
+            res["of_ideal"] = round(achieved / ideal["ideal_saved_pages"], 3)
         else:
             res["ideal_saved_bytes"] = None
             res["of_ideal"] = None
@@ -753,7 +839,7 @@ class Bench:
         """Before a mode: the previous mode's memory is given back (node used
         stops falling) so that the node delta starts from a steady state."""
         prev = node_used()
-        for _ in range(20):
+        for _ in range(10):
             time.sleep(1)
             now = node_used()
             if abs(now - prev) < 32 * MIB:
@@ -774,6 +860,8 @@ class Bench:
             if off and r is not off:
                 r["saved_pss_bytes"] = off["pss_bytes"] - r["pss_bytes"]
                 r["saved_node_bytes"] = off["node_used_delta_bytes"] - r["node_used_delta_bytes"]
+                # the containers' own extra CPU (advice, trimming, COW faults), noisy
+                r["containers_cpu_vs_off_s"] = round(r["containers_cpu_s"] - off["containers_cpu_s"], 2)
             elif r is off:
                 r["saved_pss_bytes"] = r["saved_node_bytes"] = 0
             else:
@@ -807,6 +895,7 @@ def short(r: dict) -> str:
 
 def host_info() -> dict:
     return {"kernel": os.uname().release, "cpus": os.cpu_count(), "mem_total_bytes": meminfo()["MemTotal"],
+            "loadavg": Path("/proc/loadavg").read_text().split()[:3],
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
@@ -933,6 +1022,9 @@ def parse_args(argv=None):
                     "or the installation this script belongs to)")
     ap.add_argument("--workdir", default="/tmp", help="parent of the bench's bundles and sockets (default /tmp)")
     ap.add_argument("--lock-timeout", type=float, default=1800, help="seconds to wait for the KSM lock")
+    ap.add_argument("--no-ideal-fallback", dest="ideal_fallback", action="store_false",
+                    help="without `upm ideal`, report the fraction of the ideal as n/a instead of hashing the "
+                         "pages in python")
     ap.add_argument("--json", metavar="OUT", help="write every result (with the time series) as JSON")
     ap.add_argument("--plot", metavar="OUT.png", help="plot memory over time per mode (matplotlib)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (bundles, logs)")
