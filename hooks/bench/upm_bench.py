@@ -43,7 +43,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -282,17 +281,21 @@ def _anon_regions(pid: int):
             yield start, end
 
 
-def python_ideal(pids: list[int]) -> dict:
+def python_ideal(pids: list[int], contents: bool = True) -> dict:
     """The fallback of `upm ideal` (the method of test/demo/layout_bench.py):
     every present anonymous page of those regions (pagemap) is read through
-    /proc/PID/mem and hashed; ideal saved = pages - distinct contents.  Also
-    the saving achieved right now for exactly these processes: present
-    pages - distinct page frames."""
+    /proc/PID/mem and hashed; ideal saved = pages - distinct contents.  And,
+    with or without contents, the saving achieved right now for exactly
+    these processes: present pages - distinct page frames."""
     import array
     from collections import Counter
     pfn_mask = (1 << 55) - 1
     digests: Counter = Counter()
     frames = array.array("Q")
+
+    def present(e: int) -> bool:
+        return bool(e >> 63) and not (e >> 61) & 1      # present, not file-backed/shared-anon
+
     for pid in pids:
         try:
             with open(f"/proc/{pid}/pagemap", "rb", buffering=0) as pm, \
@@ -301,13 +304,16 @@ def python_ideal(pids: list[int]) -> dict:
                     pm.seek(start // PAGE * 8)
                     entries = array.array("Q")
                     entries.frombytes(pm.read((end - start) // PAGE * 8))
+                    if not contents:
+                        frames.extend(e & pfn_mask for e in entries if present(e))
+                        continue
                     i, n = 0, len(entries)
                     while i < n:       # runs of present anonymous pages, read in one go
-                        if not (entries[i] >> 63 and not (entries[i] >> 61) & 1):
+                        if not present(entries[i]):
                             i += 1
                             continue
                         j = i
-                        while j < n and j - i < 256 and entries[j] >> 63 and not (entries[j] >> 61) & 1:
+                        while j < n and j - i < 256 and present(entries[j]):
                             j += 1
                         try:
                             mem.seek(start + i * PAGE)
@@ -321,10 +327,13 @@ def python_ideal(pids: list[int]) -> dict:
                         i = j
         except OSError:
             continue
-    total = sum(digests.values())
-    return {"anon_present_pages": total, "distinct_contents": len(digests),
-            "ideal_saved_pages": total - len(digests), "saved_frames_pages": len(frames) - len(set(frames)),
-            "page_size": PAGE, "source": "python fallback (pagemap + /proc/PID/mem, SipHash per page)"}
+    out = {"present_pages": len(frames), "saved_frames_pages": len(frames) - len(set(frames)), "page_size": PAGE}
+    if contents:
+        total = sum(digests.values())
+        out.update({"anon_present_pages": total, "distinct_contents": len(digests),
+                    "ideal_saved_pages": total - len(digests),
+                    "source": "python fallback (pagemap + /proc/PID/mem, SipHash per page)"})
+    return out
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -658,7 +667,9 @@ class Bench:
                  "sharing": ksm_counter("pages_sharing") - base["sharing"],
                  "merging": sum(merging_pages(p) for p in pids), "ksmd_cpu": ksmd_cpu() - base["ksmd"],
                  "cpu": sum(proc_cpu(p) for p in pids)}
-        ideal = self.ideal([c.pid for c in cs])
+        frames = python_ideal(pids, contents=False)
+        final["saved_frames_pages"] = frames["saved_frames_pages"]
+        ideal = self.ideal(pids)
         agent = self.upmd.status() if self.upmd else {}
         res = self.summarise(mode, cs, base, samples, final, ideal, lat_early, lat_merged,
                              t_last_ready - base["t"], agent)
@@ -779,6 +790,7 @@ class Bench:
             "mode": mode, "n": len(cs), "function": self.args.function,
             "pss_bytes": final["pss"], "node_used_delta_bytes": final["used"],
             "kernel_saved_bytes": saved_kernel, "merging_pages": final["merging"],
+            "saved_frames_bytes": final["saved_frames_pages"] * PAGE,
             "ksmd_cpu_s": round(final["ksmd_cpu"], 2), "containers_cpu_s": round(final["cpu"], 2),
             "t90_s": t90, "t_last_ready_s": round(t_ready, 1),
             "start_p50_s": round(pct(starts, 0.5), 2), "start_p95_s": round(pct(starts, 0.95), 2),
@@ -793,15 +805,9 @@ class Bench:
         gib = saved_kernel / GIB
         res["ksmd_cpu_s_per_gib"] = round(final["ksmd_cpu"] / gib, 2) if gib > 0.01 else None
         if ideal and ideal.get("ideal_saved_pages"):
-            # achieved, for exactly these processes when the ideal tool says
-            # it (distinct frames, or what is left to merge), else the node's
-            # pages_sharing delta
-            if "saved_frames_pages" in ideal:
-                achieved = ideal["saved_frames_pages"]
-            elif "ideal_saved_from_unmerged_pages" in ideal:
-                achieved = ideal["ideal_saved_pages"] - ideal["ideal_saved_from_unmerged_pages"]
-            else:
-                achieved = final["sharing"]
+            # achieved for exactly these processes: their present anonymous
+            # pages minus distinct frames (merges elsewhere on the node do not count)
+            achieved = final["saved_frames_pages"]
             res["achieved_saved_pages"] = achieved
             res["ideal_saved_bytes"] = ideal["ideal_saved_pages"] * ideal.get("page_size", PAGE)
             res["of_ideal"] = round(achieved / ideal["ideal_saved_pages"], 3)
