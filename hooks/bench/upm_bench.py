@@ -550,6 +550,7 @@ class Bench:
         self.warnings: list[str] = []
         self.results: dict[str, dict] = {}
         self.ideal_missing = False
+        self.sharing_at_start = 0
         spec_dir = self.workdir / "spec"
         spec_dir.mkdir()
         subprocess.run([RUNC, "spec", "--bundle", str(spec_dir)], check=True)
@@ -841,9 +842,30 @@ class Bench:
             self.upmd.stop()
             self.upmd = None
 
+    def drain_ksm(self) -> None:
+        """After a mode: KSM's counters of the exited containers are only
+        dropped when ksmd scans again (with run=0 they stay), so ksmd runs
+        fast until pages_sharing is back at its value before the bench (or
+        stops falling for 3 s, at most 60 s); then the host's settings."""
+        if ksm_counter("pages_sharing") <= self.sharing_at_start:
+            return
+        set_knobs({"advisor_mode": "none", "pages_to_scan": "5000", "sleep_millisecs": "10", "run": "1"})
+        prev, same = ksm_counter("pages_sharing"), 0
+        for _ in range(60):
+            time.sleep(1)
+            now = ksm_counter("pages_sharing")
+            if now <= self.sharing_at_start:
+                break
+            same = same + 1 if now >= prev else 0
+            if same >= 3:
+                break
+            prev = now
+        self.ksm.baseline()
+
     def wait_quiet(self) -> None:
         """Before a mode: the previous mode's memory is given back (node used
         stops falling) so that the node delta starts from a steady state."""
+        self.drain_ksm()
         prev = node_used()
         for _ in range(10):
             time.sleep(1)
@@ -858,6 +880,7 @@ class Bench:
         a = self.args
         self.prepare()
         self.ksm.take(a.lock_timeout)
+        self.sharing_at_start = ksm_counter("pages_sharing")
         for mode in a.modes:
             self.results[mode] = self.run_mode(mode)
             log(f"mode `{mode}` done: " + short(self.results[mode]))
@@ -882,6 +905,8 @@ class Bench:
     def cleanup(self) -> None:
         try:
             self.teardown()
+            if self.ksm.saved is not None:
+                self.drain_ksm()
         finally:
             errors = self.ksm.restore()
             if errors:

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """`upm bench` end to end, small: 2 containers of the lightest function
-(thumb: python3 + PIL, 65 MiB of identical decoded images per pair) in the modes off and upm, through the real
-runc, upm-runtime, upm-hook and a private upmd, with the host's KSM (the
+with real savings (thumb: python3 + PIL, the same decoded images in every
+instance) in the modes off and upm, through the real runc, upm-runtime,
+upm-hook and a private upmd, with the host's KSM (/sys/kernel/mm/ksm; the
 driver takes the tests' KSM lock and restores the settings itself).
 
 The oracles: the JSON has every column of the table filled for the upm
