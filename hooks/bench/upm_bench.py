@@ -550,7 +550,6 @@ class Bench:
         self.warnings: list[str] = []
         self.results: dict[str, dict] = {}
         self.ideal_missing = False
-        self.sharing_at_start = 0
         spec_dir = self.workdir / "spec"
         spec_dir.mkdir()
         subprocess.run([RUNC, "spec", "--bundle", str(spec_dir)], check=True)
@@ -643,7 +642,7 @@ class Bench:
                      "ready": sum(1 for c in cs if c.t_ready), "phase": state["phase"]}
                 samples.append(s)
                 Progress.show(f"[{mode}] {state['phase']}: {s['ready']}/{len(cs)} ready, t={s['t']:.0f} s, "
-                              f"PSS {s['pss'] / GIB:.2f} GiB, merged {s['sharing'] * PAGE / MIB:.0f} MiB, "
+                              f"PSS {s['pss'] / GIB:.2f} GiB, merging {s['merging'] * PAGE / MIB:.0f} MiB, "
                               f"ksmd {s['ksmd_cpu']:.1f} CPU-s")
                 stop.wait(a.interval)
 
@@ -716,8 +715,9 @@ class Bench:
     def serve_until_settled(self, cs, samples, t_ready, stop) -> None:
         """Serves invocations (one every --load-interval seconds, round robin)
         until the saving settled: at least --min-measure seconds after the
-        last container was ready, and pages_sharing grew by less than 1%
-        (and 1 MiB) over the last --settle seconds; at most --max-measure."""
+        last container was ready, and the containers' ksm_merging_pages grew
+        by less than 1% (and 1 MiB) over the last --settle seconds; at most
+        --max-measure."""
         a = self.args
         k = 0
         t_begin = time.monotonic()
@@ -729,8 +729,8 @@ class Bench:
                 now = samples[-1]
                 old = [s for s in samples if s["t"] <= now["t"] - a.settle]
                 if old and now["t"] - t_ready >= a.settle:
-                    grew = now["sharing"] - old[-1]["sharing"]
-                    if grew <= max(0.01 * now["sharing"], MIB / PAGE):
+                    grew = now["merging"] - old[-1]["merging"]
+                    if grew <= max(0.01 * now["merging"], MIB / PAGE):
                         break
             c = cs[k % len(cs)]
             k += 1
@@ -782,9 +782,11 @@ class Bench:
         starts = [c.t_ready - c.t_start for c in cs]
         saved_kernel = final["sharing"] * PAGE
         t90 = None
-        if final["sharing"] > 0:
-            goal = 0.9 * final["sharing"]
-            hit = next((s["t"] for s in samples if s["sharing"] >= goal), None)
+        if final["merging"] > 0:
+            # on the containers' own ksm_merging_pages: the node's pages_sharing
+            # also moves with other processes (and with stale counts of exited ones)
+            goal = 0.9 * final["merging"]
+            hit = next((s["t"] for s in samples if s["merging"] >= goal), None)
             if hit is not None:
                 t90 = round(max(0.0, hit - t_ready), 1)
         res = {
@@ -803,8 +805,8 @@ class Bench:
             "ksm_settings": {k: read_knob(k) for k in ("run", "pages_to_scan", "sleep_millisecs")},
             "ideal": ideal, "loadavg_end": Path("/proc/loadavg").read_text().split()[:3], "series": samples,
         }
-        gib = saved_kernel / GIB
-        res["ksmd_cpu_s_per_gib"] = round(final["ksmd_cpu"] / gib, 2) if gib > 0.01 else None
+        gib = final["saved_frames_pages"] * PAGE / GIB
+        res["ksmd_cpu_s_per_gib"] = round(final["ksmd_cpu"] / gib, 2) if gib > 0 else None
         if ideal and ideal.get("ideal_saved_pages"):
             # achieved for exactly these processes: their present anonymous
             # pages minus distinct frames (merges elsewhere on the node do not count)
@@ -845,16 +847,16 @@ class Bench:
     def drain_ksm(self) -> None:
         """After a mode: KSM's counters of the exited containers are only
         dropped when ksmd scans again (with run=0 they stay), so ksmd runs
-        fast until pages_sharing is back at its value before the bench (or
-        stops falling for 3 s, at most 60 s); then the host's settings."""
-        if ksm_counter("pages_sharing") <= self.sharing_at_start:
+        fast until pages_sharing is 0 or stops falling for 3 s (at most
+        60 s); then the host's settings."""
+        if ksm_counter("pages_sharing") == 0:
             return
         set_knobs({"advisor_mode": "none", "pages_to_scan": "5000", "sleep_millisecs": "10", "run": "1"})
         prev, same = ksm_counter("pages_sharing"), 0
         for _ in range(60):
             time.sleep(1)
             now = ksm_counter("pages_sharing")
-            if now <= self.sharing_at_start:
+            if now == 0:
                 break
             same = same + 1 if now >= prev else 0
             if same >= 3:
@@ -880,7 +882,6 @@ class Bench:
         a = self.args
         self.prepare()
         self.ksm.take(a.lock_timeout)
-        self.sharing_at_start = ksm_counter("pages_sharing")
         for mode in a.modes:
             self.results[mode] = self.run_mode(mode)
             log(f"mode `{mode}` done: " + short(self.results[mode]))
@@ -920,7 +921,7 @@ class Bench:
 
 
 def short(r: dict) -> str:
-    return (f"PSS {r['pss_bytes'] / GIB:.2f} GiB, merged {r['kernel_saved_bytes'] / MIB:.0f} MiB, "
+    return (f"PSS {r['pss_bytes'] / GIB:.2f} GiB, merged {r['saved_frames_bytes'] / MIB:.0f} MiB, "
             f"t90 {r['t90_s']} s, ksmd {r['ksmd_cpu_s']} CPU-s, start p50 {r['start_p50_s']} s")
 
 
@@ -979,7 +980,7 @@ def table(doc: dict) -> str:
         rows.append((m, f"{r['pss_bytes'] / GIB:.2f}", f"{r['node_used_delta_bytes'] / GIB:.2f}",
                      fmt(r.get("saved_pss_bytes") and r["saved_pss_bytes"] / MIB, ".0f", "0" if m == "off" else "n/a"),
                      fmt(r.get("saved_node_bytes") and r["saved_node_bytes"] / MIB, ".0f", "0" if m == "off" else "n/a"),
-                     f"{r['kernel_saved_bytes'] / MIB:.0f}",
+                     f"{r['saved_frames_bytes'] / MIB:.0f}",
                      fmt(r["ideal_saved_bytes"] and r["ideal_saved_bytes"] / MIB, ".0f"),
                      fmt(r["of_ideal"] and r["of_ideal"] * 100, ".0f") + ("%" if r["of_ideal"] is not None else ""),
                      fmt(r["t90_s"], ".1f", "-"), f"{r['ksmd_cpu_s']:.1f}", fmt(r["ksmd_cpu_s_per_gib"], ".1f", "-"),
@@ -1003,10 +1004,10 @@ def plot(doc: dict, out: str) -> None:
         s = r["series"]
         t = [x["t"] for x in s]
         line, = ax1.plot(t, [x["pss"] / GIB for x in s], label=m)
-        ax2.plot(t, [x["sharing"] * PAGE / GIB for x in s], label=m, color=line.get_color())
+        ax2.plot(t, [x["merging"] * PAGE / GIB for x in s], label=m, color=line.get_color())
         ax1.axvline(r["t_last_ready_s"], color=line.get_color(), linestyle=":", linewidth=0.8)
     ax1.set_ylabel("sum of PSS of the containers (GiB)")
-    ax2.set_ylabel("merged: pages_sharing (GiB)")
+    ax2.set_ylabel("containers' ksm_merging_pages (GiB)")
     ax2.set_xlabel("seconds since the first container was started (dotted: last one ready)")
     ax1.set_title(f"upm bench: {doc['n']} x {doc['function']}, {doc['host']['cpus']} CPUs, "
                   f"kernel {doc['host']['kernel']}")

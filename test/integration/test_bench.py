@@ -6,9 +6,11 @@ upm-hook and a private upmd, with the host's KSM (/sys/kernel/mm/ksm; the
 driver takes the tests' KSM lock and restores the settings itself).
 
 The oracles: the JSON has every column of the table filled for the upm
-mode, the upm containers were registered with upmd, and upm saved memory
-against off (PSS and the kernel's pages_sharing), and the host's KSM knobs
-are the same after the run as before.
+mode, the upm containers were registered with upmd, upm saved memory
+(page frames shared by the containers' pages, ksm_merging_pages; none in
+off), and the host's KSM knobs are the same after the run as before.  How
+much upm saves is the bench's result, not this test's: PSS differences of
+a few MiB between two runs are noise.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pytest
 
 from conftest import KSM_DIR, KsmControl, ksm_writable_knobs, _read_knob
 
-COLUMNS = ("pss_bytes", "node_used_delta_bytes", "kernel_saved_bytes", "saved_pss_bytes", "saved_node_bytes",
+COLUMNS = ("pss_bytes", "node_used_delta_bytes", "saved_frames_bytes", "kernel_saved_bytes", "saved_pss_bytes", "saved_node_bytes",
            "ideal_saved_bytes", "of_ideal", "t90_s", "ksmd_cpu_s", "ksmd_cpu_s_per_gib", "start_p50_s",
            "start_p95_s", "lat_early_p50_ms", "lat_early_p99_ms", "lat_merged_p50_ms", "lat_merged_p99_ms")
 
@@ -55,15 +57,17 @@ def test_bench_thumb_off_and_upm(build_dir: Path, tmp_path, report):
     assert not empty, f"columns without a value for mode upm: {empty}; warnings: {doc['warnings']}"
     assert upm_r["ideal"]["source"], upm_r["ideal"]
     assert upm_r["agent"]["registered"] == 2, upm_r.get("agent")
-    assert upm_r["kernel_saved_bytes"] > 0, "nothing merged under upm"
-    assert upm_r["saved_pss_bytes"] > 0, f"upm PSS {upm_r['pss_bytes']} not below off {off['pss_bytes']}"
-    assert 0 < upm_r["of_ideal"] <= 1.05
-    assert off["kernel_saved_bytes"] == 0 or off["kernel_saved_bytes"] < upm_r["kernel_saved_bytes"]
+    # saved: the upm containers' pages that share a frame (exact, from
+    # pagemap), and the kernel's count for them; none in off
+    assert upm_r["saved_frames_bytes"] > 0 and upm_r["merging_pages"] > 0, "nothing merged under upm"
+    assert off["saved_frames_bytes"] == 0 and off["merging_pages"] == 0
+    assert 0 < upm_r["of_ideal"] <= 1.0
+    assert upm_r["ideal_saved_bytes"] >= upm_r["saved_frames_bytes"]
     assert "mode" in r.stdout and "upm" in r.stdout, r.stdout      # the table
     if "--plot" in argv:
         assert plot.stat().st_size > 10000
     after = {k: _read_knob(KSM_DIR / k) for k in knobs_before}
     assert after == knobs_before, "the bench left the host's KSM settings changed"
     report(f"bench thumb x2: upm saved {upm_r['saved_pss_bytes'] >> 20} MiB PSS, merged "
-           f"{upm_r['kernel_saved_bytes'] >> 20} MiB, {upm_r['of_ideal']:.0%} of the ideal "
+           f"{upm_r['saved_frames_bytes'] >> 20} MiB, {upm_r['of_ideal']:.0%} of the ideal "
            f"({upm_r['ideal']['source']}), t90 {upm_r['t90_s']} s")
