@@ -950,7 +950,12 @@ def find_bins(args) -> dict[str, Path]:
             raise SystemExit("bench: error: upm-runtime not found (tried " + ", ".join(map(str, cands)) +
                              "); run `make build` or pass --bin-dir")
         return {}
-    bins = {n: found / n for n in names if os.access(found / n, os.X_OK)}
+    bins = {}
+    for n in names:      # installed, upmd is in PREFIX/sbin
+        for p in (found / n, found.parent / "sbin" / n):
+            if os.access(p, os.X_OK):
+                bins[n] = p
+                break
     missing = [n for n in need if n not in bins]
     if missing:
         raise SystemExit(f"bench: error: missing in {found}: {', '.join(missing)} (run `make build`)")
