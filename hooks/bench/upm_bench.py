@@ -550,6 +550,7 @@ class Bench:
         self.warnings: list[str] = []
         self.results: dict[str, dict] = {}
         self.ideal_missing = False
+        self.stopping = False
         spec_dir = self.workdir / "spec"
         spec_dir.mkdir()
         subprocess.run([RUNC, "spec", "--bundle", str(spec_dir)], check=True)
@@ -681,6 +682,8 @@ class Bench:
         errors: list[str] = []
 
         def one(c: Container):
+            if self.stopping:
+                return
             try:
                 c.start()
                 c.wait_ready(a.ready_timeout)
@@ -835,11 +838,14 @@ class Bench:
                 log(f"warning: deleting {c.id}: {e}")
         self.containers = []
         # containers whose `run` was still under way when we gave up
-        r = subprocess.run([RUNC, "--root", str(self.state_root), "list", "-q"], capture_output=True, text=True,
-                           timeout=60)
-        for cid in r.stdout.split() if r.returncode == 0 else []:
-            subprocess.run([RUNC, "--root", str(self.state_root), "delete", "-f", cid],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+        for attempt in range(2 if self.stopping else 1):
+            if attempt:
+                time.sleep(2)
+            r = subprocess.run([RUNC, "--root", str(self.state_root), "list", "-q"], capture_output=True,
+                               text=True, timeout=60)
+            for cid in r.stdout.split() if r.returncode == 0 else []:
+                subprocess.run([RUNC, "--root", str(self.state_root), "delete", "-f", cid],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
         if self.upmd:
             self.upmd.stop()
             self.upmd = None
@@ -904,6 +910,7 @@ class Bench:
                 "results": self.results, "warnings": self.warnings}
 
     def cleanup(self) -> None:
+        self.stopping = True
         try:
             self.teardown()
             if self.ksm.saved is not None:
