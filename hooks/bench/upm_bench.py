@@ -1113,7 +1113,7 @@ def main(argv=None) -> int:
         return 2
 
     def on_signal(signum, frame):  # noqa: ARG001
-        raise Interrupted(signal.Signals(signum).name)
+        raise Interrupted(signal.Signals(signum).name, 128 + signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
@@ -1124,8 +1124,8 @@ def main(argv=None) -> int:
     try:
         doc = bench.run()
     except Interrupted as e:
-        log(f"interrupted ({e}); cleaning up")
-        status = 130
+        log(f"interrupted ({e.args[0]}); cleaning up")
+        status = e.args[1]
     except Exception as e:  # noqa: BLE001 - reported, then cleaned up
         log(f"error: {e}")
         status = 1
