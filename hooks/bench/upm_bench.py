@@ -611,6 +611,8 @@ class Bench:
         (self.workdir / mode).mkdir()
         self.ksm.baseline()
         self.wait_quiet()
+        if a.ksm_run != "host":
+            set_knobs({"run": a.ksm_run})     # the node's own ksmd, under every mode
         if mode in KSM_FIXED:
             set_knobs(KSM_FIXED[mode])
         if mode in ("upm", "upm-shared"):
@@ -909,7 +911,7 @@ class Bench:
             else:
                 r["saved_pss_bytes"] = r["saved_node_bytes"] = None
         return {"function": a.function, "n": a.n, "modes": list(a.modes),
-                "config": {k: getattr(a, k) for k in ("batch", "stagger", "interval", "pss_interval",
+                "config": {k: getattr(a, k) for k in ("batch", "stagger", "interval", "pss_interval", "ksm_run",
                                                       "min_measure", "max_measure", "settle", "invocations",
                                                       "load_interval", "image_size", "ready_timeout")},
                 "ksm_fixed": KSM_FIXED, "host": host_info(), "bins": {k: str(v) for k, v in self.bins.items()},
@@ -1072,6 +1074,10 @@ def parse_args(argv=None):
                     "or the installation this script belongs to)")
     ap.add_argument("--workdir", default="/tmp", help="parent of the bench's bundles and sockets (default /tmp)")
     ap.add_argument("--lock-timeout", type=float, default=1800, help="seconds to wait for the KSM lock")
+    ap.add_argument("--ksm-run", choices=("host", "0", "1"), default="host",
+                    help="ksmd's `run` before each mode: as the host has it (default), or 1 = a node whose admin "
+                         "runs ksmd at the host's pages_to_scan/sleep_millisecs (upmd's tuner then idles there "
+                         "instead of stopping ksmd), 0 = KSM off")
     ap.add_argument("--no-ideal-fallback", dest="ideal_fallback", action="store_false",
                     help="without `upm ideal`, report the fraction of the ideal as n/a instead of hashing the "
                          "pages in python")
