@@ -6,7 +6,7 @@ prepare() draws them once from a fixed seed on the host and saves them in
 the cache directory (resnet50-seed0.pt, ~100 MB); every instance builds the
 network and loads that file with torch.load after its container started,
 as a real function loads its model.  An invocation classifies an image
-generated from the invocation's seed (SIZE x SIZE, default 128, env
+generated from the invocation's seed (SIZE x SIZE, default 96, env
 UPM_BENCH_IMAGE_SIZE) and returns the top-5 classes.
 """
 
@@ -34,7 +34,7 @@ def cold_start(cache_dir: str):
     import torch
     import torchvision
     torch.set_num_threads(int(os.environ.get("UPM_BENCH_THREADS", "1")))
-    size = int(os.environ.get("UPM_BENCH_IMAGE_SIZE", "128"))
+    size = int(os.environ.get("UPM_BENCH_IMAGE_SIZE", "96"))
     model = torchvision.models.resnet50(weights=None)
     model.load_state_dict(torch.load(os.path.join(cache_dir, WEIGHTS)))
     model.eval()
