@@ -22,6 +22,9 @@ void add_maps(CLI::App& app, Action& action);
 void add_status(CLI::App& app, Action& action);
 void add_policy(CLI::App& app, Action& action);
 void add_ideal(CLI::App& app, Action& action);
+// `upm bench [OPTIONS]`: execs python3 on the benchmark driver
+// (hooks/bench/upm_bench.py) with the options as given.
+void add_bench(CLI::App& app, Action& action);
 
 // Loads a --policy argument (file or name) for `upm maps`: an empty
 // argument gives the built-in default.  Prints every problem to stderr and
