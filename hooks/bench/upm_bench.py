@@ -818,13 +818,18 @@ class Bench:
         }
         gib = final["saved_frames_pages"] * PAGE / GIB
         res["ksmd_cpu_s_per_gib"] = round(final["ksmd_cpu"] / gib, 2) if gib > 0 else None
-        if ideal and ideal.get("ideal_saved_pages"):
+        # `upm ideal`: what merging every identical page saves against no
+        # merging at all (ideal_saved_from_unmerged_pages; its
+        # ideal_saved_pages is what is left to save from the current state);
+        # the python fallback counts against no merging too.
+        ideal_pages = ideal and ideal.get("ideal_saved_from_unmerged_pages", ideal.get("ideal_saved_pages"))
+        if ideal_pages:
             # achieved for exactly these processes: their present anonymous
             # pages minus distinct frames (merges elsewhere on the node do not count)
             achieved = final["saved_frames_pages"]
             res["achieved_saved_pages"] = achieved
-            res["ideal_saved_bytes"] = ideal["ideal_saved_pages"] * ideal.get("page_size", PAGE)
-            res["of_ideal"] = round(achieved / ideal["ideal_saved_pages"], 3)
+            res["ideal_saved_bytes"] = ideal_pages * ideal.get("page_size", PAGE)
+            res["of_ideal"] = round(achieved / ideal_pages, 3)
         else:
             res["ideal_saved_bytes"] = None
             res["of_ideal"] = None
