@@ -210,9 +210,12 @@ std::string read_pipe(int fd) {
     return out;
 }
 
-// read_as_user() in a grandchild (the child is single-threaded; its own
-// credentials and capabilities stay for the mounts).
-Result<std::string> read_image_file(int root, const struct stat& expect, const RootfsInjection& in, const Prepared& prep) {
+// Runs `fn` in a forked child and returns its result, passed back through a
+// pipe ("O" + text, or "E" + the error).  The children of this file are
+// how it changes namespaces and credentials without touching the caller's.
+// `what` names the child if it dies without answering.
+template <typename Fn>
+Result<std::string> in_child(const char* what, Fn&& fn) {
     int p[2];
     if (::pipe2(p, O_CLOEXEC) != 0) return Error::sys(errno, "pipe");
     Fd rd(p[0]), wr(p[1]);
@@ -220,8 +223,16 @@ Result<std::string> read_image_file(int root, const struct stat& expect, const R
     if (child < 0) return Error::sys(errno, "fork");
     if (child == 0) {
         ::close(rd.fd);
-        auto r = read_as_user(root, expect, in, prep);
-        (void)write_all(wr.fd, r ? "O" + *r : "E" + r.error().message);
+        std::string msg;
+        try {   // an exception must not unwind into the parent's code in this copy
+            Result<std::string> r = fn();
+            msg = r ? "O" + *r : "E" + r.error().message;
+        } catch (const std::exception& e) {
+            msg = std::string("E") + what + ": " + e.what();
+        } catch (...) {
+            msg = std::string("E") + what + ": unknown exception";
+        }
+        (void)write_all(wr.fd, msg);
         ::_exit(0);
     }
     ::close(wr.fd);
@@ -230,9 +241,15 @@ Result<std::string> read_image_file(int root, const struct stat& expect, const R
     int status = 0;
     while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
     }
-    if (msg.empty()) return Error::msg("the process reading `/etc/ld.so.preload` died (status " + std::to_string(status) + ")");
+    if (msg.empty()) return Error::msg(std::string(what) + " died (status " + std::to_string(status) + ")");
     if (msg.front() != 'O') return Error::msg(msg.substr(1));
     return msg.substr(1);
+}
+
+// read_as_user() in a grandchild (the child is single-threaded; its own
+// credentials and capabilities stay for the mounts).
+Result<std::string> read_image_file(int root, const struct stat& expect, const RootfsInjection& in, const Prepared& prep) {
+    return in_child("the process reading `/etc/ld.so.preload`", [&] { return read_as_user(root, expect, in, prep); });
 }
 
 // The child: in the container's mount namespace.  Returns what happened to
@@ -573,37 +590,16 @@ Result<RootfsInjected> inject_into_rootfs(const RootfsInjection& in) {
             prep.policy_tree = std::move(*policy);
         }
 
-        int p[2];
-        if (::pipe2(p, O_CLOEXEC) != 0) return Error::sys(errno, "pipe");
-        Fd rd(p[0]), wr(p[1]);
-        pid_t child = ::fork();
-        if (child < 0) return Error::sys(errno, "fork");
-        if (child == 0) {
-            ::close(rd.fd);
-            std::string msg;
-            if (::setns(ns.fd, CLONE_NEWNS) != 0) {
-                msg = "E" + std::string(Error::sys(errno, "setns into the container's mount namespace").message);
-            } else if (::chdir("/") != 0) {
-                msg = "Echdir: " + std::string(std::strerror(errno));
-            } else {
-                auto r = inject_in_namespace(in, prep);
-                msg = r ? "O" + *r : "E" + r.error().message;
-            }
-            (void)write_all(wr.fd, msg);
-            ::_exit(0);
-        }
-        ::close(wr.fd);
-        wr.fd = -1;
-        std::string msg = read_pipe(rd.fd);
-        int status = 0;
-        while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
-        }
-        if (msg.empty()) return Error::msg("the injecting process died (status " + std::to_string(status) + ")");
-        if (msg.front() != 'O') return Error::msg(msg.substr(1));
+        auto msg = in_child("the injecting process", [&]() -> Result<std::string> {
+            if (::setns(ns.fd, CLONE_NEWNS) != 0) return Error::sys(errno, "setns into the container's mount namespace");
+            if (::chdir("/") != 0) return Error::sys(errno, "chdir");
+            return inject_in_namespace(in, prep);
+        });
+        if (!msg) return msg.error();
         RootfsInjected out;
         out.preload = std::string(kContainerDirDev) + "/" + kPreloadFile;
         if (!in.domain.empty() || !in.policy_source.empty()) out.policy = std::string(kContainerDirDev) + "/" + kPolicyFile;
-        out.ld_so_preload = msg.substr(1);
+        out.ld_so_preload = std::move(*msg);
         return out;
     } catch (const std::exception& e) {
         return Error::msg(std::string("injecting: ") + e.what());
