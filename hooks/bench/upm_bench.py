@@ -942,7 +942,7 @@ class Bench:
 
 def short(r: dict) -> str:
     return (f"PSS {r['pss_bytes'] / GIB:.2f} GiB, merged {r['saved_frames_bytes'] / MIB:.0f} MiB, "
-            f"t90 {r['t90_s']} s, ksmd {r['ksmd_cpu_s']} CPU-s, start p50 {r['start_p50_s']} s")
+            f"t90 {'-' if r['t90_s'] is None else r['t90_s']} s, ksmd {r['ksmd_cpu_s']} CPU-s, start p50 {r['start_p50_s']} s")
 
 
 def host_info() -> dict:
