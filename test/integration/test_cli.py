@@ -17,7 +17,7 @@ import pytest
 
 from conftest import ksm_counters, ksm_merging_pages, smaps, upm_run, wait_merged, wait_until
 
-COMMANDS = [["run"], ["maps"], ["status"], ["policy"], ["policy", "check"]]
+COMMANDS = [["run"], ["maps"], ["status"], ["policy"], ["policy", "check"], ["ideal"], ["bench"]]
 
 
 def project_version(source_dir: Path) -> str:
