@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from conftest import (KSM_DIR, MIB, PAGES, _find_built, _ksm_fixture, _read_knob, describe, frames_saved,
-                      ksm_writable_knobs, upm_run, wait_merged, wait_until)
+                      ksm_counters, ksm_writable_knobs, upm_run, wait_merged, wait_until)
 
 START = {"advisor_mode": "none", "pages_to_scan": "123", "sleep_millisecs": "37"}
 IDLE = {"pages_to_scan": "100", "sleep_millisecs": "20"}
@@ -108,6 +108,10 @@ def test_burst_merges_then_idle_then_restore(ksm_held, procs, upm_bin, memhog, k
     state = tmp_path / "ksm-original.json"
     hogs = [procs.memhog(upm_run(upm_bin, memhog, "--seed", "1", backend="ksm")) for _ in range(N)]
 
+    # Counts left by merged processes that exited while ksmd was stopped
+    # (an earlier suite) stay in pages_sharing until ksmd scans again: the
+    # burst drops them, so its gain is smaller by up to this much.
+    stale = ksm_counters()["pages_sharing"]
     tuner = start_tuner(procs, ksmtune, state, "--kick-on-start")
     t0 = time.monotonic()
     tuner.wait_line(r'"event":"kick"', 10)
@@ -144,7 +148,7 @@ def test_burst_merges_then_idle_then_restore(ksm_held, procs, upm_bin, memhog, k
     assert st["bursts"] == 1, st
     assert burst["end_reason"] == "settled", f"the burst did not settle: {burst}"
     assert burst["full_scans"] >= 2, burst
-    assert burst["pages_sharing_gained"] >= 0.9 * (N - 1) * PAGES, burst
+    assert burst["pages_sharing_gained"] >= 0.9 * (N - 1) * PAGES - stale, (burst, f"stale {stale}")
 
     # Idle means idle: no knob moves, ksmd (stopped) burns nothing.
     cpu1 = ksmd_cpu()
