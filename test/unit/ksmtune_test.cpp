@@ -65,6 +65,23 @@ struct Node {
         s.pages_shared += pages / 4;
         *s.general_profit += pages * 4096;
     }
+    // ksmd busy (0.25 CPU-s per 250 ms tick) and still merging at every
+    // full scan (one a second): steps `logic` from *ms until it leaves the
+    // burst (or `limit_ms`); returns the decision that left it.
+    KsmDecision busy_burst(KsmBurstLogic& logic, int* ms, int limit_ms) {
+        KsmDecision d;
+        while (true) {
+            *ms += 250;
+            s.ksmd_cpu += 0.25;
+            if (*ms % 1000 == 0) {
+                s.full_scans += 1;
+                merge(5000);
+            }
+            d = logic.step(at(std::chrono::milliseconds(*ms)));
+            if (d.mode != KsmMode::burst) return d;
+            REQUIRE(*ms < limit_ms);
+        }
+    }
 };
 
 }  // namespace
@@ -175,20 +192,8 @@ TEST_CASE("ksmtune: over its CPU budget a burst trickles until the memory is sca
     Node n;
     logic.kick("k", 1ULL << 30);     // 1 GiB advised: budget 10 + 8 = 18 CPU-s
     CHECK(logic.step(n.at(0ms)).burst_started);
-    KsmDecision d;
     int ms = 0;
-    // ksmd busy (0.25 CPU-s per 250 ms tick) and still merging every scan.
-    while (true) {
-        ms += 250;
-        n.s.ksmd_cpu += 0.25;
-        if (ms % 1000 == 0) {
-            n.s.full_scans += 1;
-            n.merge(5000);
-        }
-        d = logic.step(n.at(std::chrono::milliseconds(ms)));
-        if (d.mode != KsmMode::burst) break;
-        REQUIRE(ms < 120000);
-    }
+    KsmDecision d = n.busy_burst(logic, &ms, 120000);
     CHECK(d.mode == KsmMode::trickle);
     CHECK(d.trickle_started);
     CHECK_FALSE(d.burst_ended);
@@ -228,18 +233,7 @@ TEST_CASE("ksmtune: the budget grows with the advised memory (AnonPages growth c
     CHECK(logic.step(n.at(0ms)).burst_started);
     n.s.anon_pages += 4 * 262144;    // 4 GiB loaded since: budget 10 + 32
     int ms = 0;
-    KsmDecision d;
-    while (true) {
-        ms += 250;
-        n.s.ksmd_cpu += 0.25;
-        if (ms % 1000 == 0) {
-            n.s.full_scans += 1;
-            n.merge(5000);
-        }
-        d = logic.step(n.at(std::chrono::milliseconds(ms)));
-        if (d.mode != KsmMode::burst) break;
-        REQUIRE(ms < 300000);
-    }
+    KsmDecision d = n.busy_burst(logic, &ms, 300000);
     CHECK(ms == 42250);
     CHECK(logic.current_burst()->cpu_budget == Approx(42.0));
 }
@@ -253,18 +247,7 @@ TEST_CASE("ksmtune: at most max_cpu_per_minute; a kick in a trickle bursts again
     logic.kick("k");
     CHECK(logic.step(n.at(0ms)).burst_started);
     int ms = 0;
-    KsmDecision d;
-    while (true) {
-        ms += 250;
-        n.s.ksmd_cpu += 0.25;
-        if (ms % 1000 == 0) {
-            n.s.full_scans += 1;
-            n.merge(5000);
-        }
-        d = logic.step(n.at(std::chrono::milliseconds(ms)));
-        if (d.mode != KsmMode::burst) break;
-        REQUIRE(ms < 120000);
-    }
+    KsmDecision d = n.busy_burst(logic, &ms, 120000);
     CHECK(d.mode == KsmMode::trickle);
     CHECK(ms == 20000);              // 20 CPU-s within the last minute
     CHECK(logic.current_burst()->trickle_reason == "rate");
