@@ -12,8 +12,8 @@
 // Timeline: times are measured from the origin (the constructor, or the
 // fork for a child).  "start" runs kStartDelayMs (10 ms) after the origin (about
 // when main() starts; kStartDelayMs), each delay once, periodic runs at origin + k*interval
-// while k*interval <= duration (0 = forever); missed periods are skipped,
-// not replayed.  The worker ends when no timed trigger is left and no signal
+// while k*interval <= duration (0 = forever), then every then_interval_ms
+// when set (upm::next_periodic_ms); missed periods are skipped, not replayed.  The worker ends when no timed trigger is left and no signal
 // trigger is armed; the dlopen() wrapper starts it again when needed.
 //
 // Fork: the child has only the forking thread.  The prepare handler takes
@@ -79,12 +79,11 @@ struct Timeline {
     std::int64_t origin_ns = 0;             // CLOCK_MONOTONIC
     bool start_pending = false;
     std::size_t next_delay = 0;             // index into g_delays
-    std::int64_t periodic_done = 0;         // periods elapsed and handled
+    std::int64_t periodic_after = 0;        // periodic ticks up to this time (ms) are handled
 };
 Timeline g_tl;
 std::vector<std::int64_t>* g_delays = nullptr;     // sorted, ms; never freed
-std::int64_t g_interval_ms = 0;
-std::int64_t g_duration_ms = 0;
+Triggers* g_periodic = nullptr;     // the policy's triggers, for the periodic schedule; never freed
 unsigned long long g_last_adds = 0;     // dl_iterate_phdr's load counter at the last dlopen run
 
 std::atomic<pid_t> g_worker_tid{0};   // kernel thread id of the current worker
@@ -116,10 +115,7 @@ std::int64_t next_timed() {
     std::int64_t next = INT64_MAX;
     if (g_tl.start_pending) return kStartDelayMs;
     if (g_delays && g_tl.next_delay < g_delays->size()) next = (*g_delays)[g_tl.next_delay];
-    if (g_interval_ms > 0) {
-        std::int64_t t = (g_tl.periodic_done + 1) * g_interval_ms;
-        if (g_duration_ms == 0 || t <= g_duration_ms) next = std::min(next, t);
-    }
+    if (g_periodic) next = std::min(next, next_periodic_ms(*g_periodic, g_tl.periodic_after));
     return next;
 }
 
@@ -201,13 +197,9 @@ void* worker_main(void*) {
             g_tl.next_delay++;
             if (!why) why = "delay";
         }
-        if (g_interval_ms > 0) {
-            std::int64_t periods = now / g_interval_ms;
-            if (periods > g_tl.periodic_done) {
-                std::int64_t t = (g_tl.periodic_done + 1) * g_interval_ms;
-                if ((g_duration_ms == 0 || t <= g_duration_ms) && !why) why = "periodic";
-                g_tl.periodic_done = periods;
-            }
+        if (g_periodic && next_periodic_ms(*g_periodic, g_tl.periodic_after) <= now) {
+            g_tl.periodic_after = now;  // one run for however many ticks were missed
+            if (!why) why = "periodic";
         }
         if (g_pending_signal.exchange(false)) why = "signal";
         if (g_pending_dlopen.exchange(false)) {
@@ -310,7 +302,7 @@ void fork_child() {
     g_tl.origin_ns = mono_ns();
     g_tl.start_pending = false;
     g_tl.next_delay = 0;
-    g_tl.periodic_done = 0;
+    g_tl.periodic_after = 0;
     if (needs_worker()) spawn_locked();
 }
 
@@ -326,8 +318,7 @@ void arm_triggers(const Config& c) {
     g_delays = new std::vector<std::int64_t>;
     for (auto d : t.delays) g_delays->push_back(d.count());
     std::sort(g_delays->begin(), g_delays->end());
-    g_interval_ms = t.periodic_interval.count();
-    g_duration_ms = t.periodic_duration.count();
+    if (t.periodic_interval.count() > 0) g_periodic = new Triggers(t);
     g_tl.origin_ns = mono_ns();
     g_tl.start_pending = t.at_start;
     g_dlopen_armed = t.after_dlopen;

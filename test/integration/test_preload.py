@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import smaps_region, wait_until
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE.parents[1]
@@ -635,6 +636,38 @@ def test_delay_trigger(preload_lib: Path, bins, tmp_path: Path):
     pol = policy(tmp_path, "delay", triggers={"delays_ms": [600]})
     r = run([bins["probe"], "wait", "16", "5000"], preloaded(preload_lib, pol))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("then_ms", [1000, 0])
+def test_periodic_then_interval_advises_memory_mapped_late(preload_lib: Path, memhog: Path, tmp_path: Path,
+                                                           then_ms: int):
+    """A function keeps allocating after its start-up phase (a heap that
+    grows while serving, a model loaded on first request).  The periodic
+    trigger's `then_interval_ms` keeps re-advising after `duration_ms`: a
+    region mapped 2.5 s after start, long after the fast phase (1 s), is
+    advised (VM_MERGEABLE) within a slow period; without it, it never is."""
+    periodic = {"interval_ms": 200, "duration_ms": 1000}
+    if then_ms:
+        periodic["then_interval_ms"] = then_ms
+    pol = policy(tmp_path, "late", triggers={"start": True, "periodic": periodic})
+    p = subprocess.Popen([str(memhog), "--mib", "8", "--mmap", "--delay", "2.5", "--hold", "30"],
+                         env=preloaded(preload_lib, pol), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().startswith("started")
+        ready = p.stdout.readline().split()
+        assert ready and ready[0] == "ready", ready
+        addr = int(ready[1], 16)
+        if then_ms:
+            _, took = wait_until(lambda: smaps_region(p.pid, addr).mergeable, timeout=2.5,
+                                 what="the late mapping to be advised", describe=lambda: str(smaps_region(p.pid, addr)))
+            print(f"late mapping advised {took:.2f} s after it appeared")
+        else:
+            time.sleep(2.5)
+            assert not smaps_region(p.pid, addr).mergeable, \
+                f"advised although the periodic trigger ended at 1 s: {smaps_region(p.pid, addr)}"
+    finally:
+        p.kill()
+        p.wait()
 
 
 def test_preload_merges_with_ksm(ksm_fast, preload_lib: Path, memhog: Path, tmp_path: Path):

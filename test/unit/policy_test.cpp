@@ -61,6 +61,10 @@ Policy parse_ok(const std::string& text) {
     return *check.policy;
 }
 
+bool has_problem(const PolicyCheck& check, const std::string& where) {
+    return std::any_of(check.problems.begin(), check.problems.end(), [&](auto& p) { return p.where == where; });
+}
+
 const PolicyProblem& only_error(const PolicyCheck& check) {
     REQUIRE(check.error_count() == 1);
     return *std::find_if(check.problems.begin(), check.problems.end(), [](auto& p) { return !p.warning; });
@@ -287,6 +291,50 @@ TEST_CASE("policy: resolve_policy and the search path", "[policy]") {
     REQUIRE(dirs.size() == 3);
     CHECK(dirs[0] == "/etc/upm/policies");
     CHECK(dirs[2].ends_with("/config/policies"));  // the source tree, last
+}
+
+TEST_CASE("policy: periodic then_interval_ms slows the trigger down after duration_ms", "[policy]") {
+    auto p = parse_ok(R"({"triggers": {"periodic": {"interval_ms": 1000, "duration_ms": 3500,
+                                                     "then_interval_ms": 10000}}})");
+    CHECK(p.triggers.periodic_then == std::chrono::milliseconds(10000));
+    // every second up to 3.5 s, then 3.5 s + k * 10 s, for ever
+    CHECK(next_periodic_ms(p.triggers, 0) == 1000);
+    CHECK(next_periodic_ms(p.triggers, 999) == 1000);
+    CHECK(next_periodic_ms(p.triggers, 1000) == 2000);
+    CHECK(next_periodic_ms(p.triggers, 2999) == 3000);
+    CHECK(next_periodic_ms(p.triggers, 3000) == 13500);
+    CHECK(next_periodic_ms(p.triggers, 13499) == 13500);
+    CHECK(next_periodic_ms(p.triggers, 13500) == 23500);
+    CHECK(next_periodic_ms(p.triggers, 86'400'000) == 86'403'500);
+    // round trip through the canonical form
+    auto again = parse_policy(policy_to_json(p), "again");
+    REQUIRE(again.policy.has_value());
+    CHECK(again.policy->triggers == p.triggers);
+
+    // without then_interval_ms the trigger stops after duration_ms ...
+    auto stop = parse_ok(R"({"triggers": {"periodic": {"interval_ms": 1000, "duration_ms": 3500}}})");
+    CHECK(stop.triggers.periodic_then.count() == 0);
+    CHECK(next_periodic_ms(stop.triggers, 2999) == 3000);
+    CHECK(next_periodic_ms(stop.triggers, 3000) == INT64_MAX);
+    // ... and without duration_ms it never stops
+    auto ever = parse_ok(R"({"triggers": {"periodic": {"interval_ms": 250}}})");
+    CHECK(next_periodic_ms(ever.triggers, 86'400'000) == 86'400'250);
+    // no periodic trigger at all
+    CHECK(next_periodic_ms(parse_ok(R"({"triggers": {"periodic": null}})").triggers, 0) == INT64_MAX);
+    // the default policy: every second for a minute, then every 10 s
+    CHECK(next_periodic_ms(default_policy().triggers, 59'999) == 60'000);
+    CHECK(next_periodic_ms(default_policy().triggers, 60'000) == 70'000);
+
+    // below 100 ms is an error, without duration_ms a warning (it never applies)
+    auto fast = parse_policy(R"({"triggers": {"periodic": {"interval_ms": 1000, "duration_ms": 5000,
+                                                           "then_interval_ms": 50}}})", "fast");
+    CHECK(!fast.policy.has_value());
+    CHECK(has_problem(fast, "/triggers/periodic/then_interval_ms"));
+    auto useless = parse_policy(R"({"triggers": {"periodic": {"interval_ms": 1000, "then_interval_ms": 10000}}})",
+                                "useless");
+    REQUIRE(useless.policy.has_value());
+    CHECK(useless.warning_count() == 1);
+    CHECK(has_problem(useless, "/triggers/periodic/then_interval_ms"));
 }
 
 TEST_CASE("policy: periodic null switches the periodic trigger off", "[policy]") {

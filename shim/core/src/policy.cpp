@@ -49,7 +49,7 @@ constexpr std::array<std::string_view, 3> kLayouts{"randomized", "shared-per-dom
 constexpr std::array<std::string_view, 2> kHashSeeds{"random", "per-domain"};
 constexpr std::array<std::string_view, 6> kTriggerKeys{"$comment", "start", "dlopen", "delays_ms", "periodic",
                                                        "signal"};
-constexpr std::array<std::string_view, 3> kPeriodicKeys{"$comment", "interval_ms", "duration_ms"};
+constexpr std::array<std::string_view, 4> kPeriodicKeys{"$comment", "interval_ms", "duration_ms", "then_interval_ms"};
 constexpr std::array<std::string_view, 5> kClasses{"heap", "anonymous", "libdata", "rodata", "stack"};
 constexpr std::array<std::string_view, 8> kSignals{"SIGUSR1",    "SIGUSR2",    "SIGRTMIN",   "SIGRTMIN+1",
                                                    "SIGRTMIN+2", "SIGRTMIN+3", "SIGRTMIN+4", "SIGRTMAX"};
@@ -344,7 +344,7 @@ void check_globs(Validator& val, const std::string& key, const json& v, std::vec
 void check_periodic(Validator& val, const json& v, Triggers& t) {
     const std::string where = "/triggers/periodic";
     if (!val.object(where, v, kPeriodicKeys, "{\"interval_ms\": 1000, \"duration_ms\": 60000}")) return;
-    std::optional<std::int64_t> interval, duration;
+    std::optional<std::int64_t> interval, duration, then;
     for (const auto& [key, value] : v.items()) {
         std::string item = where + "/" + pointer_escape(key);
         if (key == "$comment")
@@ -353,6 +353,8 @@ void check_periodic(Validator& val, const json& v, Triggers& t) {
             interval = val.integer(item, value, 100, kMaxMs, "1000");
         else if (key == "duration_ms")
             duration = val.integer(item, value, 0, kMaxMs, "60000");
+        else if (key == "then_interval_ms")
+            then = val.integer(item, value, 0, kMaxMs, "10000");
     }
     if (!v.contains("interval_ms")) {
         val.error(where, "missing `interval_ms`", "add `\"interval_ms\": 1000` (re-advise every second)");
@@ -360,6 +362,15 @@ void check_periodic(Validator& val, const json& v, Triggers& t) {
     }
     if (interval) t.periodic_interval = std::chrono::milliseconds(*interval);
     t.periodic_duration = std::chrono::milliseconds(duration.value_or(0));
+    t.periodic_then = std::chrono::milliseconds(then.value_or(0));
+    if (then && *then != 0 && *then < 100)
+        val.error(where + "/then_interval_ms", "then_interval_ms (" + std::to_string(*then) + ") is below 100",
+                  "write 0 to stop after duration_ms, or at least 100 (every 10 s: 10000)");
+    if (then && *then != 0 && duration.value_or(0) == 0)
+        val.warn(where + "/then_interval_ms",
+                 "then_interval_ms has no effect: without duration_ms the trigger runs every interval_ms for the "
+                 "whole life of the process",
+                 "set duration_ms (e.g. 60000) to slow down after the first minute, or drop then_interval_ms");
     if (interval && duration && *duration != 0 && *duration < *interval)
         val.warn(where, "duration_ms (" + std::to_string(*duration) + ") is shorter than interval_ms (" +
                             std::to_string(*interval) + "): the periodic trigger never fires",
@@ -387,6 +398,7 @@ void check_triggers(Validator& val, const json& v, Triggers& t) {
             if (value.is_null()) {  // explicitly off
                 t.periodic_interval = std::chrono::milliseconds(0);
                 t.periodic_duration = std::chrono::milliseconds(0);
+                t.periodic_then = std::chrono::milliseconds(0);
                 continue;
             }
             check_periodic(val, value, t);
@@ -614,17 +626,31 @@ std::size_t PolicyCheck::error_count() const {
 
 std::size_t PolicyCheck::warning_count() const { return problems.size() - error_count(); }
 
+std::int64_t next_periodic_ms(const Triggers& t, std::int64_t after_ms) {
+    const std::int64_t interval = t.periodic_interval.count();
+    const std::int64_t duration = t.periodic_duration.count();
+    const std::int64_t then = t.periodic_then.count();
+    if (interval <= 0) return INT64_MAX;
+    if (after_ms < 0) after_ms = -1;
+    const std::int64_t tick = (after_ms / interval + 1) * interval;
+    if (duration == 0 || tick <= duration) return tick;
+    if (then <= 0) return INT64_MAX;
+    if (after_ms < duration) return duration + then;
+    return duration + ((after_ms - duration) / then + 1) * then;
+}
+
 const Policy& default_policy() {
     static const Policy p = [] {
         Policy d;
         d.name = "default";
-        d.description = "upm default: heap, anonymous and library data; re-advise every second for a minute";
+        d.description = "upm default: heap, anonymous and library data; re-advise every second for a minute, then every 10 s";
         d.classes = {RegionClass::heap, RegionClass::anonymous, RegionClass::libdata};
         d.min_region_bytes = 16 * 1024;
         d.triggers.at_start = true;
         d.triggers.after_dlopen = true;
         d.triggers.periodic_interval = std::chrono::milliseconds(1000);
         d.triggers.periodic_duration = std::chrono::milliseconds(60000);
+        d.triggers.periodic_then = std::chrono::milliseconds(10000);
         d.triggers.signal = 0;
         d.backend = BackendChoice::automatic;
         d.on_error = FailMode::open;
@@ -834,11 +860,14 @@ std::string policy_to_json(const Policy& p) {
         t["dlopen"] = p.triggers.after_dlopen;
         t["delays_ms"] = json::array();
         for (auto d : p.triggers.delays) t["delays_ms"].push_back(d.count());
-        if (p.triggers.periodic_interval.count() > 0)
+        if (p.triggers.periodic_interval.count() > 0) {
             t["periodic"] = {{"interval_ms", p.triggers.periodic_interval.count()},
                              {"duration_ms", p.triggers.periodic_duration.count()}};
-        else
+            if (p.triggers.periodic_then.count() > 0)
+                t["periodic"]["then_interval_ms"] = p.triggers.periodic_then.count();
+        } else {
             t["periodic"] = nullptr;
+        }
         t["signal"] = p.triggers.signal ? json(signal_name(p.triggers.signal)) : json(nullptr);
         doc["triggers"] = t;
         doc["backend"] = to_string(p.backend);

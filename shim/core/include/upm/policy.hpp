@@ -31,11 +31,18 @@ struct Triggers {
     bool after_dlopen = true;                   // advise after every dlopen()
     std::vector<std::chrono::milliseconds> delays;  // re-advise this long after start
     std::chrono::milliseconds periodic_interval{0}; // re-advise this often (0 = never)...
-    std::chrono::milliseconds periodic_duration{0}; // ...during this long after start (0 = forever)
+    std::chrono::milliseconds periodic_duration{0}; // ...during this long after start (0 = forever),
+    std::chrono::milliseconds periodic_then{0};     // ...then this often for the rest of the life (0 = stop)
     int signal = 0;                             // re-advise on this signal (0 = none)
 
     bool operator==(const Triggers&) const = default;
 };
+
+// The periodic trigger's schedule: the first time (ms after start) strictly
+// after `after_ms` at which it fires, or INT64_MAX when it never fires again.
+// Ticks are at k * interval while k * interval <= duration, then at
+// duration + j * then (j >= 1) when `then` is set.
+std::int64_t next_periodic_ms(const Triggers& t, std::int64_t after_ms);
 
 struct Policy {
     std::string name;                           // file stem or "default"
