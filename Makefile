@@ -4,13 +4,14 @@ PREFIX  ?= /usr/local
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build check demo demo-synthetic install clean kernel kernel-debug kernel-check kernel-stress kernel-bench help
+.PHONY: all deps build check soak demo demo-synthetic install clean kernel kernel-debug kernel-check kernel-stress kernel-bench help
 
 all: build
 
 help:
 	@echo "make build          configure and build (installs missing Debian packages first)"
 	@echo "make check          run every test (unit, integration with the host KSM, kernel in QEMU)"
+	@echo "make soak           1000 container lifecycles through upm-runtime, upm-hook and upmd: nothing may leak"
 	@echo "make demo           upm bench --quick: 4 containers of a torch image-recognition function, off vs upm; a table"
 	@echo "make demo-synthetic several processes holding the same synthetic data, merged under upm; prints a table"
 	@echo "make install        install to \$$DESTDIR\$$PREFIX (PREFIX=$(PREFIX))"
@@ -43,6 +44,12 @@ build: deps
 check: build
 	@packaging/install-deps.sh --check kernel 2>/dev/null || packaging/install-deps.sh kernel
 	cd $(BUILD) && ctest --output-on-failure --timeout 3600
+
+# The soak of test/integration/test_soak.py at full length (make check runs
+# 200 cycles); pytest directly, not ctest, so that its timeout does not apply.
+soak: build
+	cd $(BUILD) && UPM_SOAK_CYCLES=$${UPM_SOAK_CYCLES:-1000} UPM_BUILD_DIR=$$PWD UPM_SOURCE_DIR=$(CURDIR) \
+		/usr/bin/python3 -m pytest -v -rs -s -p no:cacheprovider $(CURDIR)/test/integration/test_soak.py
 
 # `upm bench --quick` (docs/bench.md): real containers of a real function,
 # without and with upm; the driver takes the tests' KSM lock and restores the
