@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "commands.hpp"
+#include "upm/backend.hpp"
 #include "upm/policy.hpp"
 
 namespace upm::cli {
@@ -25,6 +26,17 @@ Result<std::string> locate(const std::string& arg) {
         !valid_policy_name(arg))
         return arg;
     return resolve_policy(arg);
+}
+
+// On a node without MADV_UPM the policy's domain cannot keep merged pages
+// apart: say so where the operator looks at the policy (docs/threat-model.md).
+void note_merging_scope(const std::string& file, const Policy& p) {
+    const bool domain_matters = !p.domain.empty() || p.layout == Layout::shared_per_domain ||
+                                p.hash_seed == HashSeed::per_domain;
+    if (p.backend == BackendChoice::upm || !domain_matters || kernel_has_madv_upm()) return;
+    std::printf("%s: note: this kernel has no MADV_UPM, so merging uses stock KSM, and ksmd merges across sharing "
+                "domains: the domain keeps layouts and hash seeds apart, not merged pages (docs/threat-model.md)\n",
+                file.c_str());
 }
 
 int do_check(const CheckOptions& o) {
@@ -53,6 +65,7 @@ int do_check(const CheckOptions& o) {
         std::fprintf(report, "%s: ok\n", o.file.c_str());
     else
         std::fprintf(report, "%s: ok (%zu warning%s)\n", o.file.c_str(), warnings, warnings == 1 ? "" : "s");
+    note_merging_scope(o.file, *check.policy);
     return 0;
 }
 

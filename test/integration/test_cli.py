@@ -252,6 +252,27 @@ def test_status_agrees_with_kernel(ksm_fast, procs, upm_bin, memhog):
     assert r.returncode == 0 and all(str(h.pid) in r.stdout for h in hogs), r.stdout + r.stderr
 
 
+def test_status_and_policy_check_say_what_a_domain_separates(procs, upm_bin, policies_dir):
+    """On stock KSM ksmd merges across sharing domains (#18, finding 5):
+    `upm status` says which scope merging has on this node, and `upm policy
+    check` notes it for a policy whose domain settings suggest otherwise."""
+    upm_kernel = Path("/sys/kernel/mm/upm").is_dir()
+    ksm = Path("/sys/kernel/mm/ksm").is_dir()
+    r = procs.run([upm_bin, "status"])
+    assert r.returncode == 0, r.stderr
+    if upm_kernel:
+        assert "merging scope: per sharing domain" in r.stdout, r.stdout
+    elif ksm:
+        assert "merging scope: node-wide" in r.stdout and "docs/threat-model.md" in r.stdout, r.stdout
+    r = procs.run([upm_bin, "status", "--json"])
+    assert json.loads(r.stdout)["node"]["merging_scope"] == ("domain" if upm_kernel else "node" if ksm else "none")
+    r = procs.run([upm_bin, "policy", "check", policies_dir / "python-shared.json"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ("ksmd merges across sharing domains" in r.stdout) == (not upm_kernel), r.stdout
+    r = procs.run([upm_bin, "policy", "check", policies_dir / "default.json"])  # no domain setting: no note
+    assert r.returncode == 0 and "note:" not in r.stdout, r.stdout
+
+
 def test_status_missing_process(procs, upm_bin):
     pid = 2 ** 22 + 12345
     r = procs.run([upm_bin, "status", "--json", str(pid)])

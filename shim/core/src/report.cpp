@@ -118,10 +118,23 @@ std::string render_status_table(const StatusReport& report) {
             for (const auto& [k, v] : n.upm) out += fmt::format(" {}={}", k, v);
             out += "\n";
         }
+        out += merging_scope_line(n);
         return out;
     } catch (const std::exception& e) {
         return std::string("error rendering status: ") + e.what() + "\n";
     }
+}
+
+// Which processes may share a merged page on this node: the side channel an
+// operator must know about (docs/threat-model.md).
+std::string merging_scope_line(const NodeStats& n) {
+    if (n.upm_available)
+        return "merging scope: per sharing domain (upm kernel: MADV_UPM merges only within a domain; pages of "
+               "processes that never used it merge node-wide as with KSM)\n";
+    if (n.ksm_available)
+        return "merging scope: node-wide (stock KSM: ksmd merges across sharing domains, a domain only scopes "
+               "layout and hash seeds; docs/threat-model.md)\n";
+    return "";
 }
 
 std::string render_status_json(const StatusReport& report) {
@@ -143,6 +156,7 @@ std::string render_status_json(const StatusReport& report) {
         json node;
         node["ksm_available"] = n.ksm_available;
         node["upm_available"] = n.upm_available;
+        node["merging_scope"] = n.upm_available ? "domain" : n.ksm_available ? "node" : "none";
         node["page_size"] = n.page_size;
         node["saved_bytes"] = n.saved_bytes;
         node["ksm"] = json::object();

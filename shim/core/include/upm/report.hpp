@@ -27,6 +27,8 @@ struct StatusReport {
     NodeStats node;
 };
 
+// "merging scope: ..." for the node (docs/threat-model.md), or "" without KSM.
+std::string merging_scope_line(const NodeStats& n);
 std::string render_status_table(const StatusReport& report);
 std::string render_status_json(const StatusReport& report);
 
