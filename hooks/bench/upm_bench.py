@@ -368,6 +368,18 @@ def python_ideal(pids: list[int], contents: bool = True) -> dict:
     return out
 
 
+def advice_end(samples: list[dict], final: dict, t_ready: float) -> dict:
+    """When the instances' advising threads last ran (their CPU reached its
+    final value; seconds after the last instance was ready) and the fraction
+    of the final merged pages merged by then.  With MADV_UPM and ksmd
+    stopped, everything is merged when the last advice returns (1.0)."""
+    if not samples or final.get("advise_cpu", 0) <= 0:
+        return {"t_advice_end_s": None, "merged_at_advice_end": None}
+    hit = next((x for x in samples if x.get("advise_cpu", 0) >= final["advise_cpu"] - 0.011), samples[-1])
+    return {"t_advice_end_s": round(hit["t"] - t_ready, 1),
+            "merged_at_advice_end": round(hit["merging"] / final["merging"], 3) if final["merging"] else None}
+
+
 def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -871,6 +883,7 @@ class Bench:
             "ksm_settings": {k: read_knob(k) for k in ("run", "pages_to_scan", "sleep_millisecs")},
             "ideal": ideal, "loadavg_end": Path("/proc/loadavg").read_text().split()[:3], "series": samples,
         }
+        res.update(advice_end(samples, final, t_ready))
         gib = final["saved_frames_pages"] * PAGE / GIB
         res["ksmd_cpu_s_per_gib"] = round(final["ksmd_cpu"] / gib, 2) if gib > 0 else None
         # the issue's measure: CPU spent merging (ksmd + the advising threads) per GiB saved
@@ -1483,7 +1496,8 @@ def plot(doc: dict, out: str) -> None:
     ax2.set_ylabel("containers' ksm_merging_pages (GiB)")
     ax2.set_xlabel("seconds since the first container was started (dotted: last one ready)")
     ax1.set_title(f"upm bench: {doc['n']} x {doc['function']}, {doc['host']['cpus']} CPUs, "
-                  f"kernel {doc['host']['kernel']}")
+                  f"kernel {doc['host']['kernel']}"
+                  + (f" (QEMU {doc['guest']['accel']} guest; instances are processes)" if doc.get("guest") else ""))
     ax1.legend()
     ax1.grid(alpha=0.3)
     ax2.grid(alpha=0.3)
