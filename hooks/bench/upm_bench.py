@@ -1515,9 +1515,10 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true",
                     help="a small configuration: imagerec, -n 4, --modes off,upm, shorter windows "
                          "(explicit options still win)")
-    ap.add_argument("--function", "-f", choices=FUNCTIONS, help="the function (default imagerec)")
-    ap.add_argument("-n", type=int, help="containers per mode (default 16; --quick 4)")
-    ap.add_argument("--modes", help=f"comma-separated, from {','.join(ALL_MODES)} (default all; --quick off,upm)")
+    ap.add_argument("--function", "-f", choices=FUNCTIONS, help="the function (default imagerec; with upm-kernel thumb)")
+    ap.add_argument("-n", type=int, help="containers per mode (default 16; --quick 4; with upm-kernel 4)")
+    ap.add_argument("--modes", help=f"comma-separated, from {','.join(ALL_MODES)} (default all but upm-kernel; --quick off,upm; "
+                    "with upm-kernel every mode runs in the QEMU guest)")
     ap.add_argument("--batch", type=int, default=2, help="containers started together (default 2)")
     ap.add_argument("--stagger", type=float, default=4.0, help="seconds between batches (default 4)")
     ap.add_argument("--ready-timeout", type=float, help="seconds from `run` until the first invocation is "
