@@ -23,8 +23,13 @@ Modes:
                   the default install
   upm-shared      upm.enabled=true, upm.policy=python-shared, upm.domain=bench
                   (one trusting tenant: shared layout and hash seed, trim)
-  (upm-kernel     synchronous merging on the patched kernel: TODO, needs the
-                  QEMU guest of test/kernel; not run by this driver)
+  upm-kernel      the patched kernel (test/kernel) in a QEMU guest: the
+                  default policy's advice is madvise(MADV_UPM), which merges
+                  before it returns; no ksmd.  With upm-kernel in --modes,
+                  every mode of the run (off, ksm-default, ksm-aggressive,
+                  upm-kernel) runs in that one guest, whose kernel has no
+                  namespaces: instances there are processes, each in its
+                  own cgroup, not containers
 
 Needs root (containers, /sys/kernel/mm/ksm).  The host's KSM settings are
 saved and restored (lock /run/upm-test-ksm-saved.lock, shared with the
@@ -58,7 +63,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 TICK = os.sysconf("SC_CLK_TCK")
 MIB = 1 << 20
 GIB = 1 << 30
-ALL_MODES = ("off", "ksm-default", "ksm-aggressive", "upm", "upm-shared")
+ALL_MODES = ("off", "ksm-default", "ksm-aggressive", "upm", "upm-shared", "upm-kernel")
 FUNCTIONS = ("imagerec", "graph", "thumb", "template", "node")
 PYTHON = "/usr/bin/python3"
 RUNC = "/usr/bin/runc"
@@ -235,6 +240,33 @@ def proc_cpu(pid: int) -> float:
         return 0.0
 
 
+# Threads that advise memory for merging inside the instances: the
+# preload's worker, and serve.py's MADV_MERGEABLE loop on kernels without
+# PR_SET_MEMORY_MERGE.  Their CPU (advice; with MADV_UPM the merging itself)
+# counts with ksmd's in CPU-s per GiB.
+ADVISE_THREADS = ("upm-worker", "merge-any")
+
+
+def advise_cpu(pids: list[int], seen: dict[int, float]) -> float:
+    """CPU-s of the advising threads of these processes so far: the highest
+    reading of each thread (a thread that ended keeps its last one)."""
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for t in tids:
+            try:
+                stat = Path(f"/proc/{pid}/task/{t}/stat").read_text()
+            except OSError:
+                continue
+            comm = stat[stat.find("(") + 1:stat.rfind(")")]
+            if comm in ADVISE_THREADS:
+                f = stat.rsplit(")", 1)[1].split()
+                seen[int(t)] = max(seen.get(int(t), 0.0), (int(f[11]) + int(f[12])) / TICK)
+    return sum(seen.values())
+
+
 def tree(pid: int) -> list[int]:
     out, todo = [], [pid]
     while todo:
@@ -336,6 +368,18 @@ def python_ideal(pids: list[int], contents: bool = True) -> dict:
     return out
 
 
+def advice_end(samples: list[dict], final: dict, t_ready: float) -> dict:
+    """When the instances' advising threads last ran (their CPU reached its
+    final value; seconds after the last instance was ready) and the fraction
+    of the final merged pages merged by then.  With MADV_UPM and ksmd
+    stopped, everything is merged when the last advice returns (1.0)."""
+    if not samples or final.get("advise_cpu", 0) <= 0:
+        return {"t_advice_end_s": None, "merged_at_advice_end": None}
+    hit = next((x for x in samples if x.get("advise_cpu", 0) >= final["advise_cpu"] - 0.011), samples[-1])
+    return {"t_advice_end_s": round(hit["t"] - t_ready, 1),
+            "merged_at_advice_end": round(hit["merging"] / final["merging"], 3) if final["merging"] else None}
+
+
 def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -428,12 +472,15 @@ class Container:
             raise RuntimeError(f"`runc state {self.id}`: {st.stderr.strip()}")
         self.pid = json.loads(st.stdout)["pid"]
 
+    def alive(self) -> bool:
+        return Path(f"/proc/{self.pid}").exists()
+
     def wait_ready(self, timeout: float) -> None:
         deadline = self.t_start + timeout
         while not self.sock.exists():
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.id} was not listening within {timeout:g} s: {self.log_tail()}")
-            if not Path(f"/proc/{self.pid}").exists():
+            if not self.alive():
                 raise RuntimeError(f"{self.id} exited during its cold start: {self.log_tail()}")
             time.sleep(0.2)
         self.invoke(0, timeout=max(5.0, deadline - time.monotonic()))
@@ -470,6 +517,21 @@ class Container:
         subprocess.run([RUNC, "--root", str(self.bench.state_root), "delete", "-f", self.id],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
         self.created = False
+
+
+def prepare_cache(function: str, cache: Path) -> None:
+    """The function's host-side data (model weights, input files), generated
+    once from a fixed seed."""
+    cache.mkdir(parents=True, exist_ok=True)
+    if function == "node":
+        return
+    code = (f"import sys; sys.path.insert(0, {str(HERE / 'functions')!r}); import {function} as f; "
+            f"getattr(f, 'prepare', lambda d: None)({str(cache)!r})")
+    t = time.monotonic()
+    r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"preparing {function} in {cache} failed: {r.stderr[-2000:]}")
+    log(f"{function}: cache {cache} ready ({time.monotonic() - t:.1f} s)")
 
 
 # ---------------------------------------------------------------------------
@@ -582,6 +644,15 @@ class Bench:
         self.config.write_text(json.dumps(cfg, indent=2) + "\n")
         self.env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "UPM_CONFIG": str(self.config)}
 
+    def make_instance(self, mode: str, i: int) -> Container:
+        return Container(self, mode, i)
+
+    def mode_setup(self, mode: str) -> None:
+        """Before a mode's first instance (the guest's cgroups and upm knobs)."""
+
+    def mode_finish(self, mode: str, res: dict) -> None:
+        """After a mode's final readings, before its teardown."""
+
     def function_argv(self, c: Container) -> list[str]:
         sock = f"/run/upm-bench/{c.sock.name}"
         if self.args.function == "node":
@@ -593,16 +664,7 @@ class Bench:
                 "--cache", "/var/cache/upm-bench"]
 
     def prepare(self) -> None:
-        self.cache.mkdir(parents=True, exist_ok=True)
-        if self.args.function == "node":
-            return
-        code = (f"import sys; sys.path.insert(0, {str(self.functions)!r}); import {self.args.function} as f; "
-                f"getattr(f, 'prepare', lambda d: None)({str(self.cache)!r})")
-        t = time.monotonic()
-        r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"preparing {self.args.function} in {self.cache} failed: {r.stderr[-2000:]}")
-        log(f"{self.args.function}: cache {self.cache} ready ({time.monotonic() - t:.1f} s)")
+        prepare_cache(self.args.function, self.cache)
 
     # -- one mode -----------------------------------------------------------------
 
@@ -617,16 +679,18 @@ class Bench:
             set_knobs(KSM_FIXED[mode])
         if mode in ("upm", "upm-shared"):
             self.upmd = Upmd(self, mode)
+        self.mode_setup(mode)
         knobs = {k: read_knob(k) for k in ("run", "pages_to_scan", "sleep_millisecs")}
         log(f"mode `{mode}`: {a.n} x {a.function}, ksm run={knobs['run']} {knobs['pages_to_scan']} pages/"
             f"{knobs['sleep_millisecs']} ms{' + upmd' if self.upmd else ''}")
-        cs = [Container(self, mode, i) for i in range(a.n)]
+        cs = [self.make_instance(mode, i) for i in range(a.n)]
         for c in cs:
             c.write_bundle()
         self.containers = cs
         base = {"used": node_used(), "sharing": ksm_counter("pages_sharing"), "ksmd": ksmd_cpu(),
                 "t": time.monotonic()}
         samples: list[dict] = []
+        advisers: dict[int, float] = {}
         stop = threading.Event()
         state = {"phase": "start"}
 
@@ -642,6 +706,7 @@ class Bench:
                 s = {"t": round(now - base["t"], 2), "pss": pss_sum, "used": node_used() - base["used"],
                      "sharing": ksm_counter("pages_sharing") - base["sharing"],
                      "merging": sum(merging_pages(p) for p in pids), "ksmd_cpu": round(ksmd_cpu() - base["ksmd"], 3),
+                     "advise_cpu": round(advise_cpu(pids, advisers), 3),
                      "ready": sum(1 for c in cs if c.t_ready), "phase": state["phase"]}
                 samples.append(s)
                 Progress.show(f"[{mode}] {state['phase']}: {s['ready']}/{len(cs)} ready, t={s['t']:.0f} s, "
@@ -669,13 +734,14 @@ class Bench:
         final = {"pss": sum(pss(p) for p in pids), "used": node_used() - base["used"],
                  "sharing": ksm_counter("pages_sharing") - base["sharing"],
                  "merging": sum(merging_pages(p) for p in pids), "ksmd_cpu": ksmd_cpu() - base["ksmd"],
-                 "cpu": sum(proc_cpu(p) for p in pids)}
+                 "advise_cpu": advise_cpu(pids, advisers), "cpu": sum(proc_cpu(p) for p in pids)}
         frames = python_ideal(pids, contents=False)
         final["saved_frames_pages"] = frames["saved_frames_pages"]
         ideal = self.ideal(pids)
         agent = self.upmd.status() if self.upmd else {}
         res = self.summarise(mode, cs, base, samples, final, ideal, lat_early, lat_merged,
                              t_last_ready - base["t"], agent)
+        self.mode_finish(mode, res)
         self.teardown()
         return res
 
@@ -805,7 +871,8 @@ class Bench:
             "pss_bytes": final["pss"], "node_used_delta_bytes": final["used"],
             "kernel_saved_bytes": saved_kernel, "merging_pages": final["merging"],
             "saved_frames_bytes": final["saved_frames_pages"] * PAGE,
-            "ksmd_cpu_s": round(final["ksmd_cpu"], 2), "containers_cpu_s": round(final["cpu"], 2),
+            "ksmd_cpu_s": round(final["ksmd_cpu"], 2), "advise_cpu_s": round(final["advise_cpu"], 2),
+            "containers_cpu_s": round(final["cpu"], 2),
             "t90_s": t90, "t_last_ready_s": round(t_ready, 1),
             "start_p50_s": round(pct(starts, 0.5), 2), "start_p95_s": round(pct(starts, 0.95), 2),
             "lat_early_p50_ms": round(pct(lat_early, 0.5) * 1000, 1),
@@ -816,8 +883,11 @@ class Bench:
             "ksm_settings": {k: read_knob(k) for k in ("run", "pages_to_scan", "sleep_millisecs")},
             "ideal": ideal, "loadavg_end": Path("/proc/loadavg").read_text().split()[:3], "series": samples,
         }
+        res.update(advice_end(samples, final, t_ready))
         gib = final["saved_frames_pages"] * PAGE / GIB
         res["ksmd_cpu_s_per_gib"] = round(final["ksmd_cpu"] / gib, 2) if gib > 0 else None
+        # the issue's measure: CPU spent merging (ksmd + the advising threads) per GiB saved
+        res["merge_cpu_s_per_gib"] = round((final["ksmd_cpu"] + final["advise_cpu"]) / gib, 2) if gib > 0 else None
         # `upm ideal`: what merging every identical page saves against no
         # merging at all (ideal_saved_from_unmerged_pages; its
         # ideal_saved_pages is what is left to save from the current state);
@@ -964,7 +1034,7 @@ def find_bins(args) -> dict[str, Path]:
               HERE.parent.parent.parent / "bin"]          # installed: share/upm/bench -> bin
     names = ("upm", "upm-runtime", "upm-hook", "upmd")
     found = next((d for d in cands if any(os.access(d / n, os.X_OK) for n in names)), None)
-    need = ("upm-runtime", "upm-hook", "upmd") if any(m.startswith("upm") for m in args.modes) else ()
+    need = ("upm-runtime", "upm-hook", "upmd") if any(m in ("upm", "upm-shared") for m in args.modes) else ()
     if found is None:
         if need:
             raise SystemExit("bench: error: upm-runtime not found (tried " + ", ".join(map(str, cands)) +
@@ -990,6 +1060,392 @@ def find_policies() -> Path:
 
 
 # ---------------------------------------------------------------------------
+# upm-kernel: every mode in one QEMU guest running the patched kernel
+#
+# The host side (run_in_guest) boots test/kernel's kernel and initramfs with
+# the host's / shared read-only over virtio-9p, plus a writable work
+# directory and the read-only cache; the guest's /init (upm.mode=hostroot)
+# chroots into the host's root and runs this same script with
+# --guest-inner DIR, which runs the modes (GuestBench) and writes
+# DIR/result.json; the host prints the table, the JSON and the plot.
+# The guest kernel has no namespaces (tinyconfig), so an instance there is a
+# plain process in a cgroup of its own, not a runc container.
+
+GUEST_MODES = ("off", "ksm-default", "ksm-aggressive", "upm-kernel")
+CGROUP = Path("/sys/fs/cgroup")
+UPM_SYSFS = Path("/sys/kernel/mm/upm")
+UPM_STATS = ("calls", "pages_examined", "pages_merged_existing", "pairs_merged", "pages_merged_zero",
+             "candidates", "candidates_added", "stale_dropped", "index_full", "merge_failed", "reconciled",
+             "index_bytes", "time_ns")
+
+
+def upm_stats() -> dict[str, int]:
+    out = {}
+    for k in UPM_STATS:
+        try:
+            out[k] = int((UPM_SYSFS / k).read_text())
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+class GuestProc(Container):
+    """An instance in the guest: `serve.py FUNCTION` as a process of its own
+    session, in its own cgroup (memory controller on: its own memcg, as a
+    container's), started through `upm run` (the preload, default policy)
+    in the upm-kernel mode."""
+
+    def __init__(self, bench: "GuestBench", mode: str, i: int) -> None:
+        super().__init__(bench, mode, i)
+        self.id = f"{mode}-{i}"
+        self.sock = bench.sockdir / f"{self.id}.sock"
+        self.cgroup = bench.cgroup_parent(mode) / f"i{i}"
+        self.proc: subprocess.Popen | None = None
+
+    def write_bundle(self) -> None:
+        self.cgroup.mkdir(exist_ok=True)
+
+    def start(self) -> None:
+        b = self.bench
+        argv = [PYTHON, str(b.functions / "serve.py"), b.args.function, "--socket", str(self.sock),
+                "--cache", str(b.cache)]
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
+               "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1",
+               "UPM_BENCH_IMAGE_SIZE": str(b.args.image_size)}
+        if self.mode.startswith("ksm-"):
+            env["UPM_BENCH_MERGE_ANY"] = "1"
+        if self.mode == "upm-kernel":
+            argv = [str(b.bins["upm"]), "run", "--log", "info", "--", *argv]
+        # the shell moves itself into the cgroup, then execs the instance
+        argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.cgroup / "cgroup.procs"), *argv]
+        out = open(b.workdir / self.mode / f"c{self.i}.log", "ab")
+        self.t_start = time.monotonic()
+        self.created = True
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
+                                     cwd="/tmp", start_new_session=True)
+        out.close()
+        self.pid = self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def delete(self) -> None:
+        if not self.created:
+            return
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+        for _ in range(50):
+            try:
+                self.cgroup.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.1)
+        self.created = False
+
+
+class GuestBench(Bench):
+    """The modes inside the guest (--guest-inner): the same measures as on
+    the host, instances are GuestProc."""
+
+    def __init__(self, args, outdir: Path) -> None:  # noqa: super().__init__ needs runc
+        self.args = args
+        self.outdir = outdir
+        self.bins = find_bins(args)
+        self.functions = HERE / "functions"
+        self.cache = Path(args.cache)
+        self.workdir = Path(tempfile.mkdtemp(prefix="upm-bench-", dir="/tmp"))
+        self.sockdir = self.workdir / "sock"
+        self.sockdir.mkdir()
+        self.state_root = None
+        self.ksm = HostKsm()          # the guest's own KSM
+        self.containers = []
+        self.upmd = None
+        self.warnings = []
+        self.results = {}
+        self.ideal_missing = False
+        self.stopping = False
+        self.mode_state: dict = {}
+
+    def make_instance(self, mode: str, i: int) -> Container:
+        return GuestProc(self, mode, i)
+
+    def prepare(self) -> None:
+        if not (self.cache.is_dir() and any(self.cache.iterdir())):
+            raise RuntimeError(f"the cache {self.cache} is empty in the guest (the host prepares it)")
+        # One unmeasured instance first: the guest reads the host's files
+        # over 9p once into its page cache, so that the first mode does not
+        # pay for everyone (off started 30% slower than the next mode without it)
+        t = time.monotonic()
+        self.mode_setup("warmup")
+        (self.workdir / "warmup").mkdir()
+        w = GuestProc(self, "warmup", 0)
+        w.write_bundle()
+        self.containers = [w]
+        try:
+            w.start()
+            w.wait_ready(self.args.ready_timeout)
+            w.invoke(1)
+        finally:
+            self.teardown()
+        log(f"warm-up instance ready and invoked in {time.monotonic() - t:.1f} s (not measured)")
+
+    def cgroup_parent(self, mode: str) -> Path:
+        return CGROUP / f"upm-bench-{mode}"
+
+    def mode_setup(self, mode: str) -> None:
+        parent = self.cgroup_parent(mode)
+        parent.mkdir(exist_ok=True)
+        (parent / "cgroup.subtree_control").write_text("+memory\n")
+        st = {"upm": upm_stats()}
+        if mode == "upm-kernel":
+            if not UPM_SYSFS.is_dir():
+                raise RuntimeError(f"{UPM_SYSFS} is missing: the guest kernel has no CONFIG_UPM")
+            # one sharing domain for the bench's instances: their common
+            # parent cgroup (depth 1), as the containers of one tenant
+            st["domain_level"] = (UPM_SYSFS / "domain_level").read_text().strip()
+            st["domain_mode"] = (UPM_SYSFS / "domain_mode").read_text().strip()
+            (UPM_SYSFS / "domain_level").write_text("1\n")
+        self.mode_state = st
+
+    def mode_finish(self, mode: str, res: dict) -> None:
+        st = self.mode_state
+        now = upm_stats()
+        res["upm_sysfs_delta"] = {k: now[k] - st["upm"].get(k, 0) for k in now}
+        res["instances"] = "processes in cgroups (QEMU guest)"
+        if mode == "upm-kernel":
+            res["upm_domain"] = {"domain_mode": st["domain_mode"], "domain_level": 1,
+                                 "cgroup": str(self.cgroup_parent(mode))}
+            (UPM_SYSFS / "domain_level").write_text(st["domain_level"] + "\n")
+            # the preload's backend, from its log lines (`upm run --log info`)
+            logs = [(self.workdir / mode / f"c{c.i}.log") for c in self.containers]
+            text = "".join(p.read_text(errors="replace") for p in logs if p.exists())
+            res["preload_backend_upm"] = "backend upm" in text
+            if "backend upm" not in text:
+                self.warn("mode upm-kernel: the preload did not log `backend upm` (MADV_UPM not used?)")
+            res["advise_seconds_kernel"] = round(res["upm_sysfs_delta"].get("time_ns", 0) / 1e9, 3)
+
+    def teardown(self) -> None:
+        for c in self.containers:
+            try:
+                c.delete()
+            except Exception as e:  # noqa: BLE001 - keep deleting the others
+                log(f"warning: deleting {c.id}: {e}")
+        self.containers = []
+        for mode in (*GUEST_MODES, "warmup"):
+            try:
+                self.cgroup_parent(mode).rmdir()
+            except OSError:
+                pass
+
+    def cleanup(self) -> None:
+        # the instances' logs back to the host (the guest's /tmp is gone after)
+        try:
+            dest = self.outdir / "logs"
+            for p in self.workdir.glob("*/c*.log"):
+                (dest / p.parent.name).mkdir(parents=True, exist_ok=True)
+                shutil.copy(p, dest / p.parent.name / p.name)
+        except OSError as e:
+            log(f"warning: copying the instances' logs: {e}")
+        super().cleanup()
+
+
+def guest_inner(outdir: Path) -> int:
+    """In the guest: run the modes of OUTDIR/args.json, write OUTDIR/result.json."""
+    a = argparse.Namespace(**json.loads((outdir / "args.json").read_text()))
+    a.workdir = "/tmp"
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        raise Interrupted(signal.Signals(signum).name, 128 + signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    bench = GuestBench(a, outdir)
+    log(f"guest: {a.n} x {a.function}, modes {','.join(a.modes)}, kernel {os.uname().release}, "
+        f"{os.cpu_count()} CPUs, {meminfo()['MemTotal'] / GIB:.1f} GiB")
+    status, doc = 0, None
+    try:
+        doc = bench.run()
+    except Interrupted as e:
+        status = e.args[1]
+    except Exception as e:  # noqa: BLE001 - reported, then cleaned up
+        log(f"error: {e}")
+        status = 1
+    finally:
+        bench.cleanup()
+    if doc is None and bench.results:
+        doc = {"function": a.function, "n": a.n, "modes": list(bench.results), "host": host_info(),
+               "results": bench.results, "warnings": bench.warnings + ["incomplete run"]}
+    if doc:
+        (outdir / "result.json.tmp").write_text(json.dumps(doc, indent=1) + "\n")
+        os.rename(outdir / "result.json.tmp", outdir / "result.json")
+        print(table(doc), flush=True)
+    return status
+
+
+SPLAT = re.compile(r"WARNING:|BUG:|KASAN|possible circular locking|possible recursive locking|inconsistent lock "
+                   r"state|suspicious RCU usage|Kernel panic|sleeping function called from invalid context|Bad page")
+
+
+def find_guest_images(a) -> tuple[str, str]:
+    """The bzImage (--kernel, else test/kernel/build.sh) and the initramfs
+    (test/kernel/initramfs.sh): the source tree's scripts, cached builds."""
+    kdir = HERE.parent.parent / "test" / "kernel"
+    if not (kdir / "initramfs.sh").is_file():
+        raise SystemExit("bench: error: upm-kernel needs the source tree's test/kernel/ (the test kernel and its "
+                         f"initramfs); {kdir} is missing")
+    kernel = a.kernel
+    if not kernel:
+        log("building (or reusing) the test kernel: test/kernel/build.sh (the first build takes minutes)")
+        r = subprocess.run([str(kdir / "build.sh")], stdout=subprocess.PIPE, text=True)
+        kernel = r.stdout.strip().splitlines()[-1] if r.returncode == 0 and r.stdout.strip() else ""
+        if not kernel or not Path(kernel).is_file():
+            raise SystemExit(f"bench: error: test/kernel/build.sh failed (status {r.returncode})")
+    elif not Path(kernel).is_file():
+        raise SystemExit(f"bench: error: --kernel {kernel}: no such file")
+    r = subprocess.run([str(kdir / "initramfs.sh")], stdout=subprocess.PIPE, text=True)
+    initrd = r.stdout.strip().splitlines()[-1] if r.returncode == 0 and r.stdout.strip() else ""
+    if not initrd or not Path(initrd).is_file():
+        raise SystemExit(f"bench: error: test/kernel/initramfs.sh failed (status {r.returncode})")
+    return str(Path(kernel).resolve()), initrd
+
+
+def run_in_guest(a) -> int:
+    """On the host: boot the guest, let it run every mode, report."""
+    qemu = shutil.which("qemu-system-x86_64")
+    if not qemu:
+        print("bench: error: qemu-system-x86_64 is missing (packaging/install-deps.sh kernel)", file=sys.stderr)
+        return 2
+    bins = find_bins(a)
+    if "upm-kernel" in a.modes and "upm" not in bins:
+        print("bench: error: the `upm` CLI was not found (upm-kernel starts instances with `upm run`); run "
+              "`make build` or pass --bin-dir", file=sys.stderr)
+        return 2
+    a.bin_dir = str(bins["upm"].parent) if "upm" in bins else a.bin_dir
+    kernel, initrd = find_guest_images(a)
+    cache = Path(a.cache).resolve()
+    prepare_cache(a.function, cache)
+    a.cache = str(cache)
+    work = Path(tempfile.mkdtemp(prefix="upm-bench-guest-", dir=a.workdir))
+    os.chmod(work, 0o755)
+    inner = {k: v for k, v in vars(a).items() if k not in ("json", "plot", "kernel")}
+    (work / "args.json").write_text(json.dumps(inner, indent=1) + "\n")
+    (work / "guest.sh").write_text(f"#!/bin/sh\nexec {PYTHON} -u {HERE / 'upm_bench.py'} --guest-inner {work}\n")
+    logdir = Path(os.environ.get("UPM_KERNEL_LOG_DIR") or
+                  Path(os.environ.get("UPM_CACHE_DIR", "/var/cache/upm")) / "kernel" / "logs")
+    logdir.mkdir(parents=True, exist_ok=True)
+    console = logdir / f"console-{time.strftime('%Y%m%d-%H%M%S')}-bench-{a.function}.log"
+    accel = os.environ.get("UPM_QEMU_ACCEL", "tcg")
+    mem = a.guest_mem
+    argv = [qemu, "-nographic", "-no-reboot", "-m", mem, "-smp", str(a.guest_cpus), "-cpu", "max", "-accel", accel,
+            # merge=off: the guest's RAM stays out of the host's KSM
+            "-object", f"memory-backend-ram,id=mem,size={mem},merge=off", "-machine", "pc,memory-backend=mem",
+            "-kernel", kernel, "-initrd", initrd,
+            "-append", f"console=ttyS0 panic=-1 upm.mode=hostroot upm.out={work} upm.cache={cache}",
+            "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
+            "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
+            "-fsdev", f"local,id=upmout,path={work},security_model=none,multidevs=remap",
+            "-device", "virtio-9p-pci,fsdev=upmout,mount_tag=upmout",
+            "-fsdev", f"local,id=upmcache,path={cache},security_model=none,readonly=on,multidevs=remap",
+            "-device", "virtio-9p-pci,fsdev=upmcache,mount_tag=upmcache"]
+    timeout = a.guest_timeout or 600 + len(a.modes) * (a.ready_timeout + a.max_measure + 300)
+    log(f"{a.n} x {a.function}, modes {','.join(a.modes)} in a QEMU guest ({accel}, {a.guest_cpus} vCPUs, {mem}); "
+        f"kernel {kernel}; console {console}; timeout {timeout:.0f} s")
+    status = 0
+    t0 = time.monotonic()
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        raise Interrupted(signal.Signals(signum).name, 128 + signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         start_new_session=True)
+    ended = {"rc": None}
+
+    def pump():
+        with open(console, "wb") as f:
+            for raw in p.stdout:
+                f.write(raw)
+                f.flush()
+                line = raw.decode(errors="replace").rstrip("\r\n")
+                if line.startswith(("bench:", "upm-guest:")):
+                    print(f"guest: {line}", file=sys.stderr, flush=True)
+                m = re.match(r"upm-guest: END rc=(\d+)", line)
+                if m:
+                    ended["rc"] = int(m.group(1))
+
+    th = threading.Thread(target=pump, daemon=True)
+    th.start()
+    try:
+        while p.poll() is None:
+            if time.monotonic() - t0 > timeout:
+                log(f"the guest did not finish within {timeout:.0f} s; stopping QEMU")
+                status = 1
+                break
+            if ended["rc"] is not None:
+                try:
+                    p.wait(30)      # powers off by itself
+                except subprocess.TimeoutExpired:
+                    pass
+                break
+            time.sleep(0.5)
+    except (KeyboardInterrupt, Interrupted) as e:
+        log("interrupted; stopping QEMU")
+        status = e.args[1] if isinstance(e, Interrupted) else 130
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        th.join(10)
+    log(f"guest ran {time.monotonic() - t0:.0f} s (guest driver status {ended['rc']}, qemu {p.returncode})")
+    text = console.read_text(errors="replace")
+    result = work / "result.json"
+    if not result.exists():
+        tail = "\n".join(text.splitlines()[-40:])
+        print(f"bench: error: the guest wrote no result (console {console}):\n{tail}", file=sys.stderr)
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        return status or 1
+    doc = json.loads(result.read_text())
+    splats = [ln for ln in text.splitlines() if SPLAT.search(ln)]
+    if splats:
+        doc["warnings"].append(f"guest console: {len(splats)} kernel splat line(s), first: {splats[0].strip()} "
+                               f"({console})")
+    doc["guest"] = {"accel": accel, "cpus": a.guest_cpus, "memory": mem, "kernel_image": kernel, "initrd": initrd,
+                    "console_log": str(console), "qemu": argv, "seconds": round(time.monotonic() - t0, 1),
+                    "host": host_info()}
+    print(table(doc), flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"bench: JSON: {a.json}", file=sys.stderr)
+    if a.plot:
+        try:
+            plot(doc, a.plot)
+            print(f"bench: plot: {a.plot}", file=sys.stderr)
+        except ImportError:
+            print("bench: warning: matplotlib is missing (packaging/install-deps.sh workloads); no plot",
+                  file=sys.stderr)
+    if a.keep:
+        log(f"kept {work} (instance logs in logs/)")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return status or ended["rc"] or 0
+
+
+# ---------------------------------------------------------------------------
 # Output
 
 
@@ -999,7 +1455,7 @@ def fmt(v, spec="", none="n/a") -> str:
 
 def table(doc: dict) -> str:
     rows = [("mode", "PSS GiB", "node GiB", "saved PSS MiB", "saved node MiB", "merged MiB", "ideal MiB",
-             "of ideal", "t90 s", "ksmd CPU-s", "CPU-s/GiB", "start p50/p95 s", "early p50/p99 ms",
+             "of ideal", "t90 s", "ksmd CPU-s", "advice CPU-s", "CPU-s/GiB", "start p50/p95 s", "early p50/p99 ms",
              "merged p50/p99 ms")]
     for m, r in doc["results"].items():
         rows.append((m, f"{r['pss_bytes'] / GIB:.2f}", f"{r['node_used_delta_bytes'] / GIB:.2f}",
@@ -1008,7 +1464,8 @@ def table(doc: dict) -> str:
                      f"{r['saved_frames_bytes'] / MIB:.0f}",
                      fmt(r["ideal_saved_bytes"] and r["ideal_saved_bytes"] / MIB, ".0f"),
                      fmt(r["of_ideal"] and r["of_ideal"] * 100, ".0f") + ("%" if r["of_ideal"] is not None else ""),
-                     fmt(r["t90_s"], ".1f", "-"), f"{r['ksmd_cpu_s']:.1f}", fmt(r["ksmd_cpu_s_per_gib"], ".1f", "-"),
+                     fmt(r["t90_s"], ".1f", "-"), f"{r['ksmd_cpu_s']:.1f}", fmt(r.get("advise_cpu_s"), ".1f"),
+                     fmt(r.get("merge_cpu_s_per_gib", r["ksmd_cpu_s_per_gib"]), ".1f", "-"),
                      f"{r['start_p50_s']:.1f}/{r['start_p95_s']:.1f}",
                      f"{r['lat_early_p50_ms']:.0f}/{r['lat_early_p99_ms']:.0f}",
                      f"{r['lat_merged_p50_ms']:.0f}/{r['lat_merged_p99_ms']:.0f}"))
@@ -1017,6 +1474,10 @@ def table(doc: dict) -> str:
     lines.insert(1, "  ".join("-" * x for x in w))
     head = (f"upm bench: {doc['n']} x {doc['function']} on {doc['host']['cpus']} CPUs, "
             f"kernel {doc['host']['kernel']}, {doc['host']['date']}")
+    g = doc.get("guest")
+    if g:
+        head += (f"\n(QEMU {g['accel']} guest, {g['cpus']} vCPUs, {g['memory']} RAM, the host's / over 9p; "
+                 f"instances are processes in cgroups, not containers)")
     return "\n".join([head, *lines, *("warning: " + x for x in doc["warnings"])])
 
 
@@ -1035,7 +1496,8 @@ def plot(doc: dict, out: str) -> None:
     ax2.set_ylabel("containers' ksm_merging_pages (GiB)")
     ax2.set_xlabel("seconds since the first container was started (dotted: last one ready)")
     ax1.set_title(f"upm bench: {doc['n']} x {doc['function']}, {doc['host']['cpus']} CPUs, "
-                  f"kernel {doc['host']['kernel']}")
+                  f"kernel {doc['host']['kernel']}"
+                  + (f" (QEMU {doc['guest']['accel']} guest; instances are processes)" if doc.get("guest") else ""))
     ax1.legend()
     ax1.grid(alpha=0.3)
     ax2.grid(alpha=0.3)
@@ -1053,9 +1515,10 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true",
                     help="a small configuration: imagerec, -n 4, --modes off,upm, shorter windows "
                          "(explicit options still win)")
-    ap.add_argument("--function", "-f", choices=FUNCTIONS, help="the function (default imagerec)")
-    ap.add_argument("-n", type=int, help="containers per mode (default 16; --quick 4)")
-    ap.add_argument("--modes", help=f"comma-separated, from {','.join(ALL_MODES)} (default all; --quick off,upm)")
+    ap.add_argument("--function", "-f", choices=FUNCTIONS, help="the function (default imagerec; with upm-kernel thumb)")
+    ap.add_argument("-n", type=int, help="containers per mode (default 16; --quick 4; with upm-kernel 4)")
+    ap.add_argument("--modes", help=f"comma-separated, from {','.join(ALL_MODES)} (default all but upm-kernel; --quick off,upm; "
+                    "with upm-kernel every mode runs in the QEMU guest)")
     ap.add_argument("--batch", type=int, default=2, help="containers started together (default 2)")
     ap.add_argument("--stagger", type=float, default=4.0, help="seconds between batches (default 4)")
     ap.add_argument("--ready-timeout", type=float, help="seconds from `run` until the first invocation is "
@@ -1089,16 +1552,42 @@ def parse_args(argv=None):
     ap.add_argument("--json", metavar="OUT", help="write every result (with the time series) as JSON")
     ap.add_argument("--plot", metavar="OUT.png", help="plot memory over time per mode (matplotlib)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (bundles, logs)")
+    g = ap.add_argument_group("upm-kernel (the QEMU guest; docs/bench.md)")
+    g.add_argument("--kernel", metavar="BZIMAGE", help="the guest kernel (default: test/kernel/build.sh's, built "
+                   "or reused)")
+    g.add_argument("--guest-mem", default="3G", help="guest RAM (default 3G)")
+    g.add_argument("--guest-cpus", type=int, default=2, help="guest vCPUs (default 2)")
+    g.add_argument("--guest-timeout", type=float, help="seconds before QEMU is stopped (default from the modes' "
+                   "windows)")
+    ap.add_argument("--guest-inner", metavar="DIR", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.guest_inner:
+        return a
     q = a.quick
-    a.function = a.function or "imagerec"
-    a.n = a.n or (4 if q else 16)
-    a.modes = [m for m in (a.modes or ("off,upm" if q else ",".join(ALL_MODES))).split(",") if m]
+    host_modes = [m for m in ALL_MODES if m != "upm-kernel"]
+    a.modes = [m for m in (a.modes or ("off,upm" if q else ",".join(host_modes))).split(",") if m]
     bad = [m for m in a.modes if m not in ALL_MODES]
     if bad:
-        ap.error(f"unknown mode(s) {', '.join(bad)}; choose from {', '.join(ALL_MODES)}"
-                 + (" (upm-kernel needs the QEMU guest: not supported by this driver yet)" if "upm-kernel" in bad
-                    else ""))
+        ap.error(f"unknown mode(s) {', '.join(bad)}; choose from {', '.join(ALL_MODES)}")
+    a.guest = "upm-kernel" in a.modes
+    if a.guest:
+        # TCG is slow: a light function, few instances, shorter windows
+        not_guest = [m for m in a.modes if m not in GUEST_MODES]
+        if not_guest:
+            ap.error(f"with upm-kernel every mode runs in the QEMU guest, which has no containers: "
+                     f"{', '.join(not_guest)} cannot run there (run them on the host separately); "
+                     f"choose from {', '.join(GUEST_MODES)}")
+        if a.function == "node":
+            ap.error("upm-kernel: the guest runs the python functions only (node's merge_exec.py needs "
+                     "PR_SET_MEMORY_MERGE, which the 6.1 guest kernel lacks)")
+        a.function = a.function or "thumb"
+        a.n = a.n or 4
+        a.ready_timeout = a.ready_timeout or 600
+        a.min_measure = a.min_measure if a.min_measure is not None else 30
+        a.max_measure = a.max_measure or 300
+        a.settle = a.settle or 15
+    a.function = a.function or "imagerec"
+    a.n = a.n or (4 if q else 16)
     if "off" in a.modes and a.modes[0] != "off":
         a.modes.remove("off")
         a.modes.insert(0, "off")
@@ -1116,6 +1605,10 @@ def main(argv=None) -> int:
     if os.geteuid() != 0:
         print("bench: error: run as root (containers and /sys/kernel/mm/ksm)", file=sys.stderr)
         return 2
+    if a.guest_inner:
+        return guest_inner(Path(a.guest_inner))
+    if a.guest:
+        return run_in_guest(a)
     if not (KSM / "run").exists():
         print(f"bench: error: {KSM} is missing (kernel without CONFIG_KSM)", file=sys.stderr)
         return 2

@@ -74,8 +74,8 @@ void add_bench(CLI::App& app, Action& action) {
     auto* cmd = app.add_subcommand(
         "bench",
         "N containers of a real function on this node, every mode (off, ksm-default, ksm-aggressive, upm, "
-        "upm-shared) side by side: memory saved, fraction of the ideal, time to savings, CPU, latency; "
-        "`upm bench --help` lists the options (docs/bench.md)");
+        "upm-shared; upm-kernel in a QEMU guest of the patched kernel) side by side: memory saved, fraction of "
+        "the ideal, time to savings, CPU, latency; `upm bench --help` lists the options (docs/bench.md)");
     // Every argument goes to the driver, --help included (its help lists the options).
     cmd->set_help_flag();
     cmd->allow_extras();

@@ -5,7 +5,9 @@
 
 1. With UPM_BENCH_MERGE_ANY=1 (the `ksm-*` modes: what a user does without
    upm), the whole process is made mergeable first, before anything is
-   imported: prctl(PR_SET_MEMORY_MERGE, 1).
+   imported: prctl(PR_SET_MEMORY_MERGE, 1); on a kernel without it (before
+   6.4, e.g. the upm test kernel), MADV_MERGEABLE on every private mapping,
+   repeated every second by a thread named merge-any.
 2. The cold start: imports FUNCTION (a module next to this file) and calls
    its cold_start(cache_dir), which imports the libraries and loads the
    model or data, the way a real function initialises after its container
@@ -26,11 +28,49 @@ import sys
 PR_SET_MEMORY_MERGE = 67
 
 
+MADV_MERGEABLE = 12
+PR_SET_NAME = 15
+
+
+def _madvise_all_private(libc) -> int:
+    """MADV_MERGEABLE on every private mapping of this process (what
+    PR_SET_MEMORY_MERGE makes mergeable); returns the bytes advised."""
+    done = 0
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split(None, 5)
+            name = parts[5].strip() if len(parts) > 5 else ""
+            if parts[1][3] != "p" or name in ("[vsyscall]", "[vvar]", "[vdso]"):
+                continue
+            start, end = (int(x, 16) for x in parts[0].split("-"))
+            if libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_MERGEABLE) == 0:
+                done += end - start
+    return done
+
+
 def merge_any() -> str:
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) != 0:
-        return f"prctl(PR_SET_MEMORY_MERGE) failed: {os.strerror(ctypes.get_errno())}"
-    return "whole process mergeable (PR_SET_MEMORY_MERGE)"
+    if libc.prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) == 0:
+        return "whole process mergeable (PR_SET_MEMORY_MERGE)"
+    err = ctypes.get_errno()
+    if err != 22:
+        return f"prctl(PR_SET_MEMORY_MERGE) failed: {os.strerror(err)}"
+    # EINVAL: a kernel before 6.4 (the upm test kernel is 6.1).  What users
+    # did there: MADV_MERGEABLE on every private mapping, repeated so that
+    # new mappings are covered too -- here every second, on a thread named
+    # merge-any (upm bench counts its CPU as advice)
+    import threading
+
+    def loop():
+        libc.prctl(PR_SET_NAME, b"merge-any", 0, 0, 0)
+        while True:
+            _madvise_all_private(libc)
+            time.sleep(1.0)
+
+    import time
+    _madvise_all_private(libc)
+    threading.Thread(target=loop, daemon=True).start()
+    return "whole process mergeable (no PR_SET_MEMORY_MERGE: MADV_MERGEABLE on every private mapping, every second)"
 
 
 def main() -> int:
