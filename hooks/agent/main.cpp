@@ -1,4 +1,4 @@
-// upmd: the node agent of upm.  A thin CLI11 main over libupmcore's
+// upmd: the node agent of upm.  A thin CLI11 main over libupm-host's
 // agent server (upm/agent_server.hpp): parses the options, sets up logging,
 // optionally daemonizes, and runs the event loop.  docs/agent.md.
 #include <fcntl.h>

@@ -277,7 +277,7 @@ void warm_up(const upm::preload::Config& c) {
 
 // Called by the constructor in ctor.c, which the build places last in the
 // library's .init_array (see CMakeLists.txt): by then every static of
-// upmcore, spdlog and the static libstdc++ is constructed, and their
+// libupm-inproc, spdlog and the static libstdc++ is constructed, and their
 // destructors are registered before our exit handler, so they run after it.
 extern "C" __attribute__((visibility("hidden"))) void upm_preload_start(void) {
     try {

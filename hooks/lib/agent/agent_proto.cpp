@@ -1,7 +1,7 @@
 // The node agent's request parser and the helpers both ends share.
 // Format: upm/agent_proto.hpp and docs/agent.md.
 #include "upm/agent_proto.hpp"
-#include "io.hpp"
+#include "upm/io.hpp"
 
 #include <cmath>
 #include <cstdlib>

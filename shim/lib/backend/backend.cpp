@@ -18,7 +18,7 @@
 #include <atomic>
 #include <cerrno>
 
-#include "io.hpp"
+#include "upm/io.hpp"
 
 #ifndef MADV_MERGEABLE
 #define MADV_MERGEABLE 12

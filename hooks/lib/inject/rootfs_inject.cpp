@@ -22,7 +22,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
-#include "io.hpp"
+#include "upm/io.hpp"
 #include "upm/spec.hpp"
 
 namespace upm {

@@ -14,7 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "io.hpp"
+#include "upm/io.hpp"
 #include "upm/log.hpp"
 
 namespace upm {

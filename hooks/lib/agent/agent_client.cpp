@@ -13,7 +13,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include "io.hpp"
+#include "upm/io.hpp"
 #include "upm/spec.hpp"
 
 namespace upm::agent {

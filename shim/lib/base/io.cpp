@@ -1,5 +1,5 @@
 // Bounded file I/O helpers; see io.hpp.
-#include "io.hpp"
+#include "upm/io.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>

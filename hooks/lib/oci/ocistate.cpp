@@ -4,7 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "upm/spec.hpp"
-#include "io.hpp"
+#include "upm/io.hpp"
 
 namespace upm {
 

@@ -11,7 +11,7 @@
 
 #include <cerrno>
 
-#include "io.hpp"
+#include "upm/io.hpp"
 
 namespace upm {
 

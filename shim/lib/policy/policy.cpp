@@ -31,7 +31,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 
-#include "io.hpp"
+#include "upm/io.hpp"
 
 namespace upm {
 

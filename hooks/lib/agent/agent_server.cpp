@@ -30,7 +30,7 @@
 #include "upm/ksmtune.hpp"
 #include "upm/log.hpp"
 #include "upm/metrics.hpp"
-#include "io.hpp"
+#include "upm/io.hpp"
 
 namespace upm::agent {
 

@@ -12,7 +12,7 @@
 #include <cerrno>
 #include <memory>
 
-#include "io.hpp"
+#include "upm/io.hpp"
 
 namespace upm {
 

@@ -29,7 +29,7 @@
 
 #include "upm/launch.hpp"
 #include "upm/policy.hpp"
-#include "io.hpp"
+#include "upm/io.hpp"
 
 namespace upm {
 

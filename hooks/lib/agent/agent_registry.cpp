@@ -15,7 +15,7 @@
 #include <set>
 #include <unordered_map>
 
-#include "io.hpp"
+#include "upm/io.hpp"
 #include "upm/agent_client.hpp"
 
 namespace upm::agent {

@@ -17,7 +17,7 @@
 #include <cerrno>
 #include <nlohmann/json.hpp>
 
-#include "io.hpp"
+#include "upm/io.hpp"
 #include "upm/launch.hpp"
 #include "upm/policy.hpp"
 

@@ -27,7 +27,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
-#include "io.hpp"
+#include "upm/io.hpp"
 
 namespace upm {
 

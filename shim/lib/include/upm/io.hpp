@@ -1,4 +1,4 @@
-// Bounded file reading for /proc, /sys and policy files (internal).
+// Bounded file reading for /proc, /sys and policy files, owned fds (upm::detail).
 //
 // Every input upm reads comes from a file another party controls (a process's
 // /proc entries, a policy file, sysfs), so every read has an upper bound and

@@ -1,7 +1,7 @@
 // Locating the preload and extending LD_PRELOAD; see launch.hpp.
 //
 // The build-tree location (UPM_BUILD_PRELOAD) and the install libdir
-// (UPM_INSTALL_LIBDIR) are compiled in by shim/core/CMakeLists.txt.
+// (UPM_INSTALL_LIBDIR) are compiled in by hooks/lib/CMakeLists.txt.
 #include "upm/launch.hpp"
 
 #include <limits.h>
