@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "upm/io.hpp"
+#include "upm/stats.hpp"
 #include "upm/spec.hpp"
 
 namespace upm::agent {
@@ -164,24 +165,8 @@ bool agent_socket_present(const std::string& socket) {
 
 std::uint64_t process_start_ticks(long pid) {
     if (pid <= 0) return 0;
-    auto text = detail::read_file("/proc/" + std::to_string(pid) + "/stat", detail::kMaxSmallFile);
-    if (!text) return 0;
-    // "pid (comm) state ppid ...": comm may contain spaces and parentheses,
-    // so count fields from the last ')'.  starttime is field 22.
-    auto close = text->rfind(')');
-    if (close == std::string::npos) return 0;
-    std::string_view rest = std::string_view(*text).substr(close + 1);
-    int field = 2;  // the field before the first one after ')'
-    std::size_t pos = 0;
-    while (pos < rest.size()) {
-        while (pos < rest.size() && rest[pos] == ' ') ++pos;
-        auto end = rest.find(' ', pos);
-        if (end == std::string_view::npos) end = rest.size();
-        ++field;
-        if (field == 22) return detail::parse_uint(rest.substr(pos, end - pos)).value_or(0);
-        pos = end;
-    }
-    return 0;
+    auto st = read_proc_stat("/proc/" + std::to_string(pid));
+    return st ? st->starttime : 0;
 }
 
 std::string process_cgroup(long pid) {

@@ -15,7 +15,10 @@
 #include <set>
 #include <unordered_map>
 
+#include "upm/atomic_file.hpp"
 #include "upm/io.hpp"
+#include "upm/log.hpp"
+#include "upm/stats.hpp"
 #include "upm/agent_client.hpp"
 
 namespace upm::agent {
@@ -108,33 +111,8 @@ Status Registry::save(const std::string& path) const {
     } catch (const std::exception& e) {
         return Error::msg(std::string("state file: ") + e.what());
     }
-    std::string tmp = path + ".tmp";
-    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0) return Error::sys(errno, "state file: open `" + tmp + "`");
-    std::size_t done = 0;
-    while (done < text.size()) {
-        ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
-            int e = errno;
-            ::close(fd);
-            ::unlink(tmp.c_str());
-            return Error::sys(e, "state file: write `" + tmp + "`");
-        }
-        done += static_cast<std::size_t>(n);
-    }
-    if (::fsync(fd) != 0) {
-        int e = errno;
-        ::close(fd);
-        ::unlink(tmp.c_str());
-        return Error::sys(e, "state file: fsync `" + tmp + "`");
-    }
-    ::close(fd);
-    if (::rename(tmp.c_str(), path.c_str()) != 0) {
-        int e = errno;
-        ::unlink(tmp.c_str());
-        return Error::sys(e, "state file: rename to `" + path + "`");
-    }
+    auto st = write_file_atomic(path, text, {.mode = 0600});
+    if (!st) return st.error().wrap("state file");
     return Ok{};
 }
 
@@ -183,12 +161,12 @@ Result<Registry> Registry::load(const std::string& path, std::size_t capacity, s
             c.advised.seconds = e.value("advise_seconds", 0.0);
             std::uint64_t now = process_start_ticks(c.pid);
             if (now == 0) {
-                notes.push_back("container `" + printable_id(c.id) + "`: process " + std::to_string(c.pid) +
+                notes.push_back("container `" + printable(c.id) + "`: process " + std::to_string(c.pid) +
                                 " has exited, dropped");
                 continue;
             }
             if (now != c.start_ticks) {
-                notes.push_back("container `" + printable_id(c.id) + "`: pid " + std::to_string(c.pid) +
+                notes.push_back("container `" + printable(c.id) + "`: pid " + std::to_string(c.pid) +
                                 " now belongs to another process, dropped");
                 continue;
             }
@@ -204,13 +182,6 @@ Result<Registry> Registry::load(const std::string& path, std::size_t capacity, s
     return r;
 }
 
-std::string printable_id(std::string_view id) {
-    std::string out;
-    for (unsigned char c : id.substr(0, 128)) out += (c < 0x20 || c == 0x7f) ? '?' : static_cast<char>(c);
-    if (id.size() > 128) out += "...";
-    return out;
-}
-
 // ---- counters -------------------------------------------------------------
 
 namespace {
@@ -221,28 +192,13 @@ struct ProcInfo {
     std::uint64_t utime = 0, stime = 0;
 };
 
-// /proc/PID/stat: "pid (comm) state ppid ... utime(14) stime(15) ..."
 bool read_stat(pid_t pid, ProcInfo& out) {
-    auto text = read_file("/proc/" + std::to_string(pid) + "/stat", detail::kMaxSmallFile);
-    if (!text) return false;
-    auto open = text->find('(');
-    auto close = text->rfind(')');
-    if (open == std::string::npos || close == std::string::npos || close < open) return false;
-    out.comm = text->substr(open + 1, close - open - 1);
-    std::string_view rest = std::string_view(*text).substr(close + 1);
-    int field = 2;
-    std::size_t pos = 0;
-    while (pos < rest.size() && field < 15) {
-        while (pos < rest.size() && rest[pos] == ' ') ++pos;
-        auto end = rest.find(' ', pos);
-        if (end == std::string_view::npos) end = rest.size();
-        ++field;
-        auto v = rest.substr(pos, end - pos);
-        if (field == 4) out.ppid = static_cast<pid_t>(parse_int(v).value_or(0));
-        if (field == 14) out.utime = parse_uint(v).value_or(0);
-        if (field == 15) out.stime = parse_uint(v).value_or(0);
-        pos = end;
-    }
+    auto st = read_proc_stat("/proc/" + std::to_string(pid));
+    if (!st) return false;
+    out.ppid = st->ppid;
+    out.comm = std::move(st->comm);
+    out.utime = st->utime;
+    out.stime = st->stime;
     return true;
 }
 

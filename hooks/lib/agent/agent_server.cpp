@@ -30,6 +30,7 @@
 #include "upm/ksmtune.hpp"
 #include "upm/log.hpp"
 #include "upm/metrics.hpp"
+#include "upm/atomic_file.hpp"
 #include "upm/io.hpp"
 
 namespace upm::agent {
@@ -50,13 +51,6 @@ constexpr std::size_t kLinesPerPass = 64;                   // requests of one c
 constexpr milliseconds kHttpTimeout{5000};
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
-
-std::string dirname_of(const std::string& path) {
-    auto slash = path.rfind('/');
-    if (slash == std::string::npos) return ".";
-    if (slash == 0) return "/";
-    return path.substr(0, slash);
-}
 
 enum class Kind { agent, http };
 
@@ -110,32 +104,6 @@ Result<sockaddr_storage> parse_listen(const std::string& spec, socklen_t& len, b
     return ss;
 }
 
-// Writes `text` to DIR/NAME atomically.
-Status write_atomic(const std::string& dir, const std::string& name, const std::string& text, mode_t mode) {
-    std::string tmp = dir + "/." + name + ".tmp";
-    std::string path = dir + "/" + name;
-    Fd f(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode));
-    if (f.fd < 0) return Error::sys(errno, "open `" + tmp + "`");
-    std::size_t done = 0;
-    while (done < text.size()) {
-        ssize_t n = ::write(f.fd, text.data() + done, text.size() - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
-            int e = errno;
-            ::unlink(tmp.c_str());
-            return Error::sys(e, "write `" + tmp + "`");
-        }
-        done += static_cast<std::size_t>(n);
-    }
-    ::fchmod(f.fd, mode);   // the textfile collector (node-exporter) runs as another user
-    if (::rename(tmp.c_str(), path.c_str()) != 0) {
-        int e = errno;
-        ::unlink(tmp.c_str());
-        return Error::sys(e, "rename to `" + path + "`");
-    }
-    return Ok{};
-}
-
 void sd_notify_ready() {
     const char* path = std::getenv("NOTIFY_SOCKET");
     if (!path || !*path) return;
@@ -155,7 +123,7 @@ void sd_notify_ready() {
 class Server {
 public:
     explicit Server(const ServerOptions& o) : o_(o), registry_(o.max_containers) {
-        state_file_ = o.state_file.empty() ? dirname_of(o.socket) + "/upmd-state.json" : o.state_file;
+        state_file_ = o.state_file.empty() ? detail::dirname(o.socket) + "/upmd-state.json" : o.state_file;
         info_.version = o.version;
         info_.started_at = unix_now();
     }
@@ -193,7 +161,7 @@ private:
     json status_reply(bool with_usage);
     AgentInfo agent_info();
     void cleanup();
-    std::string log_id(const std::string& id) const { return printable_id(id); }
+    std::string log_id(const std::string& id) const { return printable(id); }
 
     ServerOptions o_;
     std::string state_file_;
@@ -227,7 +195,7 @@ Status Server::setup_socket() {
     if (path.empty() || path.size() >= sizeof addr.sun_path)
         return Error::msg("socket path `" + path + "` is empty or longer than " + std::to_string(sizeof addr.sun_path - 1) +
                           " bytes");
-    std::string dir = dirname_of(path);
+    std::string dir = detail::dirname(path);
     if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
         return Error::sys(errno, "creating the socket directory `" + dir + "`");
     struct stat st {};
@@ -619,10 +587,10 @@ void Server::handle_line(Conn& c, std::string_view line) {
             if (auto* added_c = registry_.find(req->id)) watch(*added_c);
             logger()->info("container `{}`: {}, pid {}, policy `{}`, domain `{}`, {}", log_id(req->id),
                            *added ? "registered" : "registered again", req->pid,
-                           req->policy.empty() ? "(default)" : printable_id(req->policy),
-                           req->domain.empty() ? "(none)" : printable_id(req->domain), req->cgroup.empty() ? std::string("process tree")
-                                                                          : "cgroup `" + printable_id(req->cgroup) + "`");
-            if (tuner_) tuner_->kick("register " + printable_id(req->id));
+                           req->policy.empty() ? "(default)" : printable(req->policy),
+                           req->domain.empty() ? "(none)" : printable(req->domain), req->cgroup.empty() ? std::string("process tree")
+                                                                          : "cgroup `" + printable(req->cgroup) + "`");
+            if (tuner_) tuner_->kick("register " + printable(req->id));
             reply = {{"ok", true}, {"id", req->id}, {"new", *added}, {"containers", registry_.size()}};
             break;
         }
@@ -652,7 +620,7 @@ void Server::handle_line(Conn& c, std::string_view line) {
             changed();
             logger()->debug("advised: {} bytes in {} calls ({:.6f} s), {}", req->bytes, req->calls, req->seconds,
                             ct ? "container `" + log_id(ct->id) + "`" : std::string("no registered container"));
-            if (tuner_) tuner_->kick(ct ? "advised " + printable_id(ct->id) : "advised", req->bytes);
+            if (tuner_) tuner_->kick(ct ? "advised " + printable(ct->id) : "advised", req->bytes);
             reply = {{"ok", true}, {"container", ct ? json(ct->id) : json(nullptr)}};
             break;
         }
@@ -782,7 +750,7 @@ void Server::watch_growth() {
         logger()->info("container `{}`: anonymous memory grew by {:.1f} MiB to {:.1f} MiB", log_id(g.id),
                        static_cast<double>(g.bytes) / (1 << 20), static_cast<double>(g.anon) / (1 << 20));
         ++growth_kicks_;
-        tuner_->kick("growth " + printable_id(g.id), g.bytes);
+        tuner_->kick("growth " + printable(g.id), g.bytes);
     }
 }
 
@@ -802,7 +770,10 @@ void Server::save_if_dirty() {
 
 void Server::write_textfile() {
     const Snapshot& snap = snapshot();
-    auto st = write_atomic(o_.textfile_dir, "upmd.prom", render_agent_metrics(registry_, snap, agent_info()), 0644);
+    // 0644: the textfile collector (node-exporter) runs as another user.  No
+    // fsync: the file is rewritten every interval, worthless after a crash.
+    auto st = write_file_atomic(o_.textfile_dir, "upmd.prom", render_agent_metrics(registry_, snap, agent_info()),
+                                {.mode = 0644, .fsync = false});
     if (!st) logger()->warn("--textfile: {}", st.error().message);
 }
 

@@ -67,8 +67,7 @@ Result<std::vector<unsigned char>> read_secret(const std::string& path) {
 }
 
 Status create_secret(const std::string& path) {
-    auto slash = path.rfind('/');
-    std::string dir = slash == std::string::npos || slash == 0 ? (slash == 0 ? "/" : ".") : path.substr(0, slash);
+    std::string dir = detail::dirname(path);
     if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return Error::sys(errno, "create `" + dir + "`");
     unsigned char key[kSecretBytes];
     std::size_t got = 0;

@@ -14,7 +14,9 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "upm/atomic_file.hpp"
 #include "upm/io.hpp"
+#include "upm/stats.hpp"
 #include "upm/log.hpp"
 
 namespace upm {
@@ -366,27 +368,9 @@ std::optional<double> ksmd_cpu_seconds(const std::string& proc, int* pid) {
         std::string dir = proc + "/" + std::to_string(p);
         auto comm = read_file(dir + "/comm", detail::kMaxSmallFile);
         if (!comm || trim(*comm) != "ksmd") return std::nullopt;
-        auto stat = read_file(dir + "/stat", detail::kMaxSmallFile);
+        auto stat = read_proc_stat(dir);
         if (!stat) return std::nullopt;
-        auto close = stat->rfind(')');
-        if (close == std::string::npos) return std::nullopt;
-        // Fields after the comm: state(3) ppid ... utime(14) stime(15).
-        std::string_view rest(*stat);
-        rest.remove_prefix(close + 1);
-        long values[13] = {};
-        int idx = 0;
-        std::size_t pos = 0;
-        while (idx < 13 && pos < rest.size()) {
-            while (pos < rest.size() && rest[pos] == ' ') ++pos;
-            std::size_t end = rest.find(' ', pos);
-            if (end == std::string_view::npos) end = rest.size();
-            auto field = rest.substr(pos, end - pos);
-            if (idx >= 11) values[idx] = static_cast<long>(parse_int(field).value_or(0));
-            ++idx;
-            pos = end;
-        }
-        if (idx < 13) return std::nullopt;
-        return static_cast<double>(values[11] + values[12]) / tick;   // utime, stime
+        return static_cast<double>(stat->utime + stat->stime) / tick;
     };
     if (pid && *pid > 0) {
         if (auto v = read_stat(*pid)) return v;
@@ -534,9 +518,7 @@ Status KsmTuner::persist_originals() const {
     j["knobs"] = knobs_json(st_.original);
     std::string text = j.dump() + "\n";
     std::string path = o_.state_file;
-    auto slash = path.rfind('/');
-    if (slash != std::string::npos && slash > 0) {
-        std::string dir = path.substr(0, slash);
+    if (std::string dir = detail::dirname(path); dir != "." && dir != "/") {
         // mkdir -p of the parent (typically /run/upm).
         for (std::size_t p = 1; p <= dir.size(); ++p) {
             if (p == dir.size() || dir[p] == '/') {
@@ -546,32 +528,8 @@ Status KsmTuner::persist_originals() const {
             }
         }
     }
-    std::string tmp = path + ".tmp." + std::to_string(::getpid());
-    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return Error::sys(errno, "creating `" + tmp + "`");
-    std::size_t off = 0;
-    while (off < text.size()) {
-        ssize_t n = ::write(fd, text.data() + off, text.size() - off);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            int e = errno;
-            ::close(fd);
-            ::unlink(tmp.c_str());
-            return Error::sys(e, "writing `" + tmp + "`");
-        }
-        off += static_cast<std::size_t>(n);
-    }
-    if (::fsync(fd) != 0 || ::close(fd) != 0) {
-        int e = errno;
-        ::unlink(tmp.c_str());
-        return Error::sys(e, "syncing `" + tmp + "`");
-    }
-    if (::rename(tmp.c_str(), path.c_str()) != 0) {
-        int e = errno;
-        ::unlink(tmp.c_str());
-        return Error::sys(e, "renaming `" + tmp + "` to `" + path + "`");
-    }
-    return Ok{};
+    // 0644: `upm status` and the tests read it without root.
+    return write_file_atomic(path, text, {.mode = 0644});
 }
 
 double KsmTuner::ksmd_cpu() {

@@ -189,4 +189,37 @@ Status write_ksm_setting(const std::string& name, const std::string& value) {
     }
 }
 
+std::optional<ProcStat> parse_proc_stat(std::string_view text) {
+    auto open = text.find('(');
+    auto close = text.rfind(')');
+    if (open == std::string_view::npos || close == std::string_view::npos || close < open) return std::nullopt;
+    ProcStat out;
+    out.comm = std::string(text.substr(open + 1, close - open - 1));
+    std::string_view rest = text.substr(close + 1);
+    int field = 2;   // the comm; the next one is 3
+    std::size_t pos = 0;
+    while (field < 22) {
+        while (pos < rest.size() && rest[pos] == ' ') ++pos;
+        if (pos >= rest.size()) return std::nullopt;
+        auto end = std::min(rest.find(' ', pos), rest.size());
+        auto v = rest.substr(pos, end - pos);
+        switch (++field) {
+        case 3: out.state = v.front(); break;
+        case 4: out.ppid = static_cast<pid_t>(detail::parse_int(v).value_or(0)); break;
+        case 14: out.utime = detail::parse_uint(v).value_or(0); break;
+        case 15: out.stime = detail::parse_uint(v).value_or(0); break;
+        case 22: out.starttime = detail::parse_uint(v).value_or(0); break;
+        default: break;
+        }
+        pos = end;
+    }
+    return out;
+}
+
+std::optional<ProcStat> read_proc_stat(const std::string& dir) {
+    auto text = detail::read_file(dir + "/stat", detail::kMaxSmallFile);
+    if (!text) return std::nullopt;
+    return parse_proc_stat(*text);
+}
+
 }  // namespace upm

@@ -4,6 +4,8 @@
 // (UPM_INSTALL_LIBDIR) are compiled in by hooks/lib/CMakeLists.txt.
 #include "upm/launch.hpp"
 
+#include "upm/io.hpp"
+
 #include <limits.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -27,7 +29,7 @@ std::string exe_dir() {
     ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
     if (n <= 0) return {};
     std::string exe(buf, static_cast<std::size_t>(n));
-    return exe.substr(0, exe.rfind('/'));
+    return detail::dirname(exe);
 }
 
 }  // namespace

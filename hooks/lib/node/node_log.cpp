@@ -46,8 +46,7 @@ public:
 protected:
     void before_open() override {
         // /var/log/upm may not exist yet on a fresh node; create that one level.
-        auto slash = path_.rfind('/');
-        if (slash != std::string::npos && slash > 0) ::mkdir(path_.substr(0, slash).c_str(), 0750);
+        ::mkdir(detail::dirname(path_).c_str(), 0750);   // EEXIST for "." and "/"
     }
     void format_line(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& out) override {
         formatter_->format(msg, out);

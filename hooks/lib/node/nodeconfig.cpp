@@ -41,11 +41,6 @@ bool executable_file(const std::string& path) {
     return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(path.c_str(), X_OK) == 0;
 }
 
-std::string dir_of(const std::string& path) {
-    auto slash = path.rfind('/');
-    return slash == std::string::npos ? std::string(".") : path.substr(0, slash == 0 ? 1 : slash);
-}
-
 }  // namespace
 
 NodeConfig default_node_config(const std::string& self_exe) {
@@ -60,7 +55,7 @@ NodeConfig default_node_config(const std::string& self_exe) {
             }
         }
         if (auto preload = find_preload()) c.preload = *preload;
-        if (!self_exe.empty()) c.hook = dir_of(self_exe) + "/upm-hook";
+        if (!self_exe.empty()) c.hook = detail::dirname(self_exe) + "/upm-hook";
     } catch (...) {
         // Out of memory: the defaults that could be filled in.
     }

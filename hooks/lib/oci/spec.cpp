@@ -29,6 +29,7 @@
 
 #include "upm/launch.hpp"
 #include "upm/policy.hpp"
+#include "upm/atomic_file.hpp"
 #include "upm/io.hpp"
 
 namespace upm {
@@ -322,48 +323,25 @@ Result<BundleConfig> read_bundle_config(const std::string& bundle_dir) {
 
 Status write_bundle_config(const std::string& bundle_dir, std::string_view text, const BundleConfig& original,
                            bool sync) {
-    try {
-        Fd dir(::open(bundle_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-        if (dir.fd < 0) return Error::sys(errno, "open bundle `" + bundle_dir + "`");
-        std::string tmp;
-        int fd = -1;
-        for (int attempt = 0; attempt < 16 && fd < 0; ++attempt) {
-            tmp = ".config.json.upm-" + std::to_string(::getpid()) + "-" + std::to_string(attempt);
-            fd = ::openat(dir.fd, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-            if (fd < 0 && errno != EEXIST) return Error::sys(errno, "create `" + tmp + "` in bundle `" + bundle_dir + "`");
-        }
-        if (fd < 0) return Error::sys(EEXIST, "create a temporary file in bundle `" + bundle_dir + "`");
-        Fd f(fd);
-        auto fail = [&](int e, const std::string& what) -> Status {
-            ::unlinkat(dir.fd, tmp.c_str(), 0);
-            return Error::sys(e, what);
-        };
-        // Keep the owner when we may; in a user namespace the original ids may
-        // not be mapped, and a root-owned copy is still readable by the runtime.
-        if (::geteuid() == 0 && (original.uid != 0 || original.gid != 0))
-            (void)!::fchown(f.fd, original.uid, original.gid);
-        if (::fchmod(f.fd, original.mode) != 0) return fail(errno, "chmod `" + tmp + "`");
-        std::size_t done = 0;
-        while (done < text.size()) {
-            ssize_t n = ::write(f.fd, text.data() + done, text.size() - done);
-            if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) return fail(n < 0 ? errno : EIO, "write `" + tmp + "`");
-            done += static_cast<std::size_t>(n);
-        }
-        if (sync && ::fsync(f.fd) != 0) return fail(errno, "fsync `" + tmp + "`");
-        // Replace config.json only if it is still the file we read.
-        struct stat st {};
-        if (::fstatat(dir.fd, kConfigName, &st, AT_SYMLINK_NOFOLLOW) != 0)
-            return fail(errno, "stat `config.json` in bundle `" + bundle_dir + "`");
-        if (st.st_dev != original.dev || st.st_ino != original.ino)
-            return fail(EAGAIN, "`config.json` in bundle `" + bundle_dir + "` was replaced while upm edited it");
-        if (::renameat(dir.fd, tmp.c_str(), dir.fd, kConfigName) != 0)
-            return fail(errno, "rename `" + tmp + "` to `config.json`");
-        if (sync) ::fsync(dir.fd);  // best effort: the rename is already visible to the runtime
-        return Ok{};
-    } catch (const std::exception& e) {
-        return Error::msg(std::string("write `config.json`: ") + e.what());
+    AtomicWriteOptions o{.mode = original.mode, .fsync = sync};
+    // Keep the owner when we may; in a user namespace the original ids may
+    // not be mapped, and a root-owned copy is still readable by the runtime.
+    if (::geteuid() == 0 && (original.uid != 0 || original.gid != 0)) {
+        o.uid = original.uid;
+        o.gid = original.gid;
     }
+    // Replace config.json only if it is still the file we read.
+    o.before_rename = [&](int dir_fd) -> Status {
+        struct stat st {};
+        if (::fstatat(dir_fd, kConfigName, &st, AT_SYMLINK_NOFOLLOW) != 0)
+            return Error::sys(errno, "stat `config.json`");
+        if (st.st_dev != original.dev || st.st_ino != original.ino)
+            return Error{EAGAIN, "`config.json` was replaced while upm edited it"};
+        return Ok{};
+    };
+    auto st = write_file_atomic(bundle_dir, kConfigName, text, o);
+    if (!st) return st.error().wrap("bundle");
+    return Ok{};
 }
 
 Result<UpmAnnotations> read_upm_annotations(std::string_view config_text) {
@@ -781,28 +759,6 @@ std::string_view to_string(NoteLevel level) {
         case NoteLevel::error: return "error";
     }
     return "info";
-}
-
-std::string printable(std::string_view value, std::size_t max) {
-    static constexpr char hex[] = "0123456789abcdef";
-    std::string out;
-    try {
-        for (unsigned char c : value) {
-            if (out.size() >= max) {
-                out += "...";
-                break;
-            }
-            if (c < 0x20 || c >= 0x7f || c == '`' || c == '\\') {
-                out += "\\x";
-                out += hex[c >> 4];
-                out += hex[c & 15];
-            } else {
-                out += static_cast<char>(c);
-            }
-        }
-    } catch (...) {
-    }
-    return out;
 }
 
 }  // namespace upm

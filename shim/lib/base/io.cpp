@@ -48,16 +48,25 @@ Result<std::string> read_file(const std::string& path, std::size_t max) {
 Status write_file(const std::string& path, std::string_view value) {
     Fd f(::open(path.c_str(), O_WRONLY | O_CLOEXEC | O_NOCTTY));
     if (f.fd < 0) return Error::sys(errno, "open `" + path + "`");
-    std::size_t done = 0;
-    while (done < value.size()) {
-        ssize_t n = ::write(f.fd, value.data() + done, value.size() - done);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return Error::sys(errno, "write `" + path + "`");
-        }
-        done += static_cast<std::size_t>(n);
-    }
+    if (int e = write_all(f.fd, value)) return Error::sys(e, "write `" + path + "`");
     return Ok{};
+}
+
+int write_all(int fd, std::string_view data) {
+    while (!data.empty()) {
+        ssize_t n = ::write(fd, data.data(), data.size());
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return n < 0 ? errno : EIO;
+        data.remove_prefix(static_cast<std::size_t>(n));
+    }
+    return 0;
+}
+
+std::string dirname(std::string_view path) {
+    auto slash = path.rfind('/');
+    if (slash == std::string_view::npos) return ".";
+    if (slash == 0) return "/";
+    return std::string(path.substr(0, slash));
 }
 
 std::string proc_dir(int pid) {

@@ -88,4 +88,26 @@ std::shared_ptr<spdlog::logger> logger() {
     return g_logger;
 }
 
+std::string printable(std::string_view value, std::size_t max) {
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string out;
+    try {
+        for (unsigned char c : value) {
+            if (out.size() >= max) {
+                out += "...";
+                break;
+            }
+            if (c < 0x20 || c >= 0x7f || c == '`' || c == '\\') {
+                out += "\\x";
+                out += hex[c >> 4];
+                out += hex[c & 15];
+            } else {
+                out += static_cast<char>(c);
+            }
+        }
+    } catch (...) {
+    }
+    return out;
+}
+
 }  // namespace upm

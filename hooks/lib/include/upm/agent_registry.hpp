@@ -152,7 +152,5 @@ nlohmann::json node_json(const Registry& registry, const Snapshot& snapshot);
 
 double unix_now();
 
-// An id for logs: control characters as `?`, at most 128 bytes.
-std::string printable_id(std::string_view id);
 
 }  // namespace upm::agent

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "upm/hardening.hpp"
+#include "upm/log.hpp"
 #include "upm/nodeconfig.hpp"
 #include "upm/result.hpp"
 
@@ -242,8 +243,6 @@ Preparation prepare_spec(const NodeConfig& config, std::string_view config_text,
 
 std::string_view to_string(NoteLevel level);  // "debug", "info", "warn", "error"
 
-// `value` made safe for a log line: control characters escaped, at most
-// `max` characters (annotation values and container ids are untrusted).
-std::string printable(std::string_view value, std::size_t max = 128);
+// printable() (upm/log.hpp) makes annotation values and ids safe for a log line.
 
 }  // namespace upm

@@ -7,6 +7,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "upm/result.hpp"
@@ -46,6 +47,20 @@ Result<ProcessStats> read_process_stats(pid_t pid);
 
 // Every numeric directory of /proc, ascending.
 std::vector<pid_t> list_pids();
+
+// The fields of /proc/PID/stat that upm reads.  The one parser: comm may
+// hold spaces and parentheses, so fields are counted from the last ')'.
+struct ProcStat {
+    std::string comm;
+    char state = 0;                 // field 3
+    pid_t ppid = 0;                 // 4
+    std::uint64_t utime = 0;        // 14, clock ticks
+    std::uint64_t stime = 0;        // 15
+    std::uint64_t starttime = 0;    // 22, clock ticks after boot
+};
+std::optional<ProcStat> parse_proc_stat(std::string_view text);
+// Reads DIR/stat, DIR being "/proc/PID" (or another proc mount's).
+std::optional<ProcStat> read_proc_stat(const std::string& dir);
 
 struct NodeStats {
     bool ksm_available = false;

@@ -27,6 +27,15 @@ Result<std::string> read_file(const std::string& path, std::size_t max);
 // Writes `value` to an existing file (sysfs knobs).
 Status write_file(const std::string& path, std::string_view value);
 
+// Writes all of `data` to `fd`, again after EINTR and short writes.
+// Returns 0, or the errno of the write that failed (EIO for one that wrote
+// nothing).  The one write loop of upm: every other writer calls it.
+int write_all(int fd, std::string_view data);
+
+// The directory part of `path`: "." without a slash, "/" for "/name",
+// else everything before the last slash.
+std::string dirname(std::string_view path);
+
 // "/proc/self" for pid 0, else "/proc/<pid>".
 std::string proc_dir(int pid);
 

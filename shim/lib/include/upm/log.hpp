@@ -9,7 +9,9 @@
 // prefix.
 #pragma once
 
+#include <cstddef>
 #include <memory>
+#include <string>
 #include <string_view>
 
 namespace spdlog { class logger; }
@@ -22,5 +24,12 @@ namespace upm {
 std::shared_ptr<spdlog::logger> setup_logging(std::string_view name, std::string_view level);
 
 std::shared_ptr<spdlog::logger> logger();  // the logger set up last (never null)
+
+// `value` made safe for a log line: control characters, DEL and bytes above
+// 0x7e, the backtick (which quotes names in messages) and the backslash
+// escaped as `\xNN`; at most `max` bytes, then "...".  The one sanitizer for
+// untrusted values (annotation values, container ids): an id with a backtick
+// cannot fake the quoting of a message.
+std::string printable(std::string_view value, std::size_t max = 128);
 
 }  // namespace upm

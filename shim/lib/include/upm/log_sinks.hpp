@@ -12,6 +12,8 @@
 #include <spdlog/pattern_formatter.h>
 #include <string_view>
 
+#include "upm/io.hpp"
+
 namespace upm {
 
 // Writes all of `data` to `fd`, retrying on EINTR and short writes; gives up
@@ -19,15 +21,7 @@ namespace upm {
 // change what the program sees).
 inline void write_all(int fd, std::string_view data) {
     int saved = errno;
-    const char* p = data.data();
-    std::size_t left = data.size();
-    while (left > 0) {
-        ssize_t n = ::write(fd, p, left);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        p += n;
-        left -= static_cast<std::size_t>(n);
-    }
+    (void)detail::write_all(fd, data);
     errno = saved;
 }
 
