@@ -103,7 +103,7 @@ bool loaded_by_preload() {
 
 std::string first_problem(const PolicyCheck& chk) {
     for (const auto& p : chk.problems) {
-        if (p.warning) continue;
+        if (p.warning()) continue;
         std::string s = p.where.empty() ? p.message : p.where + ": " + p.message;
         if (!p.fix.empty()) s += " (fix: " + p.fix + ")";
         return s;
@@ -163,7 +163,7 @@ void init_once() {
         c->policy = std::move(*chk.policy);
         setup_log(*c);
         for (const auto& p : chk.problems)
-            if (p.warning) log_msg(kWarn, fmt::format("policy `{}`: {}: {}", path, p.where, p.message));
+            if (p.warning()) log_msg(kWarn, fmt::format("policy `{}`: {}: {}", path, p.where, p.message));
     } else {
         c->policy_name = "default";
         c->policy = default_policy();

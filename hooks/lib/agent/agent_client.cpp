@@ -183,7 +183,7 @@ std::string process_cgroup(long pid) {
     return {};
 }
 
-HookNote hook_notify_agent(std::string_view event, const std::string& id, long pid, const std::string& policy,
+Problem hook_notify_agent(std::string_view event, const std::string& id, long pid, const std::string& policy,
                            const std::string& domain, std::chrono::milliseconds timeout) {
     try {
         const bool start = event == "poststart";
@@ -191,7 +191,7 @@ HookNote hook_notify_agent(std::string_view event, const std::string& id, long p
         const std::string who = "container `" + printable(id) + "`: ";
         if (!agent_socket_present(socket)) {
             if (!start) return {};
-            return {"debug", who + "no node agent at `" + socket + "`, not registered"};
+            return {Level::debug, who + "no node agent at `" + socket + "`, not registered"};
         }
         AgentRequest r;
         r.id = id;
@@ -208,21 +208,21 @@ HookNote hook_notify_agent(std::string_view event, const std::string& id, long p
         }
         auto reply = call_agent(r, timeout, socket);
         if (!reply) {
-            if (start) return {"warn", who + "not registered with the node agent at `" + socket + "`: " + reply.error().message};
-            return {"warn", who + "could not unregister from the node agent at `" + socket + "`: " +
+            if (start) return {Level::warn, who + "not registered with the node agent at `" + socket + "`: " + reply.error().message};
+            return {Level::warn, who + "could not unregister from the node agent at `" + socket + "`: " +
                                 reply.error().message + " (the agent drops it once its process is gone)"};
         }
         if (start)
-            return {"info", who + "registered with the node agent" +
+            return {Level::info, who + "registered with the node agent" +
                                 (r.cgroup.empty() ? std::string(" (process tree of pid ") + std::to_string(pid) + ")"
                                                   : " (cgroup `" + printable(r.cgroup) + "`)")};
         bool removed = reply->value("removed", false);
-        return {removed ? "info" : "debug",
+        return {removed ? Level::info : Level::debug,
                 who + (removed ? "unregistered from the node agent" : "was not registered with the node agent")};
     } catch (const std::exception& e) {
-        return {"warn", "node agent: " + std::string(e.what())};
+        return {Level::warn, "node agent: " + std::string(e.what())};
     } catch (...) {
-        return {"warn", "node agent: unexpected failure"};
+        return {Level::warn, "node agent: unexpected failure"};
     }
 }
 

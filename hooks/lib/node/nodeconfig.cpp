@@ -68,11 +68,11 @@ NodeConfigLoad parse_node_config(std::string_view text, const NodeConfig& defaul
     try {
         json doc = json::parse(text, nullptr, /*allow_exceptions=*/true, /*ignore_comments=*/true);
         if (!doc.is_object()) {
-            out.problems.push_back({"(root)", "the node configuration must be a JSON object", false});
+            out.problems.push_back({Level::error, "the node configuration must be a JSON object", "(root)"});
             return out;
         }
         auto error = [&](const std::string& key, std::string message) {
-            out.problems.push_back({"/" + key, std::move(message), false});
+            out.problems.push_back({Level::error, std::move(message), "/" + key});
         };
         for (const auto& [key, value] : doc.items()) {
             std::string* target = nullptr;
@@ -101,7 +101,7 @@ NodeConfigLoad parse_node_config(std::string_view text, const NodeConfig& defaul
                 continue;
             }
             else {
-                out.problems.push_back({"/" + key, "unknown key `" + key + "` ignored", true});
+                out.problems.push_back({Level::warn, "unknown key `" + key + "` ignored", "/" + key});
                 continue;
             }
             if (!value.is_string()) {
@@ -146,10 +146,10 @@ NodeConfigLoad parse_node_config(std::string_view text, const NodeConfig& defaul
             where = what.substr(at, colon == std::string::npos ? std::string::npos : colon - at);
         }
         out.config = defaults;
-        out.problems.push_back({where, "not valid JSON; every key takes its default", false});
+        out.problems.push_back({Level::error, "not valid JSON; every key takes its default", where});
     } catch (const std::exception& e) {
         out.config = defaults;
-        out.problems.push_back({"(file)", std::string("reading the node configuration: ") + e.what(), false});
+        out.problems.push_back({Level::error, std::string("reading the node configuration: ") + e.what(), "(file)"});
     }
     return out;
 }
@@ -167,19 +167,14 @@ NodeConfigLoad load_node_config(const std::string& self_exe) {
         NodeConfigLoad out;
         out.config = defaults;
         if (from_env || text.error().err != ENOENT)
-            out.problems.push_back({"(file)", "cannot read `" + path + "`: " + text.error().message +
-                                                  "; every key takes its default",
-                                    false});
+            out.problems.push_back({Level::error,
+                                    "cannot read `" + path + "`: " + text.error().message + "; every key takes its default",
+                                    "(file)"});
         return out;
     }
     auto out = parse_node_config(*text, defaults);
     out.config.source = path;
     return out;
-}
-
-std::string format_problem(std::string_view file, const NodeConfigProblem& problem) {
-    return std::string(file) + ": " + problem.where + ": " + (problem.warning ? "warning: " : "error: ") +
-           problem.message;
 }
 
 Result<std::string> resolve_node_policy(const NodeConfig& config, std::string_view name_or_path) {

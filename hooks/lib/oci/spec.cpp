@@ -175,7 +175,7 @@ std::string seccomp_denies_madvise(const json& doc) {
 class Notes {
 public:
     Notes(Preparation& p, std::string_view id) : p_(p), prefix_("container `" + printable(id) + "`: ") {}
-    void add(NoteLevel level, const std::string& message) { p_.notes.push_back({level, prefix_ + message}); }
+    void add(Level level, const std::string& message) { p_.notes.push_back({level, prefix_ + message}); }
 
 private:
     Preparation& p_;
@@ -190,7 +190,7 @@ std::string find_exec_beside(const std::string& preload, HardeningPlan& plan, No
     struct stat st {};
     if (exe.front() == '/' && ::stat(exe.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(exe.c_str(), X_OK) == 0)
         return exe;
-    notes.add(NoteLevel::warn, "layout not applied: the launcher `" + exe + "` is not an executable file; ASLR stays");
+    notes.add(Level::warn, "layout not applied: the launcher `" + exe + "` is not an executable file; ASLR stays");
     plan.no_randomize = false;
     plan.stack_rlimit = 0;
     plan.summary = plan.env.empty() ? "" : "hash seed `per-domain`";
@@ -201,7 +201,7 @@ std::string policy_problems(const PolicyCheck& check, const std::string& file) {
     std::string out;
     std::size_t shown = 0;
     for (const auto& problem : check.problems) {
-        if (problem.warning) continue;
+        if (problem.warning()) continue;
         if (++shown > 5) {
             out += "; ...";
             break;
@@ -510,7 +510,7 @@ bool valid_namespace(std::string_view ns) {
 ScopedDomain scope_domain(DomainScope scope, std::string_view domain, const UpmAnnotations& ann) {
     ScopedDomain out;
     try {
-        auto warn = [&](std::string message) { out.notes.push_back({NoteLevel::warn, std::move(message)}); };
+        auto warn = [&](std::string message) { out.notes.push_back({Level::warn, std::move(message)}); };
         if (!valid_domain(domain)) {  // the caller checks; never pass an unchecked name on
             warn("invalid domain `" + printable(domain, 80) + "`: no domain");
             return out;
@@ -553,7 +553,7 @@ ScopedDomain scope_domain(DomainScope scope, std::string_view domain, const UpmA
         out.domain = std::move(scoped);
     } catch (const std::exception& e) {
         out.domain.clear();
-        out.notes.push_back({NoteLevel::warn, std::string("scoping the domain: ") + e.what() + ": no domain"});
+        out.notes.push_back({Level::warn, std::string("scoping the domain: ") + e.what() + ": no domain"});
     }
     return out;
 }
@@ -572,7 +572,7 @@ Preparation prepare(const NodeConfig& config, const std::string& bundle_dir, std
         Notes notes(p, container_id);
         Result<BundleConfig> bundle = given ? Result<BundleConfig>(BundleConfig{*given}) : read_bundle_config(bundle_dir);
         if (!bundle) {
-            notes.add(NoteLevel::warn, "not deduplicated: " + bundle.error().message);
+            notes.add(Level::warn, "not deduplicated: " + bundle.error().message);
             return p;
         }
         // Fast path: without the literal key and without any \u escape (the
@@ -580,20 +580,20 @@ Preparation prepare(const NodeConfig& config, const std::string& bundle_dir, std
         // upm.enabled; an 18 KiB spec costs about 0.3 ms of CPU to parse.
         if (bundle->text.find(kAnnotationEnabled) == std::string::npos &&
             bundle->text.find("\\u") == std::string::npos) {
-            notes.add(NoteLevel::debug, "not annotated `upm.enabled=true`: config.json left as it is");
+            notes.add(Level::debug, "not annotated `upm.enabled=true`: config.json left as it is");
             return p;
         }
         auto ann = read_upm_annotations(bundle->text);
         if (!ann) {
-            notes.add(NoteLevel::warn, "not deduplicated: " + ann.error().message);
+            notes.add(Level::warn, "not deduplicated: " + ann.error().message);
             return p;
         }
         if (!ann->enabled) {
             if (ann->enabled_present)
-                notes.add(NoteLevel::info, "annotation `upm.enabled` is `" + printable(ann->enabled_value, 32) +
+                notes.add(Level::info, "annotation `upm.enabled` is `" + printable(ann->enabled_value, 32) +
                                                "`, not `true`: not deduplicated, config.json left as it is");
             else
-                notes.add(NoteLevel::debug, "not annotated `upm.enabled=true`: config.json left as it is");
+                notes.add(Level::debug, "not annotated `upm.enabled=true`: config.json left as it is");
             return p;
         }
 
@@ -603,7 +603,7 @@ Preparation prepare(const NodeConfig& config, const std::string& bundle_dir, std
             if (valid_policy_name(ann->policy)) {
                 policy_name = ann->policy;
             } else {
-                notes.add(NoteLevel::warn, "invalid policy name `" + printable(ann->policy, 80) +
+                notes.add(Level::warn, "invalid policy name `" + printable(ann->policy, 80) +
                                                "` in annotation `upm.policy` (up to 64 letters, digits, `.`, `_` "
                                                "or `-`, starting with a letter or digit): using the default policy `" +
                                                (policy_name.empty() ? "(built-in)" : policy_name) + "`");
@@ -615,7 +615,7 @@ Preparation prepare(const NodeConfig& config, const std::string& bundle_dir, std
             if (!ann->domain.empty() && valid_domain_name(ann->domain))
                 domain = ann->domain;
             else
-                notes.add(NoteLevel::warn, "invalid domain `" + printable(ann->domain, 80) +
+                notes.add(Level::warn, "invalid domain `" + printable(ann->domain, 80) +
                                                "` in annotation `upm.domain` (up to 64 letters, digits, `.`, `_` or "
                                                "`-`, starting with a letter or digit): ignored");
         }
@@ -629,11 +629,11 @@ Preparation prepare(const NodeConfig& config, const std::string& bundle_dir, std
             path = resolve_node_policy(config, policy_name);
             if (!path && path.error().err == ENOENT && policy_name == "default") {
                 // default.json is the preload's built-in default: no file needed.
-                notes.add(NoteLevel::info, "policy `default` not installed (" + path.error().message +
+                notes.add(Level::info, "policy `default` not installed (" + path.error().message +
                                                "): the preload's built-in default, which is the same, is used");
                 policy_name.clear();
             } else if (!path) {
-                notes.add(NoteLevel::error, "not deduplicated: " + path.error().message);
+                notes.add(Level::error, "not deduplicated: " + path.error().message);
                 return p;
             }
         }
@@ -644,10 +644,10 @@ Preparation prepare(const NodeConfig& config, const std::string& bundle_dir, std
             if (!check.policy) {
                 std::string why = "policy `" + policy_name + "` is invalid: " + policy_problems(check, *path);
                 if (closed) {
-                    notes.add(NoteLevel::error, "refused: " + why + " (the policy says `\"on_error\": \"closed\"`)");
+                    notes.add(Level::error, "refused: " + why + " (the policy says `\"on_error\": \"closed\"`)");
                     p.verdict = Verdict::refused;
                 } else {
-                    notes.add(NoteLevel::error, "not deduplicated: " + why);
+                    notes.add(Level::error, "not deduplicated: " + why);
                 }
                 return p;
             }
@@ -665,7 +665,7 @@ Preparation prepare(const NodeConfig& config, const std::string& bundle_dir, std
             ScopedDomain scoped = scope_domain(config.domain_scope, asked, *ann);
             for (auto& n : scoped.notes) notes.add(n.level, n.message);
             if (!scoped.namespace_.empty() && !scoped.domain.empty())
-                notes.add(NoteLevel::info, "domain `" + printable(asked, 80) + "`" +
+                notes.add(Level::info, "domain `" + printable(asked, 80) + "`" +
                                                (from_policy ? " (policy `" + policy_name + "`)" : "") +
                                                " scoped by namespace `" + scoped.namespace_ + "`: `" +
                                                scoped.domain + "`");
@@ -675,17 +675,17 @@ Preparation prepare(const NodeConfig& config, const std::string& bundle_dir, std
         if (have_policy) {
             // Layout and hash seeds (docs/hardening.md): fail open, the hardening stays.
             edit.hardening = plan_hardening(policy, domain);
-            for (const auto& why : edit.hardening.problems) notes.add(NoteLevel::warn, why);
+            for (const auto& why : edit.hardening.problems) notes.add(Level::warn, why);
             if (edit.hardening.layout())
                 edit.exec_source = find_exec_beside(config.preload, edit.hardening, notes);
         }
         auto fail = [&](const std::string& why) {
             if (closed) {
-                notes.add(NoteLevel::error, "refused: " + why + " (policy `" + policy_name +
+                notes.add(Level::error, "refused: " + why + " (policy `" + policy_name +
                                                 "` says `\"on_error\": \"closed\"`)");
                 p.verdict = Verdict::refused;
             } else {
-                notes.add(NoteLevel::error, "not deduplicated: " + why);
+                notes.add(Level::error, "not deduplicated: " + why);
             }
             return p;
         };
@@ -701,7 +701,7 @@ Preparation prepare(const NodeConfig& config, const std::string& bundle_dir, std
             if (::stat(config.hook.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(config.hook.c_str(), X_OK) == 0)
                 edit.hook = config.hook;
             else
-                notes.add(NoteLevel::info, "no poststart/poststop hooks: `" + config.hook + "` is not an executable file");
+                notes.add(Level::info, "no poststart/poststop hooks: `" + config.hook + "` is not an executable file");
         }
 
         auto edited = edit_spec(bundle->text, edit);
@@ -726,7 +726,7 @@ Preparation prepare(const NodeConfig& config, const std::string& bundle_dir, std
         p.closed = closed;
         p.edit = edit;
         p.edited = *edited;
-        if (write) notes.add(NoteLevel::info, "injected `" + edited->preload + "` (from `" + edit.preload_source +
+        if (write) notes.add(Level::info, "injected `" + edited->preload + "` (from `" + edit.preload_source +
                                        "`), policy " +
                                        (edit.policy_source.empty() ? std::string("built-in default")
                                                                    : "`" + policy_name + "` (`" + edit.policy_source + "`)") +
@@ -734,7 +734,7 @@ Preparation prepare(const NodeConfig& config, const std::string& bundle_dir, std
                                        (edit.hardening.summary.empty() ? "" : ", " + edit.hardening.summary) +
                                        (edit.hook.empty() ? ", no hooks" : ", hooks poststart and poststop"));
     } catch (const std::exception& e) {
-        p.notes.push_back({NoteLevel::error, std::string("not deduplicated: ") + e.what()});
+        p.notes.push_back({Level::error, std::string("not deduplicated: ") + e.what()});
     }
     return p;
 }
@@ -749,16 +749,6 @@ Preparation prepare_bundle(const NodeConfig& config, const std::string& bundle_d
 Preparation prepare_spec(const NodeConfig& config, std::string_view config_text, std::string_view container_id) {
     const std::string text(config_text);
     return prepare(config, "", container_id, &text, false);
-}
-
-std::string_view to_string(NoteLevel level) {
-    switch (level) {
-        case NoteLevel::debug: return "debug";
-        case NoteLevel::info: return "info";
-        case NoteLevel::warn: return "warn";
-        case NoteLevel::error: return "error";
-    }
-    return "info";
 }
 
 }  // namespace upm

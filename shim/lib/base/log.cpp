@@ -10,6 +10,7 @@
 // not thread-safe; upm logs rarely, so the cost does not matter.
 #include "upm/log.hpp"
 #include "upm/log_sinks.hpp"
+#include "upm/problem.hpp"
 
 #include <unistd.h>
 
@@ -108,6 +109,24 @@ std::string printable(std::string_view value, std::size_t max) {
     } catch (...) {
     }
     return out;
+}
+
+std::string_view to_string(Level level) {
+    switch (level) {
+        case Level::debug: return "debug";
+        case Level::info: return "info";
+        case Level::warn: return "warn";
+        case Level::error: return "error";
+    }
+    return "info";
+}
+
+Level parse_level(std::string_view name, Level fallback) {
+    if (name == "debug") return Level::debug;
+    if (name == "info") return Level::info;
+    if (name == "warn" || name == "warning") return Level::warn;
+    if (name == "error") return Level::error;
+    return fallback;
 }
 
 }  // namespace upm

@@ -163,18 +163,19 @@ public:
 
     void error(const std::string& where, std::string message, std::string fix) {
         ++errors_;
-        add({clip_where(where), std::move(message), std::move(fix), false});
+        add({Level::error, std::move(message), clip_where(where), std::move(fix)});
     }
     void warn(const std::string& where, std::string message, std::string fix) {
-        add({clip_where(where), std::move(message), std::move(fix), true});
+        add({Level::warn, std::move(message), clip_where(where), std::move(fix)});
     }
     std::size_t errors() const { return errors_; }
 
     // At most kMaxProblems are kept; then one line says how many were not.
     void finish() {
         if (dropped_ > 0)
-            problems_.push_back({"(document)", std::to_string(dropped_) + " more problems not shown",
-                                 "fix the problems above first", errors_ > 0 ? false : true});
+            problems_.push_back({errors_ > 0 ? Level::error : Level::warn,
+                                 std::to_string(dropped_) + " more problems not shown", "(document)",
+                                 "fix the problems above first"});
     }
 
     void type_error(const std::string& where, const json& v, const std::string& expected, std::string fix) {
@@ -544,9 +545,9 @@ public:
                     Frame& f = frames_.back();
                     f.current = parsed.get<std::string>();
                     if (!f.keys.insert(f.current).second && problems_.size() < 100)
-                        problems_.push_back({pointer(), "duplicate key `" + clip(f.current) +
-                                                            "`: only the last value is used",
-                                             "remove one of them", true});
+                        problems_.push_back({Level::warn,
+                                             "duplicate key `" + clip(f.current) + "`: only the last value is used",
+                                             pointer(), "remove one of them"});
                 }
                 break;
             case json::parse_event_t::object_end:
@@ -601,7 +602,7 @@ PolicyProblem syntax_problem(std::string_view text, const json::parse_error& e) 
                   : "close every `{`, `[`, string and comment";
     else if (what.find("invalid literal") != std::string::npos)
         fix = "quote strings with double quotes; literals are `true`, `false` and `null`";
-    return PolicyProblem{"line " + std::to_string(line) + ", column " + std::to_string(col), what, fix, false};
+    return PolicyProblem{Level::error, what, "line " + std::to_string(line) + ", column " + std::to_string(col), fix};
 }
 
 }  // namespace
@@ -609,7 +610,7 @@ PolicyProblem syntax_problem(std::string_view text, const json::parse_error& e) 
 // ---- public functions ---------------------------------------------------------
 
 std::size_t PolicyCheck::error_count() const {
-    return static_cast<std::size_t>(std::count_if(problems.begin(), problems.end(), [](auto& p) { return !p.warning; }));
+    return static_cast<std::size_t>(std::count_if(problems.begin(), problems.end(), [](auto& p) { return !p.warning(); }));
 }
 
 std::size_t PolicyCheck::warning_count() const { return problems.size() - error_count(); }
@@ -658,15 +659,15 @@ PolicyCheck parse_policy(std::string_view text, std::string_view name) {
         if (val.errors() == 0) check.policy = std::move(p);
     } catch (const std::exception& e) {
         check.policy.reset();
-        check.problems.push_back({"(document)", std::string("internal error: ") + e.what(),
-                                  "report this as a bug in upm", false});
+        check.problems.push_back({Level::error, std::string("internal error: ") + e.what(), "(document)",
+                                  "report this as a bug in upm"});
     }
     return check;
 }
 
 std::string format_problem(std::string_view file, const PolicyProblem& p) {
     try {
-        std::string out = std::string(file) + ": " + p.where + ": " + (p.warning ? "warning: " : "error: ") + p.message;
+        std::string out = std::string(file) + ": " + p.where + ": " + (p.warning() ? "warning: " : "error: ") + p.message;
         if (!p.fix.empty()) out += " (fix: " + p.fix + ")";
         return out;
     } catch (...) {
@@ -680,10 +681,9 @@ PolicyCheck load_policy_file(const std::string& path) {
     auto text = detail::read_file(path, detail::kMaxPolicyFile);
     if (!text) {
         PolicyCheck check;
-        check.problems.push_back({"(file)", "cannot read the policy: " + text.error().message,
+        check.problems.push_back({Level::error, "cannot read the policy: " + text.error().message, "(file)",
                                   text.error().err == EFBIG ? "a policy is at most 1 MiB; shorten it"
-                                                            : "check the path and its permissions",
-                                  false});
+                                                            : "check the path and its permissions"});
         return check;
     }
     return parse_policy(*text, stem);

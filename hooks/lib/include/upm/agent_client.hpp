@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "upm/agent_proto.hpp"
+#include "upm/problem.hpp"
 #include "upm/result.hpp"
 
 namespace upm::agent {
@@ -62,13 +63,9 @@ std::string process_cgroup(long pid);
 
 // upm-hook's part: `poststart` registers the container (its cgroup and
 // start time read from /proc), `poststop` unregisters it, within `timeout`.
-// Never fails: returns the line to log and its level ("" = nothing to log,
-// e.g. poststop without an agent).
-struct HookNote {
-    std::string level;      // "info", "warn", "debug" or ""
-    std::string message;
-};
-HookNote hook_notify_agent(std::string_view event, const std::string& id, long pid, const std::string& policy,
+// Never fails: returns the line to log and its level (an empty message:
+// nothing to log, e.g. poststop without an agent).
+Problem hook_notify_agent(std::string_view event, const std::string& id, long pid, const std::string& policy,
                            const std::string& domain,
                            std::chrono::milliseconds timeout = std::chrono::milliseconds(800));
 

@@ -16,6 +16,7 @@
 #include <spdlog/sinks/base_sink.h>
 #include <string>
 
+#include "upm/log_sinks.hpp"
 #include "upm/nodeconfig.hpp"
 
 namespace upm {

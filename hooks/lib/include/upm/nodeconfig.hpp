@@ -14,6 +14,8 @@
 #include <string_view>
 #include <vector>
 
+#include "upm/policy.hpp"
+#include "upm/problem.hpp"
 #include "upm/result.hpp"
 
 namespace upm {
@@ -42,11 +44,8 @@ struct NodeConfig {
     std::string source;          // the file read, "" when none existed
 };
 
-struct NodeConfigProblem {
-    std::string where;           // "/runtime", "(file)", "line 3, column 7"
-    std::string message;
-    bool warning = false;        // unknown key: ignored
-};
+// where: "/runtime", "(file)", "line 3, column 7"; a warning: an unknown key, ignored.
+using NodeConfigProblem = Problem;
 
 struct NodeConfigLoad {
     NodeConfig config;           // always usable: defaults where the file is silent or wrong
@@ -66,8 +65,7 @@ NodeConfigLoad parse_node_config(std::string_view text, const NodeConfig& defaul
 // file is a problem.
 NodeConfigLoad load_node_config(const std::string& self_exe);
 
-// "/etc/upm/config.json: /runtime: error: ..." for logs.
-std::string format_problem(std::string_view file, const NodeConfigProblem& problem);
+// format_problem() (upm/policy.hpp): "/etc/upm/config.json: /runtime: error: ..." for logs.
 
 // The policy file for a container: `name` (already validated with
 // valid_policy_name()) as <policy_dir>/NAME.json, then as

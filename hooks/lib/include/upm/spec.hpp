@@ -177,12 +177,8 @@ std::string append_preload_entry(std::string_view existing, std::string_view ent
 
 // ---- the whole step ---------------------------------------------------------
 
-enum class NoteLevel { debug, info, warn, error };
-
-struct Note {
-    NoteLevel level;
-    std::string message;         // lowercase, no final period, no environment values
-};
+// A note of the whole step (level and message; no environment values).
+using Note = Problem;
 
 // The effective domain of a container (docs/hardening.md, "Who chooses the
 // domain").  `domain` is the one asked for (the annotation's, checked with
@@ -241,7 +237,6 @@ Preparation prepare_bundle(const NodeConfig& config, const std::string& bundle_d
 // verdict `edited` means `edited.text` is the new document.
 Preparation prepare_spec(const NodeConfig& config, std::string_view config_text, std::string_view container_id);
 
-std::string_view to_string(NoteLevel level);  // "debug", "info", "warn", "error"
 
 // printable() (upm/log.hpp) makes annotation values and ids safe for a log line.
 

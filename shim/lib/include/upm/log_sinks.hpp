@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "upm/io.hpp"
+#include "upm/problem.hpp"
 
 namespace upm {
 
@@ -23,6 +24,16 @@ inline void write_all(int fd, std::string_view data) {
     int saved = errno;
     (void)detail::write_all(fd, data);
     errno = saved;
+}
+
+inline spdlog::level::level_enum to_spdlog(Level level) {
+    switch (level) {
+        case Level::debug: return spdlog::level::debug;
+        case Level::info: return spdlog::level::info;
+        case Level::warn: return spdlog::level::warn;
+        case Level::error: return spdlog::level::err;
+    }
+    return spdlog::level::info;
 }
 
 // The `%*` pattern flag: short lowercase level names ("warn", not

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "upm/classify.hpp"
+#include "upm/problem.hpp"
 #include "upm/result.hpp"
 
 namespace upm {
@@ -56,12 +57,8 @@ struct Policy {
     bool operator==(const Policy&) const = default;
 };
 
-struct PolicyProblem {
-    std::string where;      // JSON pointer ("/triggers/delays_ms/2") or "line 3, column 7"
-    std::string message;    // what is wrong
-    std::string fix;        // what to do about it
-    bool warning = false;   // true: accepted but suspicious
-};
+// An error or a warning (accepted but suspicious), with its place and fix.
+using PolicyProblem = Problem;
 
 struct PolicyCheck {
     std::optional<Policy> policy;               // set when there is no error
