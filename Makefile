@@ -9,8 +9,8 @@ CMAKE_FLAGS ?=
 all: build
 
 help:
-	@echo "make build          configure and build (installs missing Debian packages first)"
-	@echo "make check          run every test (unit, integration with the host KSM, kernel in QEMU)"
+	@echo "make build          configure and build (installs the missing build packages first, nothing else)"
+	@echo "make check          run every test (unit, integration with the host KSM, kernel in QEMU); installs the test, workload and kernel packages"
 	@echo "make soak           1000 container lifecycles through upm-runtime, upm-hook and upmd: nothing may leak"
 	@echo "make demo           upm bench --quick: 4 containers of a torch image-recognition function, off vs upm; a table"
 	@echo "make demo-synthetic several processes holding the same synthetic data, merged under upm; prints a table"
@@ -21,8 +21,14 @@ help:
 	@echo "make kernel-stress  stress run on the debug kernel"
 	@echo "make kernel-bench   MADV_UPM vs ksmd benchmark in one guest boot"
 
+# `make build` and `make install` install the build group only: on a
+# production node they must not bring a container engine or torch.  The
+# targets that run tests or workloads install their groups themselves.
 deps:
-	@packaging/install-deps.sh --check build test workloads 2>/dev/null || packaging/install-deps.sh build test workloads
+	@packaging/install-deps.sh --check build 2>/dev/null || packaging/install-deps.sh build
+
+deps-%:
+	@packaging/install-deps.sh --check $(subst +, ,$*) 2>/dev/null || packaging/install-deps.sh $(subst +, ,$*)
 
 # ccache (installed with the build group) keeps compiled objects outside the
 # repository, in /var/cache/upm/ccache like the test kernel's, so a clean
@@ -41,24 +47,23 @@ build: deps
 	cmake -S . -B $(BUILD) -DCMAKE_INSTALL_PREFIX=$(PREFIX) $(LAUNCHER) $(CMAKE_FLAGS) >/dev/null
 	cmake --build $(BUILD) -j $(JOBS)
 
-check: build
-	@packaging/install-deps.sh --check kernel 2>/dev/null || packaging/install-deps.sh kernel
+check: build deps-test+workloads+kernel
 	cd $(BUILD) && ctest --output-on-failure --timeout 3600
 
 # The soak of test/integration/test_soak.py at full length (make check runs
 # 200 cycles); pytest directly, not ctest, so that its timeout does not apply.
-soak: build
+soak: build deps-test
 	cd $(BUILD) && UPM_SOAK_CYCLES=$${UPM_SOAK_CYCLES:-1000} UPM_BUILD_DIR=$$PWD UPM_SOURCE_DIR=$(CURDIR) \
 		/usr/bin/python3 -m pytest -v -rs -s -p no:cacheprovider $(CURDIR)/test/integration/test_soak.py
 
 # `upm bench --quick` (docs/bench.md): real containers of a real function,
 # without and with upm; the driver takes the tests' KSM lock and restores the
 # host's KSM settings on exit, Ctrl-C or failure.
-demo: build
+demo: build deps-test+workloads
 	@mkdir -p $(BUILD)/demo
 	$(BUILD)/bin/upm bench --quick --json $(BUILD)/demo/bench-quick.json --plot $(BUILD)/demo/bench-quick.png
 
-demo-synthetic: build
+demo-synthetic: build deps-test
 	test/demo/demo.sh --build $(BUILD)
 
 install: build
@@ -67,12 +72,10 @@ install: build
 clean:
 	rm -rf $(BUILD)
 
-kernel:
-	@packaging/install-deps.sh --check kernel 2>/dev/null || packaging/install-deps.sh kernel
+kernel: deps-kernel
 	test/kernel/build.sh
 
-kernel-debug:
-	@packaging/install-deps.sh --check kernel 2>/dev/null || packaging/install-deps.sh kernel
+kernel-debug: deps-kernel
 	test/kernel/build.sh --debug
 
 kernel-check:

@@ -11,7 +11,7 @@ every process, distinct pages within one), under three ksmd regimes:
   aggressive  fixed: ksm-throttler's "aggressive" level, pages_to_scan =
               AnonPages/10, sleep_millisecs=1 (kata-containers/ksm-throttler
               ksm.go), kept for ever
-  burst       libupmcore's KsmTuner: idle at the kernel defaults (run=1,
+  burst       libupm-host's KsmTuner: idle at the kernel defaults (run=1,
               100 pages / 20 ms), a burst sized from AnonPages on a kick,
               back to idle when merging settled.  Driven by upmd when the
               build has it (started before the processes on a socket of its

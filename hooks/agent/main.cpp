@@ -1,4 +1,4 @@
-// upmd: the node agent of upm.  A thin CLI11 main over libupmcore's
+// upmd: the node agent of upm.  A thin CLI11 main over libupm-host's
 // agent server (upm/agent_server.hpp): parses the options, sets up logging,
 // optionally daemonizes, and runs the event loop.  docs/agent.md.
 #include <fcntl.h>
@@ -53,8 +53,7 @@ int daemonize(const std::string& log_file) {
     ::setsid();
     if (::chdir("/") != 0) {}
     int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
-    auto slash = log_file.rfind('/');
-    if (slash != std::string::npos && slash > 0) ::mkdir(log_file.substr(0, slash).c_str(), 0750);
+    ::mkdir(upm::detail::dirname(log_file).c_str(), 0750);   // EEXIST for "." and "/"
     int log = ::open(log_file.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640);
     if (null >= 0) {
         ::dup2(null, STDIN_FILENO);

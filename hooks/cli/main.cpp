@@ -1,6 +1,6 @@
 // upm: run programs with page-merging advice, and inspect what is advised
 // and saved.  This file only dispatches; each command lives in its own file
-// and calls libupmcore.
+// and calls libupm-host.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>

@@ -83,7 +83,7 @@ bool load_cli_policy(const std::string& arg, Policy& out) {
     }
     auto check = load_policy_file(*resolved);
     for (const auto& p : check.problems)
-        if (!p.warning || !check.policy) std::fprintf(stderr, "%s\n", format_problem(*resolved, p).c_str());
+        if (!p.warning() || !check.policy) std::fprintf(stderr, "%s\n", format_problem(*resolved, p).c_str());
     if (!check.policy) {
         std::fprintf(stderr, "upm: policy `%s` is invalid; run `upm policy check %s`\n", resolved->c_str(),
                      resolved->c_str());

@@ -35,8 +35,9 @@ struct RunOptions {
 
 // Fail-open and fail-closed notices are printed whatever the log level (an
 // operator must learn why a program runs without upm), in the logger's format.
-void say(const char* level, const std::string& message) {
-    std::fprintf(stderr, "upm[%d] %s: %s\n", static_cast<int>(::getpid()), level, message.c_str());
+void say(upm::Level level, const std::string& message) {
+    std::fprintf(stderr, "upm[%d] %s: %s\n", static_cast<int>(::getpid()), std::string(upm::to_string(level)).c_str(),
+                 message.c_str());
 }
 
 [[noreturn]] void exec_command(const RunOptions& o) {
@@ -52,10 +53,10 @@ void say(const char* level, const std::string& message) {
 // Runs the command without upm (fail open), or exits 127 (fail closed).
 [[noreturn]] void without_upm(const RunOptions& o, bool closed, const std::string& why) {
     if (closed) {
-        say("error", fmt::format("not running `{}` (fail closed): {}", o.command[0], why));
+        say(upm::Level::error, fmt::format("not running `{}` (fail closed): {}", o.command[0], why));
         std::exit(127);
     }
-    say("warn", fmt::format("running `{}` without upm (fail open): {}", o.command[0], why));
+    say(upm::Level::warn, fmt::format("running `{}` without upm (fail open): {}", o.command[0], why));
     exec_command(o);
 }
 
@@ -63,13 +64,13 @@ void say(const char* level, const std::string& message) {
 // every setting that cannot be applied leaves its hardening in place.
 void apply_hardening(const Policy& policy, const std::string& domain) {
     HardeningPlan plan = plan_hardening(policy, domain);
-    for (const auto& why : plan.problems) say("warn", why);
+    for (const auto& why : plan.problems) say(upm::Level::warn, why);
     // Never replaces a value the caller set; the Perl pair only when neither is set.
     const bool perl_set = std::getenv("PERL_HASH_SEED") || std::getenv("PERL_PERTURB_KEYS");
     for (const auto& [name, value] : plan.env)
         if (!(name.starts_with("PERL_") && perl_set)) ::setenv(name.c_str(), value.c_str(), 0);
     if (auto a = apply_layout_to_self(plan); !a)
-        say("warn", "layout not applied: " + a.error().message + "; ASLR stays");
+        say(upm::Level::warn, "layout not applied: " + a.error().message + "; ASLR stays");
     if (!plan.summary.empty()) logger()->info("hardening settings: {}", plan.summary);
 }
 
@@ -114,7 +115,7 @@ int do_run(RunOptions& o) {
         auto check = load_policy_file(*resolved);
         bool valid = check.policy.has_value();
         for (const auto& p : check.problems) {
-            if (p.warning && valid)
+            if (p.warning() && valid)
                 logger()->info("{}", format_problem(*resolved, p));
             else
                 std::fprintf(stderr, "%s\n", format_problem(*resolved, p).c_str());
@@ -131,7 +132,7 @@ int do_run(RunOptions& o) {
 
     auto found = find_preload();
     if (!found) {
-        say("error", found.error().message);
+        say(upm::Level::error, found.error().message);
         without_upm(o, closed, "libupm-preload.so not found");
     }
     const std::string& preload = *found;

@@ -29,11 +29,10 @@ public:
             logger_.reset();  // no logging; the hook still does its work
         }
     }
-    // `level`: "debug", "info", "warn" or "error".
-    void write(std::string_view level, const std::string& message) {
+    void write(upm::Level level, const std::string& message) {
         if (!logger_) return;
         try {
-            logger_->log(upm::node_log_level(std::string(level)), std::string_view(message));
+            logger_->log(upm::to_spdlog(level), std::string_view(message));
         } catch (...) {
         }
     }

@@ -19,17 +19,17 @@ namespace {
 
 void log_problems(HookLog& log, const upm::NodeConfigLoad& load) {
     std::string file = load.config.source.empty() ? upm::kNodeConfigPath : load.config.source;
-    for (const auto& problem : load.problems) log.write(problem.warning ? "warn" : "error", upm::format_problem(file, problem));
+    for (const auto& problem : load.problems) log.write(problem.level, upm::format_problem(file, problem));
 }
 
 void log_notes(HookLog& log, const upm::Preparation& p) {
-    for (const auto& n : p.notes) log.write(upm::to_string(n.level), n.message);
+    for (const auto& n : p.notes) log.write(n.level, n.message);
 }
 
 // A refusal goes to our log and to stderr: the runtime (and the engine)
 // shows a failing hook's stderr.
 int refuse(HookLog& log, const std::string& message) {
-    log.write("error", message);
+    log.write(upm::Level::error, message);
     std::string line = "upm-hook: error: " + message + "\n";
     (void)!::write(STDERR_FILENO, line.data(), line.size());
     return 1;
@@ -53,17 +53,17 @@ int run_create_runtime(const std::string& stage, const upm::NodeConfigLoad& load
         log_problems(log, load);
         auto text = read_stdin();
         if (!text) {
-            log.write("error", stage + ": container state on stdin: " + text.error().message + "; not deduplicated");
+            log.write(upm::Level::error, stage + ": container state on stdin: " + text.error().message + "; not deduplicated");
             return 0;
         }
         auto state = upm::parse_container_state(*text, true);
         if (!state) {
-            log.write("error", stage + ": container state on stdin: " + state.error().message + "; not deduplicated");
+            log.write(upm::Level::error, stage + ": container state on stdin: " + state.error().message + "; not deduplicated");
             return 0;
         }
         const std::string who = "container `" + upm::printable(state->id) + "`: ";
         if (state->bundle.empty()) {
-            log.write("error", who + stage + ": no `bundle` in the container state; not deduplicated");
+            log.write(upm::Level::error, who + stage + ": no `bundle` in the container state; not deduplicated");
             return 0;
         }
         // Every check of upm-runtime, without writing config.json.
@@ -75,7 +75,7 @@ int run_create_runtime(const std::string& stage, const upm::NodeConfigLoad& load
         auto fail = [&](const std::string& why) {
             if (p.closed)
                 return refuse(log, who + "refused: " + why + " (policy `" + p.policy + "` says `\"on_error\": \"closed\"`)");
-            log.write("error", who + "not deduplicated: " + why);
+            log.write(upm::Level::error, who + "not deduplicated: " + why);
             return 0;
         };
 
@@ -84,7 +84,7 @@ int run_create_runtime(const std::string& stage, const upm::NodeConfigLoad& load
         auto root = upm::read_spec_root(bundle->text);
         if (!root) return fail(root.error().message);
         if (root->injected) {
-            log.write("info", who + stage + ": the spec has the preload already (upm-runtime or the precreate hook): "
+            log.write(upm::Level::info, who + stage + ": the spec has the preload already (upm-runtime or the precreate hook): "
                                         "nothing to do");
             return 0;
         }
@@ -106,22 +106,22 @@ int run_create_runtime(const std::string& stage, const upm::NodeConfigLoad& load
         auto done = upm::inject_into_rootfs(in);
         if (!done) return fail(done.error().message);
         if (!p.edit.hardening.empty())
-            log.write("warn", who + stage + ": the policy's " +
+            log.write(upm::Level::warn, who + stage + ": the policy's " +
                                   (p.edit.hardening.summary.empty() ? std::string("hardening settings")
                                                                     : p.edit.hardening.summary) +
                                   " not applied: a " + stage +
                                   " hook cannot change the environment or the command (upm-runtime and the "
                                   "precreate hook can)");
-        log.write("info", who + stage + ": injected `" + done->preload + "` (from `" + in.preload_source + "`) through " +
+        log.write(upm::Level::info, who + stage + ": injected `" + done->preload + "` (from `" + in.preload_source + "`) through " +
                               "`/etc/ld.so.preload`: " + done->ld_so_preload + "; policy " +
                               (in.policy_source.empty() ? std::string("built-in default")
                                                         : "`" + p.policy + "` (`" + in.policy_source + "`)") +
                               (done->policy.empty() ? "" : " at `" + done->policy + "`") +
                               (in.domain.empty() ? "" : ", domain `" + in.domain + "`"));
     } catch (const std::exception& e) {
-        log.write("error", stage + ": " + e.what() + "; not deduplicated");
+        log.write(upm::Level::error, stage + ": " + e.what() + "; not deduplicated");
     } catch (...) {
-        log.write("error", stage + ": unexpected failure; not deduplicated");
+        log.write(upm::Level::error, stage + ": unexpected failure; not deduplicated");
     }
     return 0;
 }
@@ -138,7 +138,7 @@ int run_precreate(const upm::NodeConfigLoad& load) {
             ssize_t n = ::read(STDIN_FILENO, buf, sizeof buf);
             if (n < 0 && errno == EINTR) continue;
             if (n < 0) {
-                log.write("error", "precreate: reading the spec on stdin: " + std::string(std::strerror(errno)) +
+                log.write(upm::Level::error, "precreate: reading the spec on stdin: " + std::string(std::strerror(errno)) +
                                        "; passed on unchanged, not deduplicated");
                 break;
             }
@@ -148,7 +148,7 @@ int run_precreate(const upm::NodeConfigLoad& load) {
             }
             if (input.size() + static_cast<std::size_t>(n) > upm::kMaxSpecFile) {
                 // Too large to edit: pass it through without keeping it.
-                log.write("error", "precreate: the spec on stdin is larger than " + std::to_string(upm::kMaxSpecFile) +
+                log.write(upm::Level::error, "precreate: the spec on stdin is larger than " + std::to_string(upm::kMaxSpecFile) +
                                        " bytes; passed on unchanged, not deduplicated");
                 if (!write_stdout(input) || !write_stdout(std::string_view(buf, static_cast<std::size_t>(n)))) return 1;
                 input.clear();
@@ -168,7 +168,7 @@ int run_precreate(const upm::NodeConfigLoad& load) {
             if (p.verdict == upm::Verdict::refused)
                 return refuse(log, "precreate: refused by the policy's `\"on_error\": \"closed\"` (see the log line before)");
             if (p.verdict == upm::Verdict::edited) {
-                log.write("info", "precreate: injected `" + p.edited.preload + "` (from `" + p.edit.preload_source +
+                log.write(upm::Level::info, "precreate: injected `" + p.edited.preload + "` (from `" + p.edit.preload_source +
                                       "`) through the spec (LD_PRELOAD), policy " +
                                       (p.edit.policy_source.empty() ? std::string("built-in default")
                                                                     : "`" + p.policy + "` (`" + p.edit.policy_source + "`)") +
@@ -177,9 +177,9 @@ int run_precreate(const upm::NodeConfigLoad& load) {
             }
         }
     } catch (const std::exception& e) {
-        log.write("error", std::string("precreate: ") + e.what() + "; passed on unchanged, not deduplicated");
+        log.write(upm::Level::error, std::string("precreate: ") + e.what() + "; passed on unchanged, not deduplicated");
     } catch (...) {
-        log.write("error", "precreate: unexpected failure; passed on unchanged, not deduplicated");
+        log.write(upm::Level::error, "precreate: unexpected failure; passed on unchanged, not deduplicated");
     }
     return write_stdout(input) ? 0 : 1;
 }

@@ -44,15 +44,15 @@ int run_event(const std::string& event, const upm::NodeConfigLoad& load) {
     try {
         std::string file = load.config.source.empty() ? upm::kNodeConfigPath : load.config.source;
         for (const auto& problem : load.problems)
-            log.write(problem.warning ? "warn" : "error", upm::format_problem(file, problem));
+            log.write(problem.level, upm::format_problem(file, problem));
         auto text = read_stdin();
         if (!text) {
-            log.write("error", event + ": container state on stdin: " + text.error().message);
+            log.write(upm::Level::error, event + ": container state on stdin: " + text.error().message);
             return 0;
         }
         auto state = upm::parse_container_state(*text, event == "poststart");
         if (!state) {
-            log.write("error", event + ": container state on stdin: " + state.error().message);
+            log.write(upm::Level::error, event + ": container state on stdin: " + state.error().message);
             return 0;
         }
         // The domain upm-runtime (or createRuntime) gave the container: the
@@ -72,15 +72,15 @@ int run_event(const std::string& event, const upm::NodeConfigLoad& load) {
         line += ", policy `" + (state->policy.empty() ? std::string("(default)") : upm::printable(state->policy)) + "`";
         if (!domain.empty()) line += ", domain `" + domain + "`";
         if (!state->enabled) line += " (not annotated upm.enabled=true)";
-        log.write("info", line);
+        log.write(upm::Level::info, line);
         // The node agent (upmd, docs/agent.md): poststart registers, poststop
         // unregisters; at most 800 ms, and the hook exits 0 whatever happens.
         auto note = upm::agent::hook_notify_agent(event, state->id, state->pid, state->policy, domain);
-        if (!note.level.empty()) log.write(note.level, note.message);
+        if (!note.message.empty()) log.write(note.level, note.message);
     } catch (const std::exception& e) {
-        log.write("error", event + ": " + e.what());
+        log.write(upm::Level::error, event + ": " + e.what());
     } catch (...) {
-        log.write("error", event + ": unexpected failure");
+        log.write(upm::Level::error, event + ": unexpected failure");
     }
     return 0;
 }

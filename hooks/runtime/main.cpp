@@ -71,16 +71,16 @@ int main(int argc, char** argv) {
     if (upm::edits_bundle(runtime_args)) {
         std::string file = config.source.empty() ? upm::kNodeConfigPath : config.source;
         for (const auto& problem : load.problems)
-            log.write(problem.warning ? upm::NoteLevel::warn : upm::NoteLevel::error, upm::format_problem(file, problem));
+            log.write(problem.level, upm::format_problem(file, problem));
         if (runtime_args.config_override) {
-            log.write(upm::NoteLevel::warn, "container `" + upm::printable(runtime_args.container_id) +
+            log.write(upm::Level::warn, "container `" + upm::printable(runtime_args.container_id) +
                                                 "`: --config names another spec than config.json: not deduplicated");
         } else {
             auto prep = upm::prepare_bundle(config, runtime_args.bundle, runtime_args.container_id);
             for (const auto& note : prep.notes) log.write(note.level, note.message);
             if (prep.verdict == upm::Verdict::refused) {
                 for (const auto& note : prep.notes)
-                    if (note.level == upm::NoteLevel::error) std::fprintf(stderr, "upm-runtime: error: %s\n", note.message.c_str());
+                    if (note.level == upm::Level::error) std::fprintf(stderr, "upm-runtime: error: %s\n", note.message.c_str());
                 return 1;
             }
         }
@@ -97,7 +97,7 @@ int main(int argc, char** argv) {
         ::execv(config.runtime.c_str(), argv);
         why = "cannot execute the real runtime `" + config.runtime + "`: " + std::strerror(errno);
     }
-    log.write(upm::NoteLevel::error, why);
+    log.write(upm::Level::error, why);
     std::fprintf(stderr, "upm-runtime: error: %s\n", why.c_str());
     return 127;
 }

@@ -18,16 +18,6 @@ namespace upm::runtime {
 
 namespace {
 
-spdlog::level::level_enum to_spdlog(NoteLevel level) {
-    switch (level) {
-        case NoteLevel::debug: return spdlog::level::debug;
-        case NoteLevel::info: return spdlog::level::info;
-        case NoteLevel::warn: return spdlog::level::warn;
-        case NoteLevel::error: return spdlog::level::err;
-    }
-    return spdlog::level::info;
-}
-
 // The real runtime's --log file, in logrus's json or text format.
 class RuntimeLogSink final : public LazyFileSink {
 public:
@@ -100,7 +90,7 @@ Log::Log(const NodeConfig& config, const RuntimeArgs& args) {
     }
 }
 
-void Log::write(NoteLevel level, const std::string& message) {
+void Log::write(Level level, const std::string& message) {
     if (!logger_) return;
     try {
         logger_->log(to_spdlog(level), std::string_view(message));

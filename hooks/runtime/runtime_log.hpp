@@ -28,7 +28,7 @@ namespace upm::runtime {
 class Log {
 public:
     Log(const NodeConfig& config, const RuntimeArgs& args);
-    void write(NoteLevel level, const std::string& message);
+    void write(Level level, const std::string& message);
 
 private:
     std::shared_ptr<spdlog::logger> logger_;

@@ -1,7 +1,7 @@
 /* The constructor of libupm-preload.so.
  *
  * It lives in its own static library, linked (whole) after an explicit
- * libstdc++.a, so that its .init_array entry comes after those of upmcore,
+ * libstdc++.a, so that its .init_array entry comes after those of libupm-inproc,
  * spdlog and the static libstdc++ (eh_alloc, locale, system_error): the
  * dynamic loader runs a library's .init_array in link order, and the
  * preload's start-up code needs those statics constructed.  A test checks

@@ -103,7 +103,7 @@ bool loaded_by_preload() {
 
 std::string first_problem(const PolicyCheck& chk) {
     for (const auto& p : chk.problems) {
-        if (p.warning) continue;
+        if (p.warning()) continue;
         std::string s = p.where.empty() ? p.message : p.where + ": " + p.message;
         if (!p.fix.empty()) s += " (fix: " + p.fix + ")";
         return s;
@@ -163,7 +163,7 @@ void init_once() {
         c->policy = std::move(*chk.policy);
         setup_log(*c);
         for (const auto& p : chk.problems)
-            if (p.warning) log_msg(kWarn, fmt::format("policy `{}`: {}: {}", path, p.where, p.message));
+            if (p.warning()) log_msg(kWarn, fmt::format("policy `{}`: {}: {}", path, p.where, p.message));
     } else {
         c->policy_name = "default";
         c->policy = default_policy();
@@ -277,7 +277,7 @@ void warm_up(const upm::preload::Config& c) {
 
 // Called by the constructor in ctor.c, which the build places last in the
 // library's .init_array (see CMakeLists.txt): by then every static of
-// upmcore, spdlog and the static libstdc++ is constructed, and their
+// libupm-inproc, spdlog and the static libstdc++ is constructed, and their
 // destructors are registered before our exit handler, so they run after it.
 extern "C" __attribute__((visibility("hidden"))) void upm_preload_start(void) {
     try {

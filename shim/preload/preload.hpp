@@ -15,7 +15,7 @@
 //   g_ctl       (worker.cpp) pthread mutex: the worker's life cycle (running,
 //               joinable, handle).  Held for microseconds; never while
 //               logging or advising.
-//   g_log_lock  (run.cpp) pthread rwlock: readers are log calls (upmcore's
+//   g_log_lock  (run.cpp) pthread rwlock: readers are log calls (libupm-inproc's
 //               logger mutex and whatever spdlog locks live inside); the
 //               writer is the fork prepare handler, so no other thread holds
 //               those locks at fork and the child can log.

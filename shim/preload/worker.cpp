@@ -10,11 +10,13 @@
 // every signal, so the program's signals are never delivered to it.
 //
 // Timeline: times are measured from the origin (the constructor, or the
-// fork for a child).  "start" runs kStartDelayMs (10 ms) after the origin (about
-// when main() starts; kStartDelayMs), each delay once, periodic runs at origin + k*interval
-// while k*interval <= duration (0 = forever), then every then_interval_ms
-// when set (upm::next_periodic_ms); missed periods are skipped, not replayed.  The worker ends when no timed trigger is left and no signal
-// trigger is armed; the dlopen() wrapper starts it again when needed.
+// fork for a child).  "start" runs kStartDelayMs (10 ms) after the origin
+// (about when main() starts), each delay once, periodic runs at origin +
+// k*interval while k*interval <= duration (0 = forever), then every
+// then_interval_ms when set (upm::next_periodic_ms); missed periods are
+// skipped, not replayed.  The worker ends when no timed trigger is left and
+// no signal trigger is armed; the dlopen() wrapper starts it again when
+// needed.
 //
 // Fork: the child has only the forking thread.  The prepare handler takes
 // g_ctl and the log lock (1 s timeout each), so the child inherits them in a

@@ -29,7 +29,7 @@ bool absolute_or_empty(const std::string& s, bool empty_ok) {
 
 bool reported(const upm::NodeConfigLoad& load, std::string_view key) {
     for (const auto& p : load.problems)
-        if (!p.warning && p.where == "/" + std::string(key)) return true;
+        if (!p.warning() && p.where == "/" + std::string(key)) return true;
     return false;
 }
 
@@ -76,7 +76,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     // Malformed JSON (nlohmann's own verdict, comments allowed): the defaults.
     if (!nlohmann::json::accept(text, /*ignore_comments=*/true)) {
         UPM_FUZZ_CHECK(same(load.config, defaults), "malformed JSON: every key keeps its default");
-        UPM_FUZZ_CHECK(load.problems.size() == 1 && !load.problems[0].warning, "malformed JSON: one error");
+        UPM_FUZZ_CHECK(load.problems.size() == 1 && !load.problems[0].warning(), "malformed JSON: one error");
     }
 
     // A key with an error keeps its default.

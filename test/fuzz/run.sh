@@ -68,7 +68,7 @@ build)
     out=$2/fuzz
     command -v "$cxx" >/dev/null 2>&1 || die "\`$cxx\` not found: the fuzz targets need clang with libFuzzer; $hint"
     cxx=$(command -v "$cxx")
-    sources=$2/test/fuzz/upmcore-sources.cmake
+    sources=$2/test/fuzz/upm-lib-sources.cmake
     [ -f "$sources" ] || die "\`$sources\` is missing: configure the main build in $2 first (cmake -S $src -B $2)"
     mkdir -p "$out"
     # Another compiler than the cached one: configure from scratch.
@@ -76,7 +76,7 @@ build)
         rm -rf "$out/CMakeCache.txt" "$out/CMakeFiles"
     fi
     # Configuring again is cheap (a second or two) and keeps the compiler and
-    # the list of libupmcore's sources current.
+    # the list of the libraries' sources current.
     # ccache (as in the Makefile's build): a clean clone's fuzz build takes
     # minutes without it, seconds with a warm cache outside the repository.
     launcher=
@@ -86,7 +86,7 @@ build)
         launcher=-DCMAKE_CXX_COMPILER_LAUNCHER=$(command -v ccache)
     fi
     cmake -S "$here/clang" -B "$out" -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_BUILD_TYPE=Fuzz $launcher \
-        -DUPM_CORE_SOURCES_FILE="$sources" >"$out/configure.log" 2>&1 || {
+        -DUPM_LIB_SOURCES_FILE="$sources" >"$out/configure.log" 2>&1 || {
         cat "$out/configure.log" >&2
         die "configuring the fuzz targets with \`$cxx\` failed (above); if libFuzzer is missing, $hint"
     }

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""KSM burst tuning on the host's real ksmd (libupmcore's KsmTuner, driven by
+"""KSM burst tuning on the host's real ksmd (libupm-host's KsmTuner, driven by
 the test tool upm-ksmtune until upmd drives it; docs/ksm-tuning.md).
 
 Scenario: four `upm run --backend ksm -- upm-memhog --mib 64 --seed 1`

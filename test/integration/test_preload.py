@@ -149,7 +149,7 @@ def test_exports_only_the_api(preload_lib: Path):
 
 
 def test_constructor_runs_last(preload_lib: Path):
-    """Our constructor needs upmcore's and libstdc++'s statics: it must be the
+    """Our constructor needs libupm-inproc's and libstdc++'s statics: it must be the
     last .init_array entry (CMakeLists.txt links it last on purpose)."""
     sections = run(["readelf", "-S", "-W", preload_lib], clean_env()).stdout
     m = re.search(r"\.init_array\s+INIT_ARRAY\s+([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)", sections)

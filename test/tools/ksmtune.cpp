@@ -1,4 +1,4 @@
-// upm-ksmtune: runs libupmcore's KSM burst tuner (upm/ksmtune.hpp) on the
+// upm-ksmtune: runs libupm-host's KSM burst tuner (upm/ksmtune.hpp) on the
 // host, for the integration test and the benchmark until upmd drives it.
 // A test tool, not installed.
 //

@@ -67,7 +67,7 @@ bool has_problem(const PolicyCheck& check, const std::string& where) {
 
 const PolicyProblem& only_error(const PolicyCheck& check) {
     REQUIRE(check.error_count() == 1);
-    return *std::find_if(check.problems.begin(), check.problems.end(), [](auto& p) { return !p.warning; });
+    return *std::find_if(check.problems.begin(), check.problems.end(), [](auto& p) { return !p.warning(); });
 }
 
 Classified region(std::uintptr_t start, std::uint64_t size, RegionClass cls, std::string path = {},
@@ -126,7 +126,7 @@ TEST_CASE("policy: broken documents report every problem with its location", "[p
         CHECK(!check.policy.has_value());
         std::vector<const PolicyProblem*> errors;
         for (const auto& p : check.problems)
-            if (!p.warning) errors.push_back(&p);
+            if (!p.warning()) errors.push_back(&p);
         std::size_t n_errors = static_cast<std::size_t>(std::count_if(want.begin(), want.end(), [](auto& e) { return !e.fix; }));
         CHECK(errors.size() == n_errors);
         for (const auto& w : want) {
@@ -421,7 +421,7 @@ TEST_CASE("policy: duplicate keys are a warning with their location", "[policy]"
     std::vector<std::string> where;
     for (const auto& p : check.problems) {
         if (p.message.starts_with("duplicate key")) {
-            CHECK(p.warning);
+            CHECK(p.warning());
             where.push_back(p.where);
         }
     }

@@ -516,7 +516,7 @@ TEST_CASE("spec: node configuration", "[spec]") {
     CHECK(bad.config.default_policy == "default");
     REQUIRE(bad.problems.size() == 6);
     CHECK_FALSE(bad.config.fsync);
-    CHECK(bad.problems[3].warning);  // unknown key
+    CHECK(bad.problems[3].warning());  // unknown key
     CHECK(format_problem("c.json", bad.problems[0]) == "c.json: /runtime: error: `runtime` must be an absolute path; the default is used");
 
     auto syntax = parse_node_config("{\"runtime\": ", defaults);
@@ -715,6 +715,6 @@ TEST_CASE("spec: node configuration domain_scope", "[spec]") {
         CHECK(b.config.domain_scope == DomainScope::kubernetes_namespace);
         REQUIRE(b.problems.size() == 1);
         CHECK(b.problems[0].where == "/domain_scope");
-        CHECK_FALSE(b.problems[0].warning);
+        CHECK_FALSE(b.problems[0].warning());
     }
 }
