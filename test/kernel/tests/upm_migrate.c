@@ -11,10 +11,11 @@
  *    all pages of R1 back and forth between the nodes while the main thread
  *    advises R1 in a loop for 0.3 s (the passes walk PTEs that are migration
  *    entries).  After each cycle, with nothing running: every page that pagemap+kpageflags show as
- *    a ksm page must be counted in ksm_merging_pages, and a move_pages of
- *    all pages must move every one of them.  A merged page whose rmap_item
- *    the pass took out of the stable tree is invisible to rmap_walk_ksm():
- *    migration cannot unmap it, so it stays where it is.
+ *    a ksm page must be counted in ksm_merging_pages, and move_pages of all
+ *    pages to one node and then to the other must move every one of them.
+ *    A merged page whose rmap_item the pass took out of the stable tree is
+ *    invisible to rmap_walk_ksm(): migration cannot unmap it, so it stays
+ *    where it is.
  */
 #include "upmtest.h"
 #include <pthread.h>
@@ -169,7 +170,9 @@ int main(void)
 		pthread_join(t, NULL);
 		ksm = count_ksm(r1, n) + count_ksm(r2, n);
 		m = ut_merging_pages(0);
+		/* to both nodes: a page already on the first is moved by the second */
 		off = move_all_retry(c & 1);
+		off += move_all_retry(!(c & 1));
 		UT_CHECK(off == 0 && m == (long)ksm,
 			 "cycle %d (%ld passes): %zu mappings of ksm pages but ksm_merging_pages=%ld, and %zu of "
 			 "%zu merged pages were not moved (move_pages stops at the first page it cannot migrate): rmap_items left the stable tree while their "
