@@ -60,12 +60,12 @@ int do_check(const CheckOptions& o) {
         std::fwrite(doc.data(), 1, doc.size(), stdout);
         return 0;
     }
+    note_merging_scope(o.file, *check.policy);
     std::size_t warnings = check.warning_count();
     if (warnings == 0)
         std::fprintf(report, "%s: ok\n", o.file.c_str());
     else
         std::fprintf(report, "%s: ok (%zu warning%s)\n", o.file.c_str(), warnings, warnings == 1 ? "" : "s");
-    note_merging_scope(o.file, *check.policy);
     return 0;
 }
 
