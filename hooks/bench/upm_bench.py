@@ -1318,6 +1318,21 @@ def find_guest_images(a) -> tuple[str, str]:
     return str(Path(kernel).resolve()), initrd
 
 
+def emit(doc: dict, a) -> None:
+    """The table on stdout, and the JSON and the plot where --json and --plot ask."""
+    print(table(doc), flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"bench: JSON: {a.json}", file=sys.stderr)
+    if a.plot:
+        try:
+            plot(doc, a.plot)
+            print(f"bench: plot: {a.plot}", file=sys.stderr)
+        except ImportError:
+            print("bench: warning: matplotlib is missing (packaging/install-deps.sh workloads); no plot",
+                  file=sys.stderr)
+
+
 def run_in_guest(a) -> int:
     """On the host: boot the guest, let it run every mode, report."""
     qemu = shutil.which("qemu-system-x86_64")
@@ -1427,17 +1442,7 @@ def run_in_guest(a) -> int:
     doc["guest"] = {"accel": accel, "cpus": a.guest_cpus, "memory": mem, "kernel_image": kernel, "initrd": initrd,
                     "console_log": str(console), "qemu": argv, "seconds": round(time.monotonic() - t0, 1),
                     "host": host_info()}
-    print(table(doc), flush=True)
-    if a.json:
-        Path(a.json).write_text(json.dumps(doc, indent=1) + "\n")
-        print(f"bench: JSON: {a.json}", file=sys.stderr)
-    if a.plot:
-        try:
-            plot(doc, a.plot)
-            print(f"bench: plot: {a.plot}", file=sys.stderr)
-        except ImportError:
-            print("bench: warning: matplotlib is missing (packaging/install-deps.sh workloads); no plot",
-                  file=sys.stderr)
+    emit(doc, a)
     if a.keep:
         log(f"kept {work} (instance logs in logs/)")
     else:
@@ -1644,17 +1649,7 @@ def main(argv=None) -> int:
             r.setdefault("saved_pss_bytes", None)
             r.setdefault("saved_node_bytes", None)
     if doc:
-        print(table(doc), flush=True)
-        if a.json:
-            Path(a.json).write_text(json.dumps(doc, indent=1) + "\n")
-            print(f"bench: JSON: {a.json}", file=sys.stderr)
-        if a.plot:
-            try:
-                plot(doc, a.plot)
-                print(f"bench: plot: {a.plot}", file=sys.stderr)
-            except ImportError:
-                print("bench: warning: matplotlib is missing (packaging/install-deps.sh workloads); no plot",
-                      file=sys.stderr)
+        emit(doc, a)
     return status
 
 
