@@ -913,13 +913,16 @@ class Bench:
                           f"(upm-hook log: {self.workdir / 'upm.log'})")
         return res
 
-    def teardown(self) -> None:
+    def delete_containers(self) -> None:
         for c in self.containers:
             try:
                 c.delete()
             except Exception as e:  # noqa: BLE001 - keep deleting the others
                 log(f"warning: deleting {c.id}: {e}")
         self.containers = []
+
+    def teardown(self) -> None:
+        self.delete_containers()
         # containers whose `run` was still under way when we gave up
         for attempt in range(2 if self.stopping else 1):
             if attempt:
@@ -1234,12 +1237,7 @@ class GuestBench(Bench):
             res["advise_seconds_kernel"] = round(res["upm_sysfs_delta"].get("time_ns", 0) / 1e9, 3)
 
     def teardown(self) -> None:
-        for c in self.containers:
-            try:
-                c.delete()
-            except Exception as e:  # noqa: BLE001 - keep deleting the others
-                log(f"warning: deleting {c.id}: {e}")
-        self.containers = []
+        self.delete_containers()
         for mode in (*GUEST_MODES, "warmup"):
             try:
                 self.cgroup_parent(mode).rmdir()
