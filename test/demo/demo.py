@@ -20,7 +20,7 @@ is measured, not assumed: every present page (/proc/PID/pagemap) of every
 private writable or anonymous mapping of the processes is hashed, and the
 ideal saving is the number of pages minus the number of distinct ones.
 
-Measures as in the design brief ("Measures everybody uses"): saved memory
+Measures as in `upm bench` (docs/bench.md, "Measures"): saved memory
 is PSS without dedup minus PSS with dedup, and the node's MemAvailable
 change; pages_sharing is the kernel's count; achieved savings are reported
 as a fraction of the ideal.
