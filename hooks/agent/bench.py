@@ -34,7 +34,7 @@ seconds with the processes still running.  Measured:
 
 Ratios are to the burst variant.  The host's KSM settings are saved first
 and restored at the end, on error and on SIGINT/SIGTERM/SIGHUP; the run
-takes the lock test/integration/conftest.py and demo.sh use
+takes the lock test/integration/upmtest/ksm.py and demo.sh use
 (/run/upm-test-ksm-saved.lock) and leaves the same state file, so that a
 run killed with SIGKILL is repaired by the next test run.
 

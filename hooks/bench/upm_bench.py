@@ -115,7 +115,7 @@ class Progress:
 
 
 # ---------------------------------------------------------------------------
-# Host KSM: lock, save, set, restore (the protocol of test/integration/conftest.py)
+# Host KSM: lock, save, set, restore (the protocol of test/integration/upmtest/ksm.py)
 
 
 def read_knob(name: str) -> str:

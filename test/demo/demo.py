@@ -20,7 +20,7 @@ is measured, not assumed: every present page (/proc/PID/pagemap) of every
 private writable or anonymous mapping of the processes is hashed, and the
 ideal saving is the number of pages minus the number of distinct ones.
 
-Measures as in the design brief ("Measures everybody uses"): saved memory
+Measures as in `upm bench` (docs/bench.md, "Measures"): saved memory
 is PSS without dedup minus PSS with dedup, and the node's MemAvailable
 change; pages_sharing is the kernel's count; achieved savings are reported
 as a fraction of the ideal.
@@ -41,25 +41,17 @@ import time
 from collections import Counter
 from pathlib import Path
 
+# The readers of the kernel's counters the integration suites use.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from upmtest.procfs import KSM_DIR, ksm_counters, ksm_merging_pages, ksmd_cpu  # noqa: E402
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MIB = 1024 * 1024
-KSM = Path("/sys/kernel/mm/ksm")
-TICK = os.sysconf("SC_CLK_TCK")
 POLL = 0.1
 T_START = time.monotonic()
 PFN_MASK = (1 << 55) - 1
 SETTLE = 1.0
 NEVER_HASHED = {"[stack]", "[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]", "[uprobes]"}
-
-
-def ksm_counters() -> dict[str, int]:
-    out = {}
-    for p in KSM.iterdir():
-        try:
-            out[p.name] = int(p.read_text())
-        except (ValueError, OSError):
-            pass
-    return out
 
 
 def meminfo_kib() -> dict[str, int]:
@@ -75,24 +67,6 @@ def pss_kib(pid: int) -> int:
         if line.startswith("Pss:"):
             return int(line.split()[1])
     return 0
-
-
-def merging_pages(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/ksm_merging_pages").read_text())
-
-
-def ksmd_cpu_s() -> float:
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            if (d / "comm").read_text().strip() != "ksmd":
-                continue
-            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        return (int(fields[11]) + int(fields[12])) / TICK   # utime, stime
-    return 0.0
 
 
 class Hog:
@@ -238,7 +212,7 @@ def run_phase(name: str, argv_of, n: int, expect_saved: int, timeout: float,
         for h in hogs:
             h.wait_ready(ready_timeout)
         t0 = time.monotonic()
-        k0, mem_ready, cpu0 = ksm_counters(), meminfo_kib(), ksmd_cpu_s()
+        k0, mem_ready, cpu0 = ksm_counters(), meminfo_kib(), ksmd_cpu()
         series = []     # (seconds since ready, frames saved, pages_sharing change)
         pids = [h.pid for h in hogs]
         while True:
@@ -250,9 +224,9 @@ def run_phase(name: str, argv_of, n: int, expect_saved: int, timeout: float,
             time.sleep(POLL)
         elapsed = time.monotonic() - t0
         time.sleep(SETTLE)   # let freed pages reach the counters MemAvailable reads
-        k1, mem_end, cpu1 = ksm_counters(), meminfo_kib(), ksmd_cpu_s()
+        k1, mem_end, cpu1 = ksm_counters(), meminfo_kib(), ksmd_cpu()
         procs = [{"pid": h.pid, "pss_ready_kib": h.pss_ready_kib, "pss_end_kib": pss_kib(h.pid),
-                  "ksm_merging_pages": merging_pages(h.pid)} for h in hogs]
+                  "ksm_merging_pages": ksm_merging_pages(h.pid)} for h in hogs]
         for p in procs:
             p["saved_kib"] = p["pss_ready_kib"] - p["pss_end_kib"]
         frames = frames_saved(pids)
@@ -378,9 +352,9 @@ def main() -> int:
     expect = (a.procs - 1) * a.mib * MIB // PAGE
     cfg = {"procs": a.procs, "mib": a.mib, "page_size": PAGE, "upm": a.upm, "memhog": a.memhog,
            "kernel": os.uname().release,
-           "ksm": {k: (KSM / k).read_text().strip() for k in
+           "ksm": {k: (KSM_DIR / k).read_text().strip() for k in
                    ("pages_to_scan", "sleep_millisecs", "smart_scan", "max_page_sharing")
-                   if (KSM / k).exists()}}
+                   if (KSM_DIR / k).exists()}}
     doc = {"config": cfg, "workloads": {}}
     ok = True
     for wl in workloads(a):

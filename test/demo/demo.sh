@@ -61,7 +61,7 @@ need_kib=$((procs * mib * 1024 * 3 / 2))
 [ "$need_kib" -lt "$avail_kib" ] ||
 	die "$procs x $mib MiB needs about $((need_kib / 1024)) MiB but only $((avail_kib / 1024)) MiB are available; use --procs/--mib"
 
-# Take turns with test runs that switch ksmd (test/integration/conftest.py
+# Take turns with test runs that switch ksmd (test/integration/upmtest/ksm.py
 # holds the same lock), so that nobody saves another's fast settings.
 lock=/run/upm-test-ksm-saved.lock
 exec 9>>"$lock"

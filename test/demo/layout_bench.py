@@ -45,7 +45,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE.parent.parent
 sys.path.insert(0, str(SOURCE / "test" / "integration"))
-import conftest  # noqa: E402  (the test suite's KSM control: lock, knobs, restore)
+from upmtest.ksm import KSM, KSM_FAST_SETTINGS, KsmControl, install_restore_handlers  # noqa: E402
+from upmtest.procfs import ksm_counters, ksm_merging_pages  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 PFN_MASK = (1 << 55) - 1
@@ -123,18 +124,18 @@ def measure(pids: list[int]) -> dict:
     total = sum(digests.values())
     return {"anon_pages": len(frames), "ideal_saved_pages": total - len(digests),
             "ksm_saved_pages": len(frames) - len(set(frames)),
-            "ksm_merging_pages": sum(conftest.ksm_merging_pages(p) for p in pids)}
+            "ksm_merging_pages": sum(ksm_merging_pages(p) for p in pids)}
 
 
 def settle(scans: int, timeout: float) -> None:
     """Waits for `scans` full ksmd scans, then until pages_sharing stops moving."""
-    start = conftest.ksm_counters()["full_scans"]
+    start = ksm_counters()["full_scans"]
     deadline = time.monotonic() + timeout
-    while conftest.ksm_counters()["full_scans"] < start + scans and time.monotonic() < deadline:
+    while ksm_counters()["full_scans"] < start + scans and time.monotonic() < deadline:
         time.sleep(0.1)
     last = -1
     while time.monotonic() < deadline:
-        now = conftest.ksm_counters()["pages_sharing"]
+        now = ksm_counters()["pages_sharing"]
         if now == last:
             break
         last = now
@@ -189,10 +190,11 @@ def main() -> int:
     if os.geteuid() != 0:
         print("layout_bench: needs root (pagemap, /proc/PID/mem, KSM knobs)", file=sys.stderr)
         return 77
-    reason = conftest.KsmControl.unavailable_reason()
+    reason = KsmControl.unavailable_reason()
     if reason:
         print(f"layout_bench: host KSM unavailable: {reason}", file=sys.stderr)
         return 77
+    install_restore_handlers()      # the KSM settings come back on exit, SIGTERM and SIGHUP
     kind = a.workload
     if kind == "auto":
         kind = "torch" if subprocess.run([PY, "-c", "import torch"], capture_output=True).returncode == 0 else "numpy"
@@ -203,7 +205,7 @@ def main() -> int:
         worker = tmp / "worker.py"
         worker.write_text(WORKER)
         secret = tmp / "state" / "domain-secret"
-        conftest._KSM.apply(conftest.KSM_FAST_SETTINGS)
+        KSM.apply(KSM_FAST_SETTINGS)
         try:
             for layout, seed, trim in itertools.product(["randomized", "shared-per-domain"],
                                                         ["random", "per-domain"], [False, True]):
@@ -213,7 +215,7 @@ def main() -> int:
                       f" ideal {r['ideal_saved_pages'] * PAGE >> 20} MiB, KSM {r['ksm_saved_pages'] * PAGE >> 20} MiB",
                       file=sys.stderr, flush=True)
         finally:
-            errors = conftest._KSM.restore()
+            errors = KSM.restore()
             if errors:
                 print("layout_bench: could not restore KSM settings: " + "; ".join(errors), file=sys.stderr)
     mib = lambda pages: pages * PAGE / 2**20  # noqa: E731

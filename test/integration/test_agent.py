@@ -34,141 +34,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (KSM_DIR, PAGE_SIZE, ksm_counters, ksm_merging_pages, upm_run, wait_merged, wait_until)
-from test_runtime import Node, base_spec, runtime_bin  # noqa: F401  (fixtures)
+from upmtest.agent import Agent, Conn
+from upmtest.containers import Node
+from upmtest.merge import upm_run, wait_merged
+from upmtest.procfs import KSM_DIR, PAGE_SIZE, ksm_counters, ksm_merging_pages, read_knob, rss_kib
+from upmtest.process import wait_until
 
 TOLERANCE = 0.05
 
 
 # ---------------------------------------------------------------------------
 # Helpers
-
-
-@pytest.fixture(scope="session")
-def upmd_bin(build_dir: Path) -> Path:
-    p = build_dir / "bin" / "upmd"
-    if not (p.is_file() and os.access(p, os.X_OK)):
-        pytest.fail(f"upmd is not built: `{p}` (build with `make build`)", pytrace=False)
-    return p
-
-
-@pytest.fixture(scope="session")
-def hook_bin(build_dir: Path) -> Path:
-    p = build_dir / "bin" / "upm-hook"
-    if not (p.is_file() and os.access(p, os.X_OK)):
-        pytest.fail(f"upm-hook is not built: `{p}` (build with `make build`)", pytrace=False)
-    return p
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Conn:
-    """One client connection speaking the line protocol."""
-
-    def __init__(self, path: Path, timeout: float = 10) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(str(path))
-        self.buf = b""
-
-    def send_raw(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def read_line(self) -> bytes | None:
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                return None
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line
-
-    def call(self, request) -> dict:
-        data = request if isinstance(request, bytes) else json.dumps(request).encode()
-        self.send_raw(data + b"\n")
-        line = self.read_line()
-        assert line is not None, f"the agent closed the connection instead of answering {data[:100]!r}"
-        return json.loads(line)
-
-    def closed_by_peer(self, timeout: float) -> bool:
-        self.sock.settimeout(timeout)
-        try:
-            while True:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    return True
-                self.buf += chunk
-        except (socket.timeout, TimeoutError):
-            return False
-        except ConnectionResetError:
-            return True
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class Agent:
-    """A upmd process on a socket in tmp_path."""
-
-    def __init__(self, procs, exe: Path, tmp: Path, *extra: str, metrics: bool = True) -> None:
-        self.procs = procs
-        self.exe = exe
-        self.socket = tmp / "run" / "upmd.sock"
-        self.state = tmp / "upmd-state.json"
-        self.port = free_port() if metrics else None
-        self.extra = list(extra)
-        self.env = {"UPM_AGENT_SOCKET": str(self.socket)}
-        self.proc = None
-
-    def argv(self) -> list:
-        argv = [self.exe, "--foreground", "--socket", self.socket, "--state-file", self.state, "--log-level", "debug"]
-        if "--poll-interval" not in self.extra:
-            argv += ["--poll-interval", "0.2"]
-        if self.port:
-            argv += ["--metrics-listen", f"127.0.0.1:{self.port}"]
-        if "--tune" in self.extra:
-            return argv + [a for a in self.extra if a != "--tune"]
-        return argv + ["--no-tune"] + self.extra
-
-    def start(self) -> "Agent":
-        self.proc = self.procs.start(self.argv())
-        wait_until(lambda: self._pings() or self.proc.popen.poll() is not None, 15,
-                   what="upmd to answer ping", describe=lambda: self.proc.stderr[-2000:])
-        assert self.proc.popen.poll() is None, f"upmd exited {self.proc.popen.poll()}: {self.proc.stderr}"
-        return self
-
-    def _pings(self) -> bool:
-        try:
-            c = Conn(self.socket, 2)
-            ok = c.call({"op": "ping"})["ok"]
-            c.close()
-            return ok
-        except OSError:
-            return False
-
-    def call(self, request) -> dict:
-        c = Conn(self.socket)
-        try:
-            return c.call(request)
-        finally:
-            c.close()
-
-    def stop(self, sig=signal.SIGTERM) -> int:
-        self.proc.signal(sig)
-        return self.proc.wait(30)
-
-    def alive(self) -> bool:
-        return self.proc.popen.poll() is None and self._pings()
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
-            assert r.status == 200
-            assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-            return r.read().decode()
 
 
 @pytest.fixture
@@ -418,13 +294,6 @@ def test_bad_messages_get_errors_and_the_agent_stays_up(agent):
     # Three log lines per connection at most, however many bad requests it sends.
     assert "further bad requests of this connection are not logged" in agent.proc.stderr
     assert agent.proc.stderr.count("bad request:") <= 3 + 1, agent.proc.stderr[-3000:]
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def test_memory_stays_bounded_whatever_clients_send(agent, report):
@@ -762,12 +631,7 @@ def test_burst_merges_then_idle_then_restore(ksm_off, procs, upmd_bin, upm_bin, 
     knobs = [k for k in ("run", "pages_to_scan", "sleep_millisecs", "advisor_mode") if (KSM_DIR / k).exists()]
 
     def read_knobs():
-        out = {}
-        for k in knobs:
-            text = (KSM_DIR / k).read_text().strip()
-            m = re.search(r"\[([^\]]+)\]", text)
-            out[k] = m[1] if m else text
-        return out
+        return {k: read_knob(KSM_DIR / k) for k in knobs}
 
     before = read_knobs()
     assert before["run"] == "0"
@@ -798,7 +662,7 @@ def test_burst_merges_then_idle_then_restore(ksm_off, procs, upmd_bin, upm_bin, 
            f"({merged_at - t0:.1f} s after the first start), back to idle {settle:.1f} s later, originals restored")
 
 
-def test_runc_containers_register_through_the_hook(ksm_fast, procs, agent, tmp_path, hook_bin, runtime_bin,  # noqa: F811
+def test_runc_containers_register_through_the_hook(ksm_fast, procs, agent, tmp_path, hook_bin, runtime_bin,
                                                    preload_lib, policies_dir, memhog, base_spec, report):
     """Two annotated runc containers through upm-runtime: the real upm-hook
     registers them at poststart (id, init pid, policy, domain, cgroup), their
@@ -806,10 +670,7 @@ def test_runc_containers_register_through_the_hook(ksm_fast, procs, agent, tmp_p
     (ksm_fast switches /sys/kernel/mm/ksm), and poststop unregisters them."""
     n = Node("runc", tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs)
     try:
-        wrapper = tmp_path / "upm-hook-wrapper"
-        wrapper.write_text(f"#!/bin/sh\nUPM_CONFIG={n.config} UPM_AGENT_SOCKET={agent.socket} exec {hook_bin} \"$@\"\n")
-        wrapper.chmod(0o755)
-        n.write_config(hook=str(wrapper))
+        n.use_hook(hook_bin, agent.socket)
         argv = ["/opt/upm-memhog", "--mib", "32", "--seed", "5", "--hold-until-signal"]
         ann = {"upm.enabled": "true", "upm.policy": "default", "upm.domain": "tenant-a"}
         hogs = [n.start_memhog(n.bundle(argv, ann)) for _ in range(2)]
@@ -839,7 +700,7 @@ def test_runc_containers_register_through_the_hook(ksm_fast, procs, agent, tmp_p
         n.cleanup()
 
 
-def test_runc_container_starts_with_a_hung_agent(procs, tmp_path, hook_bin, runtime_bin, preload_lib,  # noqa: F811
+def test_runc_container_starts_with_a_hung_agent(procs, tmp_path, hook_bin, runtime_bin, preload_lib,
                                                  policies_dir, memhog, base_spec):
     """An agent that accepts connections and never answers: an annotated runc
     container through upm-runtime still runs, its hooks give up within their
@@ -850,10 +711,7 @@ def test_runc_container_starts_with_a_hung_agent(procs, tmp_path, hook_bin, runt
     h.bind(str(hung))
     h.listen(16)
     try:
-        wrapper = tmp_path / "upm-hook-wrapper"
-        wrapper.write_text(f"#!/bin/sh\nUPM_CONFIG={n.config} UPM_AGENT_SOCKET={hung} exec {hook_bin} \"$@\"\n")
-        wrapper.chmod(0o755)
-        n.write_config(hook=str(wrapper))
+        n.use_hook(hook_bin, hung)
         b = n.bundle(["/bin/echo", "container ran"], {"upm.enabled": "true"})
         t = time.monotonic()
         r, cid = n.run(b)

@@ -15,46 +15,36 @@ a few MiB between two runs are noise.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import KSM_DIR, KsmControl, ksm_writable_knobs, _read_knob
+from upmtest.ksm import KsmControl
+from upmtest.bench import require_pil, run_bench
+from upmtest.procfs import KSM_DIR, knobs, read_knob
 
 COLUMNS = ("pss_bytes", "node_used_delta_bytes", "saved_frames_bytes", "kernel_saved_bytes", "saved_pss_bytes", "saved_node_bytes",
            "ideal_saved_bytes", "of_ideal", "t90_s", "ksmd_cpu_s", "ksmd_cpu_s_per_gib", "start_p50_s",
            "start_p95_s", "lat_early_p50_ms", "lat_early_p99_ms", "lat_merged_p50_ms", "lat_merged_p99_ms")
 
 
-def test_bench_thumb_off_and_upm(build_dir: Path, tmp_path, report):
+def test_bench_thumb_off_and_upm(upm_bin: Path, tmp_path, report):
     reason = KsmControl.unavailable_reason()
     if reason:
         pytest.skip(f"host KSM unavailable: {reason}")
     if os.geteuid() != 0 or not Path("/usr/bin/runc").exists():
         pytest.skip("needs root and runc (/usr/bin/runc)")
-    probe = subprocess.run(["/usr/bin/python3", "-c", "import PIL"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip("python3-pil is missing (packaging/install-deps.sh workloads)")
-    upm = build_dir / "bin" / "upm"
-    knobs_before = {k: _read_knob(KSM_DIR / k) for k in ksm_writable_knobs()}
-    out = tmp_path / "bench.json"
-    plot = tmp_path / "bench.png"
+    require_pil()
+    knobs_before = knobs()
     # --ksm-run 1: a node whose admin runs ksmd (upmd's tuner idles at the
     # kernel's defaults instead of stopping it), so that what upm advised is
     # merged whatever the tuner's burst caught; with the host's run=0 the
     # saving depends on the burst outlasting the start (docs/bench.md).
-    argv = [upm, "bench", "-f", "thumb", "-n", "2", "--modes", "off,upm", "--stagger", "1", "--ksm-run", "1",
-            "--min-measure", "8", "--max-measure", "90", "--settle", "5", "--invocations", "2",
-            "--cache", str(tmp_path / "cache"), "--json", str(out)]
-    if subprocess.run(["/usr/bin/python3", "-c", "import matplotlib"],
-                                               capture_output=True).returncode == 0:
-        argv += ["--plot", str(plot)]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"upm bench failed ({r.returncode}):\n{r.stdout}\n{r.stderr[-4000:]}"
-    doc = json.loads(out.read_text())
+    r, doc = run_bench(upm_bin, tmp_path,
+                       ["-f", "thumb", "-n", "2", "--modes", "off,upm", "--stagger", "1", "--ksm-run", "1",
+                        "--min-measure", "8", "--max-measure", "90", "--settle", "5", "--invocations", "2"],
+                       timeout=600)
     assert list(doc["results"]) == ["off", "upm"]
     upm_r, off = doc["results"]["upm"], doc["results"]["off"]
     empty = [c for c in COLUMNS if upm_r.get(c) is None]
@@ -68,9 +58,7 @@ def test_bench_thumb_off_and_upm(build_dir: Path, tmp_path, report):
     assert 0 < upm_r["of_ideal"] <= 1.0
     assert upm_r["ideal_saved_bytes"] >= upm_r["saved_frames_bytes"]
     assert "mode" in r.stdout and "upm" in r.stdout, r.stdout      # the table
-    if "--plot" in argv:
-        assert plot.stat().st_size > 10000
-    after = {k: _read_knob(KSM_DIR / k) for k in knobs_before}
+    after = {k: read_knob(KSM_DIR / k) for k in knobs_before}
     assert after == knobs_before, "the bench left the host's KSM settings changed"
     report(f"bench thumb x2: upm saved {upm_r['saved_pss_bytes'] >> 20} MiB PSS, merged "
            f"{upm_r['saved_frames_bytes'] >> 20} MiB, {upm_r['of_ideal']:.0%} of the ideal "

@@ -18,40 +18,31 @@ first: minutes then, about 3-4 minutes with a cached kernel).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from upmtest.bench import require_pil, run_bench
 
 COLUMNS = ("pss_bytes", "saved_frames_bytes", "kernel_saved_bytes", "saved_pss_bytes", "ideal_saved_bytes",
            "of_ideal", "t90_s", "ksmd_cpu_s", "advise_cpu_s", "merge_cpu_s_per_gib", "start_p50_s",
            "start_p95_s", "lat_early_p50_ms", "lat_early_p99_ms", "lat_merged_p50_ms", "lat_merged_p99_ms")
 
 
-def test_bench_kernel_thumb_off_and_upm_kernel(build_dir: Path, source_dir: Path, tmp_path, report):
+def test_bench_kernel_thumb_off_and_upm_kernel(upm_bin: Path, tmp_path, report):
     if os.geteuid() != 0:
         pytest.skip("needs root (QEMU's 9p export of / as root, the guest driver runs as root)")
     if not shutil.which("qemu-system-x86_64"):
         pytest.skip("qemu-system-x86_64 is missing (packaging/install-deps.sh kernel)")
     if not Path("/usr/src/linux-source-6.1.tar.xz").exists():
         pytest.skip("linux-source-6.1 is missing: the test kernel cannot be built (packaging/install-deps.sh kernel)")
-    probe = subprocess.run(["/usr/bin/python3", "-c", "import PIL"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip("python3-pil is missing (packaging/install-deps.sh workloads)")
-    upm = build_dir / "bin" / "upm"
-    out = tmp_path / "bench.json"
-    plot = tmp_path / "bench.png"
-    argv = [upm, "bench", "-f", "thumb", "-n", "2", "--modes", "off,upm-kernel", "--stagger", "1",
-            "--min-measure", "10", "--max-measure", "120", "--settle", "5", "--invocations", "2",
-            "--cache", str(tmp_path / "cache"), "--json", str(out)]
-    if subprocess.run(["/usr/bin/python3", "-c", "import matplotlib"], capture_output=True).returncode == 0:
-        argv += ["--plot", str(plot)]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=1500)
-    assert r.returncode == 0, f"upm bench failed ({r.returncode}):\n{r.stdout}\n{r.stderr[-6000:]}"
-    doc = json.loads(out.read_text())
+    require_pil()
+    r, doc = run_bench(upm_bin, tmp_path,
+                       ["-f", "thumb", "-n", "2", "--modes", "off,upm-kernel", "--stagger", "1",
+                        "--min-measure", "10", "--max-measure", "120", "--settle", "5", "--invocations", "2"],
+                       timeout=1500, stderr_tail=6000)
     assert list(doc["results"]) == ["off", "upm-kernel"]
     assert doc["guest"]["accel"] and doc["host"]["kernel"] != os.uname().release, \
         "the results are not from the guest kernel"
@@ -69,8 +60,6 @@ def test_bench_kernel_thumb_off_and_upm_kernel(build_dir: Path, source_dir: Path
     assert 0.5 <= kr["of_ideal"] <= 1.0, f"upm-kernel reached {kr['of_ideal']:.0%} of the ideal"
     assert not [w for w in doc["warnings"] if "splat" in w], doc["warnings"]
     assert "upm-kernel" in r.stdout and "QEMU" in r.stdout, r.stdout      # the table
-    if "--plot" in argv:
-        assert plot.stat().st_size > 10000
     report(f"bench thumb x2 in the guest: upm-kernel merged {kr['saved_frames_bytes'] >> 20} MiB, "
            f"{kr['of_ideal']:.0%} of the ideal, t90 {kr['t90_s']} s, advice {kr['advise_cpu_s']} CPU-s, "
            f"guest ran {doc['guest']['seconds']} s")

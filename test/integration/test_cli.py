@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ksm_counters, ksm_merging_pages, smaps, upm_run, wait_merged, wait_until
+from upmtest.merge import upm_run, wait_merged
+from upmtest.process import wait_until
+from upmtest.procfs import ksm_counters, ksm_merging_pages, smaps
 
 COMMANDS = [["run"], ["maps"], ["status"], ["policy"], ["policy", "check"], ["ideal"], ["bench"]]
 

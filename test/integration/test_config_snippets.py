@@ -9,14 +9,15 @@ No container engine runs here: these are syntax and consistency checks only
 from __future__ import annotations
 
 import json
-import os
 import re
 import tomllib
 from pathlib import Path
 
 import pytest
 
-SOURCE = Path(os.environ.get("UPM_SOURCE_DIR", Path(__file__).resolve().parents[2]))
+from upmtest.paths import source_dir
+
+SOURCE = source_dir()
 RUNTIMES = SOURCE / "config" / "runtimes"
 POLICIES = SOURCE / "config" / "policies"
 BINARY = "/usr/bin/upm-runtime"

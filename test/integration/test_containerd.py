@@ -42,7 +42,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_until
+from upmtest.process import wait_until
 
 CONTAINERD = Path("/usr/bin/containerd")
 CTR = Path("/usr/bin/ctr")
@@ -205,16 +205,13 @@ class Containerd:
 
 
 @pytest.fixture(scope="module")
-def containerd(tmp_path_factory, build_dir: Path, preload_lib: Path, policies_dir: Path):
+def containerd(tmp_path_factory, runtime_bin: Path, preload_lib: Path, policies_dir: Path):
     if os.geteuid() != 0:
         pytest.skip("containerd needs root")
     for p in (CONTAINERD, CTR, RUNC):
         if not p.exists():
             pytest.skip(f"`{p}` is not installed (Debian: `sudo packaging/install-deps.sh test` installs "
                         "containerd and runc)")
-    runtime_bin = build_dir / "bin" / "upm-runtime"
-    if not (runtime_bin.is_file() and os.access(runtime_bin, os.X_OK)):
-        pytest.fail(f"upm-runtime is not built: `{runtime_bin}` (build with `make build`)", pytrace=False)
     c = Containerd(tmp_path_factory.mktemp("containerd"), runtime_bin, preload_lib, policies_dir)
     try:
         c.start()

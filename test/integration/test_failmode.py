@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import load_policy, strip_json_comments
+from upmtest.policy import load_policy, strip_json_comments
 
 # Each broken document: a change to default.json (None deletes the key), or
 # raw text; and the location the checker must name.

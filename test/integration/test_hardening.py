@@ -21,14 +21,14 @@ import json
 import os
 import re
 import shutil
-import signal
 import stat
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import wait_full_scans
+from upmtest.containers import Node
+from upmtest.merge import wait_full_scans
 
 PY = "/usr/bin/python3"
 
@@ -224,11 +224,11 @@ def test_layout_shared_per_domain(procs, upm_bin, write_policy, secret):
     assert a1["stack_rlimit"] is not None and a1["seed"] is None
 
 
-def test_layout_offsets_are_page_exact(procs, build_dir):
+def test_layout_offsets_are_page_exact(procs, upm_exec):
     """The entropy of shared-per-domain: each of the 2^16 rlimit values the
     secret can pick (128 MiB + k pages) moves the mmap area by exactly k
     pages, so no two of them give the same layout (16 bits)."""
-    exe = build_dir / "lib" / "upm-exec"
+    exe = upm_exec
     base = 128 << 20
     addrs = {}
     for k in (0, 1, 2, 4097, 65535):
@@ -336,10 +336,8 @@ def test_setuid_exec_clears_the_layout(procs, upm_bin):
 # ---------------------------------------------------------------------------
 # containers: runc behind upm-runtime
 
-from test_runtime import Node, base_spec, runtime_bin  # noqa: E402,F401  (fixtures)
 
-
-def _node(name, tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs, secret):  # noqa: F811
+def _node(name, tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs, secret):
     n = Node(name, tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs)
     n.env = lambda: {"UPM_CONFIG": str(n.config), "UPM_DOMAIN_SECRET": str(secret)}
     try:
@@ -350,12 +348,12 @@ def _node(name, tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_s
 
 
 @pytest.fixture
-def hnode(tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs, secret):  # noqa: F811
+def hnode(tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs, secret):
     yield from _node("runc", tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs, secret)
 
 
 @pytest.fixture(params=["runc", "crun"])
-def any_node(request, tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs, secret):  # noqa: F811
+def any_node(request, tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs, secret):
     yield from _node(request.param, tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs,
                      secret)
 

@@ -7,35 +7,27 @@ oracle.  The hook must exit 0 for poststart and poststop whatever it reads
 (runc kills the container when a poststart hook fails) and say what was
 wrong in the log.
 
-End to end: a runc container started through upm-runtime (test_runtime.py's
-Node) whose node configuration names the built upm-hook.  The hooks the
-runtime runs get no environment from upm-runtime, so the hook path is a
-two-line script that sets $UPM_CONFIG and execs build/bin/upm-hook; without
-it the hook would read /etc/upm/config.json and log to the node's real log.
+End to end: a runc container started through upm-runtime
+(upmtest/containers.py's Node) whose node configuration names the built
+upm-hook.  The hooks the runtime runs get no environment from upm-runtime,
+so the hook path is a two-line script that sets $UPM_CONFIG and execs
+build/bin/upm-hook (Node.use_hook); without it the hook would read
+/etc/upm/config.json and log to the node's real log.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from test_runtime import Node, base_spec, runtime_bin  # noqa: F401  (fixtures)
+from upmtest.containers import Node
 
 STATE = {"ociVersion": "1.0.2", "id": "hook-test-1", "status": "running", "pid": 4242,
          "bundle": "/nonexistent/bundle",
          "annotations": {"upm.enabled": "true", "upm.policy": "python-ml", "upm.domain": "tenant-a"}}
-
-
-@pytest.fixture(scope="session")
-def hook_bin(build_dir: Path) -> Path:
-    p = build_dir / "bin" / "upm-hook"
-    if not (p.is_file() and os.access(p, os.X_OK)):
-        pytest.fail(f"upm-hook is not built: `{p}` (build with `make build`)", pytrace=False)
-    return p
 
 
 class Hook:
@@ -142,17 +134,14 @@ def test_help(hook):
     assert r.returncode != 0
 
 
-def test_runc_container_runs_the_hooks(tmp_path, hook_bin, runtime_bin, preload_lib, policies_dir,  # noqa: F811
+def test_runc_container_runs_the_hooks(tmp_path, hook_bin, runtime_bin, preload_lib, policies_dir,
                                        memhog, base_spec, procs):
     """An annotated runc container through upm-runtime: the real upm-hook runs
     at poststart and poststop and logs both, with the container's id, pid,
     policy and domain, into the node log."""
     n = Node("runc", tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs)
     try:
-        wrapper = tmp_path / "upm-hook-wrapper"
-        wrapper.write_text(f"#!/bin/sh\nUPM_CONFIG={n.config} exec {hook_bin} \"$@\"\n")
-        wrapper.chmod(0o755)
-        n.write_config(hook=str(wrapper))
+        n.use_hook(hook_bin)
         b = n.bundle(["/bin/true"], {"upm.enabled": "true", "upm.policy": "python-ml", "upm.domain": "tenant-a"})
         r, cid = n.run(b)
         assert r.returncode == 0, f"stdout {r.stdout!r}; stderr {r.stderr!r}"

@@ -3,14 +3,14 @@
 
 The containers are started by the real runc and crun (no upm-runtime): their
 config.json carries the createRuntime hook as CRI-O adds it from
-config/runtimes/crio/hooks.d/99-upm.json.  The rootfs is test_runtime.py's
+config/runtimes/crio/hooks.d/99-upm.json.  The rootfs is upmtest's Node's
 (host /usr bind-mounted read-only) with `root.readonly` false, as the
 engines set it.  The hook path is a two-line script that sets $UPM_CONFIG
 (a node configuration in tmp_path) and execs build/bin/upm-hook.
 
 Oracles: the container's own view (/proc/self/maps, /etc/ld.so.preload,
 /dev/upm), the host's view of the container's process (/proc/PID/maps,
-/proc/PID/ksm_merging_pages via conftest), the bytes, mtimes and listings of
+/proc/PID/ksm_merging_pages via upmtest), the bytes, mtimes and listings of
 host sentinel files and directories that a hostile image points at, and our
 log.  podman runs with its storage in tmp_path (--root/--runroot, vfs),
 cgroupfs, a file events backend and runc; it is skipped, with the reason,
@@ -31,11 +31,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FRACTION, frames_saved, wait_merged
-from test_hook import hook_bin  # noqa: F401  (fixture)
-from test_runtime import Node, _hybrid_cgroups, base_spec, runtime_bin, sha256  # noqa: F401  (fixtures)
+from upmtest.containers import Node, hybrid_cgroups, sha256
+from upmtest.merge import FRACTION, wait_merged
+from upmtest.paths import source_dir
+from upmtest.procfs import frames_saved
 
-SOURCE = Path(__file__).resolve().parents[2]
+SOURCE = source_dir()
 CRIO_HOOK = SOURCE / "config/runtimes/crio/hooks.d/99-upm.json"
 PODMAN_HOOK = SOURCE / "config/runtimes/podman/hooks.d/99-upm.json"
 CRIO_EVENTS = {st: SOURCE / f"config/runtimes/crio/hooks.d/99-upm-{st}.json" for st in ("poststart", "poststop")}
@@ -61,7 +62,7 @@ def probe(r: subprocess.CompletedProcess) -> dict:
 
 
 class HookNode:
-    """test_runtime's Node, but the containers run on the real runtime with the
+    """upmtest's Node, but the containers run on the real runtime with the
     createRuntime hook in their config.json (hooks.d mode)."""
 
     def __init__(self, node: Node, hook_bin: Path) -> None:
@@ -682,9 +683,9 @@ class Podman:
     def __init__(self, store: Path, hooks_dir: Path, runtime: str) -> None:
         # podman refuses a runroot longer than 50 characters: `store` is short.
         # With crun, podman runs in a private mount namespace without
-        # /sys/fs/cgroup/unified, like test_runtime's crun (hybrid cgroups).
+        # /sys/fs/cgroup/unified, like Node's crun (upmtest/containers.py).
         prefix = []
-        if runtime == "crun" and _hybrid_cgroups():
+        if runtime == "crun" and hybrid_cgroups():
             prefix = ["unshare", "-m", "sh", "-c", 'umount -l /sys/fs/cgroup/unified 2>/dev/null; exec "$0" "$@"']
         self.base = [*prefix, str(PODMAN), "--root", str(store / "root"), "--runroot", str(store / "run"),
                      "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file",

@@ -29,7 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PAGE_SIZE, wait_full_scans, wait_merged, wait_until
+from upmtest.merge import wait_full_scans, wait_merged
+from upmtest.process import wait_until
+from upmtest.procfs import PAGE_SIZE
 
 MIB = 16
 PAGES = MIB * 1024 * 1024 // PAGE_SIZE          # identical pages per process

@@ -22,8 +22,9 @@ import random
 
 import pytest
 
-from conftest import (FRACTION, MIB, PAGE_SIZE, PAGES, describe, memhog_page, read_process_memory,
-                      region_ksm_pages, region_pfns, upm_run, wait_merged, write_process_memory)
+from upmtest.merge import FRACTION, MIB, PAGES, describe, upm_run, wait_merged
+from upmtest.procfs import (PAGE_SIZE, memhog_page, read_process_memory, region_ksm_pages, region_pfns,
+                            write_process_memory)
 
 WRITE_AFTER = 8.0   # seconds after ready; merging takes about 1-2 s
 STRIDE = 2          # the writer rewrites every 2nd page

@@ -12,66 +12,28 @@ and checks that the next one recovers the true originals from the state
 file, not the burst values it finds.
 
 Oracles: /sys/kernel/mm/ksm (knobs read back), the memhogs' page frames
-and KSM counters (conftest), ksmd's CPU time from /proc.  The host KSM is
-held through conftest's lock and saved/restored around each test
-(``ksm_held``); the tests start from unusual values (pages_to_scan 123,
-sleep_millisecs 37) so that "restored" cannot be confused with defaults.
+and KSM counters (upmtest.procfs), ksmd's CPU time from /proc.  The host
+KSM is held through the tests' lock and saved/restored around each test
+(conftest's ``ksm_held``); the tests start from unusual values
+(pages_to_scan 123, sleep_millisecs 37) so that "restored" cannot be
+confused with defaults.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
-from pathlib import Path
 
-import pytest
-
-from conftest import (KSM_DIR, MIB, PAGES, _find_built, _ksm_fixture, _read_knob, describe, frames_saved,
-                      ksm_counters, ksm_writable_knobs, upm_run, wait_merged, wait_until)
+from upmtest.ksm import set_knobs
+from upmtest.merge import MIB, PAGES, describe, upm_run, wait_merged
+from upmtest.process import wait_until
+from upmtest.procfs import frames_saved, knobs, ksm_counters, ksmd_cpu
 
 START = {"advisor_mode": "none", "pages_to_scan": "123", "sleep_millisecs": "37"}
 IDLE = {"pages_to_scan": "100", "sleep_millisecs": "20"}
 BURST_SLEEP = "10"
 N = 4
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-@pytest.fixture
-def ksm_held():
-    """The host's KSM under the test lock; every writable knob saved and
-    restored afterwards (the tuner must restore them itself before that)."""
-    yield from _ksm_fixture({})
-
-
-@pytest.fixture(scope="session")
-def ksmtune(build_dir: Path) -> Path:
-    return _find_built("upm-ksmtune", [build_dir / "bin" / "upm-ksmtune"])
-
-
-def set_knobs(values: dict[str, str]) -> None:
-    for name, value in values.items():
-        if (KSM_DIR / name).exists():
-            (KSM_DIR / name).write_text(value + "\n")
-
-
-def knobs() -> dict[str, str]:
-    return {k: _read_knob(KSM_DIR / k) for k in ksm_writable_knobs()}
-
-
-def ksmd_cpu() -> float:
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            if (d / "comm").read_text().strip() != "ksmd":
-                continue
-            f = (d / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        return (int(f[11]) + int(f[12])) / TICK
-    return 0.0
 
 
 def statuses(proc) -> list[dict]:

@@ -26,10 +26,11 @@ import time
 
 import pytest
 
-from conftest import Memhog, READY_RX, wait_until
-from test_agent import Agent, hook_bin, upmd_bin  # noqa: F401  (fixtures)
-from test_ksmtune import ksmd_cpu, knobs, set_knobs
-from test_runtime import Node, base_spec, runtime_bin  # noqa: F401  (fixtures)
+from upmtest.agent import Agent
+from upmtest.containers import Node
+from upmtest.ksm import set_knobs
+from upmtest.process import READY_RX, Memhog, wait_until
+from upmtest.procfs import knobs, ksmd_cpu
 
 MIB = 64
 SEED = 11
@@ -40,12 +41,9 @@ MERGED_WITHIN = 15.0
 AGGRESSIVE = {"pages_to_scan": "10000", "sleep_millisecs": "10", "run": "1"}
 
 
-def start_schedule(n: Node, procs, agent_socket, hook_bin):  # noqa: F811
+def start_schedule(n: Node, procs, agent_socket, hook_bin):
     """Starts the containers on SCHEDULE; returns [(process, container id)]."""
-    wrapper = n.tmp / "upm-hook-wrapper"
-    wrapper.write_text(f"#!/bin/sh\nUPM_CONFIG={n.config} UPM_AGENT_SOCKET={agent_socket} exec {hook_bin} \"$@\"\n")
-    wrapper.chmod(0o755)
-    n.write_config(hook=str(wrapper))
+    n.use_hook(hook_bin, agent_socket)
     t0 = time.monotonic()
     started = []
     for offset, delay in SCHEDULE:
@@ -79,9 +77,9 @@ def merged_fraction(hogs) -> float:
     return min(min(h.region_ksm_pages(), h.pages) / h.pages for h in hogs)
 
 
-def test_late_allocations_in_staggered_containers_merge(ksm_off, procs, upmd_bin, hook_bin,  # noqa: F811
-                                                        runtime_bin, preload_lib, policies_dir, memhog,  # noqa: F811
-                                                        base_spec, tmp_path, report):  # noqa: F811
+def test_late_allocations_in_staggered_containers_merge(ksm_off, procs, upmd_bin, hook_bin,
+                                                        runtime_bin, preload_lib, policies_dir, memhog,
+                                                        base_spec, tmp_path, report):
     before = knobs()
     assert before["run"] == "0"
     a = Agent(procs, upmd_bin, tmp_path, "--tune", "--poll-interval", "1",

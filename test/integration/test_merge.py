@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import (FRACTION, MIB, PAGES, assert_not_merged, describe, frames_saved, ksm_counters,
-                      region_pfns, upm_run, wait_full_scans, wait_merged)
+from upmtest.merge import (FRACTION, MIB, PAGES, assert_not_merged, describe, upm_run, wait_full_scans,
+                           wait_merged)
+from upmtest.procfs import frames_saved, ksm_counters, region_pfns
 
 
 @pytest.mark.parametrize("alloc,backend,policy", [("--mmap", None, None), ("--malloc", None, None),

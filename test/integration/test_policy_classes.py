@@ -26,7 +26,8 @@ import time
 
 import pytest
 
-from conftest import smaps, wait_until
+from upmtest.process import wait_until
+from upmtest.procfs import smaps
 
 POLICIES = {
     "default": ["heap", "anonymous", "libdata"],

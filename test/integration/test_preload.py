@@ -8,7 +8,7 @@ region was advised; and they measure the start-up cost.
 
 Test programs (preload_*.c next to this file) are compiled with cc into the
 session's temporary directory.  Fixtures (conftest.py): build_dir, upm_bin,
-preload_lib, memhog, ksm_fast.
+preload_lib, memhog, ksm_fast; helpers from upmtest/.
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import smaps_region, wait_until
+
+from upmtest.paths import source_dir
+from upmtest.process import clean_env, run, wait_until
+from upmtest.procfs import smaps_region
 
 HERE = Path(__file__).resolve().parent
-SOURCE = HERE.parents[1]
+SOURCE = source_dir()
 UPM_H_DIR = SOURCE / "shim" / "include"
 PYTHON_HELPER_DIR = SOURCE / "shim" / "python"
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
@@ -65,18 +68,6 @@ def policy(tmp: Path, name: str, **over) -> Path:
 BUSY = {"classes": ["heap", "anonymous", "libdata", "stack"], "min_region_kib": 4,
         "triggers": {"start": True, "dlopen": True, "delays_ms": [0, 1, 5, 20, 50],
                      "periodic": {"interval_ms": 100, "duration_ms": 0}, "signal": "SIGUSR2"}}
-
-
-def clean_env(**extra) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("UPM_") and k not in ("LD_PRELOAD", "PYTHONPATH")}
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
-def run(argv, env, timeout=60, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([str(a) for a in argv], env=env, capture_output=True, text=True,
-                          timeout=timeout, **kw)
 
 
 def cc(out: Path, *args) -> Path:

@@ -31,22 +31,13 @@ from pathlib import Path
 
 import pytest
 
+from upmtest.process import clean_env, run
+
 HERE = Path(__file__).resolve().parent
 UID = 1000
 SETPRIV = ["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups"]
 # Status of a program that glibc aborted (SIGABRT: 128 + 6).
 ABORTED = 134
-
-
-def clean_env(**extra) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("UPM_") and k not in ("LD_PRELOAD", "PYTHONPATH")}
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
-def run(argv, env, timeout=60) -> subprocess.CompletedProcess:
-    return subprocess.run([str(a) for a in argv], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def fields(line: str) -> dict[str, int]:

@@ -7,10 +7,11 @@ host), so glibc programs run inside, plus a copy of upm-memhog in /opt.  The
 containers are started through build/bin/upm-runtime with a node
 configuration in tmp_path ($UPM_CONFIG), a state directory of their own
 (--root in tmp_path) and unique ids, and are deleted on teardown whatever
-happened.  The oracles are the container's own view (/proc/self/maps, its
-environment, the files at /run/upm), config.json's bytes, both logs (ours
-and the runtime's --log), and for merging the kernel's KSM counters of the
-container processes read from the host.
+happened (upmtest/containers.py's Node).  The oracles are the container's
+own view (/proc/self/maps, its environment, the files at /run/upm),
+config.json's bytes, both logs (ours and the runtime's --log), and for
+merging the kernel's KSM counters of the container processes read from the
+host.
 
 crun refuses hosts where cgroup v1 and a cgroup v2 hierarchy with
 controllers are mounted side by side ("hybrid"), which is how this machine
@@ -21,165 +22,16 @@ host's mounts are not changed).
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import itertools
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import FRACTION, Memhog, assert_not_merged, describe, frames_saved, wait_full_scans, wait_merged
-
-RUNTIMES = {"runc": Path("/usr/bin/runc"), "crun": Path("/usr/bin/crun")}
-# The specs of these tests mount a tmpfs on /dev (as every engine does), so
-# the files go to /dev/upm (docs/runtime.md).
-PRELOAD_IN_CONTAINER = "/dev/upm/libupm-preload.so"
-POLICY_IN_CONTAINER = "/dev/upm/policy.json"
-_IDS = itertools.count()
-
-
-def _hybrid_cgroups() -> bool:
-    unified = Path("/sys/fs/cgroup/unified/cgroup.controllers")
-    try:
-        return bool(unified.read_text().split()) and os.path.ismount("/sys/fs/cgroup/unified")
-    except OSError:
-        return False
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(scope="session")
-def runtime_bin(build_dir: Path) -> Path:
-    p = build_dir / "bin" / "upm-runtime"
-    if not (p.is_file() and os.access(p, os.X_OK)):
-        pytest.fail(f"upm-runtime is not built: `{p}` (build with `make build`)", pytrace=False)
-    return p
-
-
-@pytest.fixture(scope="session")
-def base_spec(tmp_path_factory) -> dict:
-    """`runc spec` output, for the bundles to start from."""
-    if os.geteuid() != 0:
-        pytest.skip("containers need root")
-    if not RUNTIMES["runc"].exists():
-        pytest.skip("runc is not installed (/usr/bin/runc)")
-    d = tmp_path_factory.mktemp("spec")
-    subprocess.run([RUNTIMES["runc"], "spec", "--bundle", d], check=True)
-    return json.loads((d / "config.json").read_text())
-
-
-class Node:
-    """A runtime (runc or crun) behind upm-runtime, with its node configuration,
-    state directory and logs in tmp_path; deletes its containers on teardown."""
-
-    def __init__(self, name: str, tmp: Path, runtime_bin: Path, preload: Path, policies_dir: Path,
-                 memhog: Path, base_spec: dict, procs) -> None:
-        self.name = name
-        self.real = RUNTIMES[name]
-        if not self.real.exists():
-            pytest.skip(f"{name} is not installed ({self.real})")
-        self.tmp = tmp
-        self.wrapper = runtime_bin
-        self.memhog = memhog
-        self.base_spec = base_spec
-        self.procs = procs
-        self.root = tmp / f"state-{name}"
-        self.log = tmp / "upm.log"              # our log
-        self.runtime_log = tmp / "runtime.json"  # the runtime's --log, json
-        self.policy_dir = tmp / "policies"
-        self.policy_dir.mkdir(exist_ok=True)
-        for p in policies_dir.glob("*.json"):
-            shutil.copy(p, self.policy_dir / p.name)
-        self.hook_log = tmp / "hook.log"
-        self.hook = tmp / "upm-hook"
-        self.hook.write_text(f"#!/bin/sh\ncat >/dev/null\necho \"$1\" >> {self.hook_log}\nexit 0\n")
-        self.hook.chmod(0o755)
-        self.settings = {"runtime": str(self.real), "preload": str(preload),
-                         "policy_dir": str(self.policy_dir), "hook": str(self.hook),
-                         "log_file": str(self.log), "log_level": "debug"}
-        self.write_config()
-        self.ids: list[str] = []
-        self.prefix: list[str] = []
-        if name == "crun" and _hybrid_cgroups():
-            self.prefix = ["unshare", "-m", "sh", "-c",
-                           'umount -l /sys/fs/cgroup/unified 2>/dev/null; exec "$0" "$@"']
-
-    def write_config(self, **overrides) -> None:
-        self.settings.update(overrides)
-        self.config = self.tmp / "node-config.json"
-        self.config.write_text(json.dumps(self.settings, indent=2))
-
-    def env(self) -> dict[str, str]:
-        return {"UPM_CONFIG": str(self.config)}
-
-    # -- bundles ------------------------------------------------------------------
-
-    def bundle(self, args: list[str], annotations: dict[str, str] | None = None,
-               env: list[str] | None = None) -> Path:
-        n = next(_IDS)
-        b = self.tmp / f"bundle{n}"
-        rootfs = b / "rootfs"
-        for d in ("usr", "proc", "dev", "sys", "tmp", "etc", "opt"):
-            (rootfs / d).mkdir(parents=True)
-        for link, target in (("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")):
-            (rootfs / link).symlink_to(target)
-        shutil.copy2(self.memhog, rootfs / "opt" / "upm-memhog")
-        spec = copy.deepcopy(self.base_spec)
-        spec["process"]["terminal"] = False
-        spec["process"]["args"] = args
-        spec["process"]["env"] += env or []
-        spec["mounts"].append({"destination": "/usr", "type": "bind", "source": "/usr",
-                               "options": ["rbind", "ro", "nosuid"]})
-        spec["hostname"] = f"upm-test-{n}"
-        if annotations is not None:
-            spec["annotations"] = annotations
-        (b / "config.json").write_text(json.dumps(spec, indent="\t") + "\n")
-        return b
-
-    def new_id(self) -> str:
-        cid = f"upm-test-{os.getpid()}-{next(_IDS)}"
-        self.ids.append(cid)
-        return cid
-
-    # -- running ------------------------------------------------------------------
-
-    def argv(self, *args, wrapper: bool = True) -> list:
-        exe = self.wrapper if wrapper else self.real
-        return [*self.prefix, exe, "--root", self.root, "--log", self.runtime_log, "--log-format", "json", *args]
-
-    def run(self, bundle: Path, timeout: float = 60) -> tuple[subprocess.CompletedProcess, str]:
-        """`upm-runtime run --bundle B ID` in the foreground: the container's output."""
-        cid = self.new_id()
-        r = self.procs.run(self.argv("run", "--bundle", bundle, cid), timeout=timeout, env=self.env())
-        return r, cid
-
-    def start_memhog(self, bundle: Path) -> Memhog:
-        """Starts a container whose process is upm-memhog; waits for its ready line."""
-        cid = self.new_id()
-        h = self.procs.memhog(self.argv("run", "--bundle", bundle, cid), env=self.env())
-        state = self.procs.run(self.argv("state", cid), env=self.env())
-        assert state.returncode == 0, state.stderr
-        h.pid = json.loads(state.stdout)["pid"]     # the host's pid of the container's init (memhog)
-        return h
-
-    def our_log(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
-
-    def runtime_log_entries(self) -> list[dict]:
-        if not self.runtime_log.exists():
-            return []
-        return [json.loads(line) for line in self.runtime_log.read_text().splitlines() if line.strip()]
-
-    def cleanup(self) -> None:
-        for cid in self.ids:
-            subprocess.run([*self.prefix, self.real, "--root", self.root, "delete", "-f", cid],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+from upmtest.containers import POLICY_IN_CONTAINER, PRELOAD_IN_CONTAINER, Node, sha256
+from upmtest.merge import FRACTION, assert_not_merged, describe, wait_full_scans, wait_merged
+from upmtest.procfs import frames_saved
 
 
 @pytest.fixture(params=["runc", "crun"])

@@ -31,12 +31,10 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
-from conftest import wait_until
-from test_agent import Agent, hook_bin, upmd_bin  # noqa: F401  (fixtures)
-from test_ksmtune import knobs
-from test_runtime import Node, base_spec, runtime_bin  # noqa: F401  (fixtures)
+from upmtest.agent import Agent
+from upmtest.containers import Node
+from upmtest.process import wait_until
+from upmtest.procfs import knobs, rss_kib
 
 CYCLES = int(os.environ.get("UPM_SOAK_CYCLES", "200"))
 PARALLEL = int(os.environ.get("UPM_SOAK_PARALLEL", "8"))
@@ -46,13 +44,6 @@ RSS_MARGIN_KIB = 4096           # allocator slack upmd may keep after the run
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
 
 
 def tree(path: Path) -> set[str]:
@@ -194,9 +185,9 @@ class Soak:
         self.at_restart = (fd_count(pid), rss_kib(pid))
 
 
-def test_soak_container_lifecycles_leak_nothing(ksm_off, procs, upmd_bin, hook_bin,  # noqa: F811
-                                                runtime_bin, preload_lib, policies_dir, memhog,  # noqa: F811
-                                                base_spec, tmp_path, report):  # noqa: F811
+def test_soak_container_lifecycles_leak_nothing(ksm_off, procs, upmd_bin, hook_bin,
+                                                runtime_bin, preload_lib, policies_dir, memhog,
+                                                base_spec, tmp_path, report):
     ksm_before = knobs()
     run_upm = Path("/run/upm")
     run_upm_before = tree(run_upm) if run_upm.is_dir() else set()
@@ -205,10 +196,7 @@ def test_soak_container_lifecycles_leak_nothing(ksm_off, procs, upmd_bin, hook_b
     a.start()
     (tmp_path / "node").mkdir()
     n = Node("runc", tmp_path / "node", runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs)
-    wrapper = n.tmp / "upm-hook-wrapper"
-    wrapper.write_text(f"#!/bin/sh\nUPM_CONFIG={n.config} UPM_AGENT_SOCKET={a.socket} exec {hook_bin} \"$@\"\n")
-    wrapper.chmod(0o755)
-    n.write_config(hook=str(wrapper), log_level="info")
+    n.use_hook(hook_bin, a.socket, log_level="info")
     soak = Soak(n, a, seed=int(os.environ.get("UPM_SOAK_SEED", "20261203")))
     try:
         fds0, rss0 = fd_count(a.proc.popen.pid), rss_kib(a.proc.popen.pid)
