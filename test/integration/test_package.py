@@ -1,10 +1,9 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """The Debian package on a clean Debian 12: install, use, remove, purge.
 
-A minimal Debian 12 (debootstrap --variant=minbase, plus runc, which the
-package depends on) is built once and cached as a tarball under
-/var/cache/upm/debootstrap/ (keyed by suite, variant and extra packages);
-each run unpacks a fresh copy into a temporary directory and works in it
+A minimal Debian 12 (packaging/debian-base.sh: debootstrap --variant=minbase,
+plus runc, which the package depends on) is built once and cached as a
+tarball under /var/cache/upm/debootstrap/; each run unpacks a fresh copy into a temporary directory and works in it
 with chroot, inside a private mount namespace for /proc and /dev.  The
 package is build-package/package/upm_*.deb from `make package` (`make check`
 builds it first); $UPM_DEB names another.
@@ -19,7 +18,6 @@ leaves exactly the files the system had before.
 
 from __future__ import annotations
 
-import fcntl
 import glob
 import os
 import shutil
@@ -30,9 +28,7 @@ from pathlib import Path
 import pytest
 
 SOURCE = Path(os.environ.get("UPM_SOURCE_DIR", Path(__file__).resolve().parents[2]))
-CACHE = Path(os.environ.get("UPM_CACHE_DIR", "/var/cache/upm")) / "debootstrap"
-SUITE, VARIANT, INCLUDE = "bookworm", "minbase", "runc,init-system-helpers"
-MIRROR = "http://deb.debian.org/debian"
+INCLUDE = "runc,init-system-helpers"
 # Paths whose content changes with any dpkg run, not with the package.
 VOLATILE = ("/proc", "/dev", "/run", "/tmp", "/var/lib/dpkg", "/var/cache", "/var/log/dpkg.log",
             "/var/log/apt", "/var/log/alternatives.log")
@@ -46,26 +42,12 @@ def find_deb() -> Path | None:
 
 
 def base_tarball() -> Path:
-    """The cached minimal Debian 12, built on first use (a few minutes, from the Debian archive)."""
-    tarball = CACHE / f"{SUITE}-{VARIANT}-{INCLUDE.replace(',', '+')}.tar.gz"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if tarball.exists():
-            return tarball
-        work = CACHE / "work"
-        shutil.rmtree(work, ignore_errors=True)
-        r = subprocess.run(["debootstrap", f"--variant={VARIANT}", f"--include={INCLUDE}", SUITE, str(work), MIRROR],
-                           capture_output=True, text=True, timeout=1800)
-        if r.returncode != 0:
-            shutil.rmtree(work, ignore_errors=True)
-            pytest.skip(f"debootstrap of {SUITE} from {MIRROR} failed (no network to the Debian archive?): "
-                        f"{r.stderr.strip()[-300:]}")
-        tmp = tarball.with_suffix(".tmp")
-        subprocess.run(["tar", "-C", str(work), "-czf", str(tmp), "."], check=True)
-        tmp.rename(tarball)
-        shutil.rmtree(work)
-        return tarball
+    """The cached minimal Debian 12 (packaging/debian-base.sh; a few minutes the first time)."""
+    r = subprocess.run([str(SOURCE / "packaging" / "debian-base.sh"), "--include", INCLUDE],
+                       capture_output=True, text=True, timeout=1800)
+    if r.returncode != 0:
+        pytest.skip(f"no minimal Debian 12 to test in (packaging/debian-base.sh): {r.stderr.strip()[-300:]}")
+    return Path(r.stdout.strip().splitlines()[-1])
 
 
 def in_root(root: Path, script: str, check: bool = True) -> subprocess.CompletedProcess:
