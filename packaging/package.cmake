@@ -10,6 +10,33 @@ option(UPM_PACKAGE "Install what the Debian package adds (/etc/upm); make packag
 if(UPM_PACKAGE)
   install(FILES ${CMAKE_SOURCE_DIR}/config/node/config.json DESTINATION /etc/upm)
   install(DIRECTORY DESTINATION /etc/upm/policies)
+
+  # Man pages generated from each program's own --help and --version
+  # (help2man, build group), so they never disagree with the program.
+  find_program(UPM_HELP2MAN help2man REQUIRED)
+  set(upm_man_pages)
+  foreach(page
+      "upm|1|run programs with page-merging advice, inspect savings, configure engines|--help|--version"
+      "upm-runtime|1|runc/crun wrapper that injects the upm preload into annotated containers|--upm-help|--upm-version"
+      "upm-hook|1|OCI hook of upm: node log, agent registration, hooks directory injection|--help|--version"
+      "upmd|8|upm node agent: container registry, ksmd burst tuning, metrics|--help|--version")
+    string(REPLACE "|" ";" page "${page}")
+    list(GET page 0 prog)
+    list(GET page 1 section)
+    list(GET page 2 name)
+    list(GET page 3 help)
+    list(GET page 4 version)
+    set(out ${CMAKE_BINARY_DIR}/man/${prog}.${section}.gz)
+    add_custom_command(OUTPUT ${out}
+      COMMAND ${CMAKE_COMMAND} -E make_directory ${CMAKE_BINARY_DIR}/man
+      COMMAND sh -c "\"$0\" --no-info --no-discard-stderr --section=${section} --name=\"$1\" --help-option=${help} --version-option=${version} \"$2\" | gzip -9n > \"$3\""
+              ${UPM_HELP2MAN} "${name}" $<TARGET_FILE:${prog}> ${out}
+      DEPENDS ${prog}
+      VERBATIM)
+    list(APPEND upm_man_pages ${out})
+    install(FILES ${out} DESTINATION ${CMAKE_INSTALL_MANDIR}/man${section})
+  endforeach()
+  add_custom_target(man-pages ALL DEPENDS ${upm_man_pages})
 endif()
 
 set(CPACK_GENERATOR DEB)

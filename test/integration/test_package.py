@@ -97,6 +97,8 @@ def test_install_use_remove_purge(clean_root: Path) -> None:
         in_root(clean_root, f"upm policy check {policy.stem}")
     assert "real runtime: /usr/bin/runc" in in_root(clean_root, "upm-runtime --upm-version").stdout
     in_root(clean_root, "upmd --help")
+    for page in ("man1/upm.1.gz", "man1/upm-runtime.1.gz", "man1/upm-hook.1.gz", "man8/upmd.8.gz"):
+        assert (clean_root / "usr/share/man" / page).stat().st_size > 300, page
     conffiles = in_root(clean_root, "dpkg-query -W -f='${Conffiles}' upm").stdout
     assert "/etc/upm/config.json" in conffiles
     assert (clean_root / "etc/systemd/system/multi-user.target.wants/upmd.service").is_symlink()
