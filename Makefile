@@ -4,7 +4,7 @@ PREFIX  ?= /usr/local
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build check soak demo demo-synthetic install clean kernel kernel-debug kernel-check kernel-stress kernel-bench help
+.PHONY: all deps build package check soak demo demo-synthetic install clean kernel kernel-debug kernel-check kernel-stress kernel-bench help
 
 all: build
 
@@ -14,6 +14,7 @@ help:
 	@echo "make soak           1000 container lifecycles through upm-runtime, upm-hook and upmd: nothing may leak"
 	@echo "make demo           upm bench --quick: 4 containers of a torch image-recognition function, off vs upm; a table"
 	@echo "make demo-synthetic several processes holding the same synthetic data, merged under upm; prints a table"
+	@echo "make package        the Debian package upm_VERSION_ARCH.deb (in build-package/package/)"
 	@echo "make install        install to \$$DESTDIR\$$PREFIX (PREFIX=$(PREFIX))"
 	@echo "make kernel         build the test kernel (cached); prints the bzImage path last"
 	@echo "make kernel-debug   the same with KASAN, lockdep and DEBUG_VM"
@@ -47,7 +48,19 @@ build: deps
 	cmake -S . -B $(BUILD) -DCMAKE_INSTALL_PREFIX=$(PREFIX) $(LAUNCHER) $(CMAKE_FLAGS) >/dev/null
 	cmake --build $(BUILD) -j $(JOBS)
 
-check: build deps-test+workloads+kernel
+# The Debian package (packaging/README.md): its own build directory,
+# configured for /usr with libdir lib (the node configuration's defaults);
+# the .deb is the last line printed.
+PKG_BUILD ?= build-package
+package: deps
+	cmake -S . -B $(PKG_BUILD) -DCMAKE_INSTALL_PREFIX=/usr -DCMAKE_INSTALL_LIBDIR=lib -DUPM_PACKAGE=ON \
+		-DUPM_TESTS=OFF $(LAUNCHER) $(CMAKE_FLAGS) >/dev/null
+	cmake --build $(PKG_BUILD) -j $(JOBS)
+	cd $(PKG_BUILD) && cpack -G DEB >/dev/null
+	@ls -1 $(CURDIR)/$(PKG_BUILD)/package/upm_*.deb
+
+# The clean-system test (test/package/) installs the package built here.
+check: build package deps-test+workloads+kernel
 	cd $(BUILD) && ctest --output-on-failure --timeout 3600
 
 # The soak of test/integration/test_soak.py at full length (make check runs

@@ -24,25 +24,17 @@ namespace fs = std::filesystem;
 
 constexpr const char* kPython = "/usr/bin/python3";
 
-// $UPM_BENCH_SCRIPT, else the source tree's driver when this `upm` runs from
-// the build tree, else the installed one.
-std::string find_script(const fs::path& self_dir) {
+// $UPM_BENCH_SCRIPT, else the driver of the source tree or the installed one.
+std::string find_script() {
     if (const char* env = std::getenv("UPM_BENCH_SCRIPT"); env && *env) return env;
-    std::error_code ec;
-    if (fs::equivalent(self_dir, UPM_BUILD_BIN_DIR, ec) && fs::exists(UPM_BENCH_SOURCE_SCRIPT, ec))
-        return UPM_BENCH_SOURCE_SCRIPT;
-    if (fs::exists(UPM_BENCH_SCRIPT, ec)) return UPM_BENCH_SCRIPT;
-    // installed elsewhere (DESTDIR, relocated prefix): PREFIX/bin/upm -> PREFIX/share/upm/bench
-    fs::path rel = self_dir.parent_path() / "share" / "upm" / "bench" / "upm_bench.py";
-    if (fs::exists(rel, ec)) return rel.string();
-    return UPM_BENCH_SCRIPT;
+    return find_data_dir(UPM_BENCH_SCRIPT, UPM_BENCH_SOURCE_SCRIPT, "bench/upm_bench.py");
 }
 
 int run_bench(const std::vector<std::string>& args) {
     std::error_code ec;
     fs::path self = fs::read_symlink("/proc/self/exe", ec);
     fs::path self_dir = ec ? fs::path() : self.parent_path();
-    std::string script = find_script(self_dir);
+    std::string script = find_script();
     if (::access(script.c_str(), R_OK) != 0) {
         std::fprintf(stderr,
                      "upm bench: the driver `%s` is missing (%s); install upm (`make install`) or set "

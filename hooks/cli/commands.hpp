@@ -26,6 +26,14 @@ void add_ideal(CLI::App& app, Action& action);
 // (hooks/bench/upm_bench.py) with the options as given.
 void add_bench(CLI::App& app, Action& action);
 
+// `upm install-runtime` / `upm uninstall-runtime` (docs/install.md).
+void add_install_runtime(CLI::App& app, Action& action);
+
+// A data file or directory of upm: `source` (in the source tree) when this
+// `upm` runs from the build tree, else `installed`, else REL under the
+// share/upm/ next to this `upm`'s bin/ (a relocated install).
+std::string find_data_dir(const std::string& installed, const std::string& source, const std::string& rel);
+
 // Loads a --policy argument (file or name) for `upm maps`: an empty
 // argument gives the built-in default.  Prints every problem to stderr and
 // returns false when the policy cannot be used.

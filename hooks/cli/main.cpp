@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
     upm::cli::add_policy(app, action);
     upm::cli::add_ideal(app, action);
     upm::cli::add_bench(app, action);
+    upm::cli::add_install_runtime(app, action);
 
     // Name an unknown command (CLI11 would only say "A subcommand is required").
     CLI::App* level = &app;

@@ -82,7 +82,9 @@ def containerd_runtimes(cfg: dict, version: int) -> dict:
                                          ("containerd/99-upm.containerd2.toml", 3)])
 def test_containerd(rel, version):
     text = (RUNTIMES / rel).read_text(encoding="utf-8")
-    assert 'imports = ["/etc/containerd/conf.d/*.toml"]' in text  # the line for the main config
+    assert 'imports = ["/etc/containerd/conf.d/*.toml"]' in text  # the 2.x line for the main config
+    if version == 2:  # 1.x would reset the CRI plugin from a drop-in (test_install_runtime.py)
+        assert "NOT into a conf.d file" in text
     runtimes = containerd_runtimes(load_toml(rel), version)
     assert list(runtimes) == [HANDLER]
     rt = runtimes[HANDLER]
