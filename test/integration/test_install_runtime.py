@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-SOURCE = Path(os.environ.get("UPM_SOURCE_DIR", Path(__file__).resolve().parents[2]))
-BUILD = Path(os.environ.get("UPM_BUILD_DIR", SOURCE / "build"))
+from upmtest.paths import build_dir, source_dir
+
+SOURCE = source_dir()
+BUILD = build_dir()
 UPM = BUILD / "bin" / "upm"
 NODE_1X = SOURCE / "test" / "fixtures" / "engines" / "containerd-1.6-node.toml"
 

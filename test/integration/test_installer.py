@@ -23,7 +23,9 @@ from pathlib import Path
 
 import pytest
 
-SOURCE = Path(os.environ.get("UPM_SOURCE_DIR", Path(__file__).resolve().parents[2]))
+from upmtest.paths import source_dir
+
+SOURCE = source_dir()
 INSTALLER = SOURCE / "packaging" / "installer" / "upm-node-installer"
 MANIFESTS = sorted((SOURCE / "config" / "runtimes" / "kubernetes").glob("*.yaml"))
 NODE_1X = SOURCE / "test" / "fixtures" / "engines" / "containerd-1.6-node.toml"

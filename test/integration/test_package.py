@@ -27,7 +27,9 @@ from pathlib import Path
 
 import pytest
 
-SOURCE = Path(os.environ.get("UPM_SOURCE_DIR", Path(__file__).resolve().parents[2]))
+from upmtest.paths import source_dir
+
+SOURCE = source_dir()
 INCLUDE = "runc,init-system-helpers"
 # Paths whose content changes with any dpkg run, not with the package.
 VOLATILE = ("/proc", "/dev", "/run", "/tmp", "/var/lib/dpkg", "/var/cache", "/var/log/dpkg.log",
