@@ -4,13 +4,14 @@ PREFIX  ?= /usr/local
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build check soak demo demo-synthetic install clean kernel kernel-debug kernel-check kernel-stress kernel-bench help
+.PHONY: all deps build check fuzz soak demo demo-synthetic install clean kernel kernel-debug kernel-check kernel-stress kernel-bench help
 
 all: build
 
 help:
 	@echo "make build          configure and build (installs the missing build packages first, nothing else)"
 	@echo "make check          run every test (unit, integration with the host KSM, kernel in QEMU); installs the test, workload and kernel packages"
+	@echo "make fuzz           the libFuzzer targets, UPM_FUZZ_SECONDS (30) each; make check only replays their seeds"
 	@echo "make soak           1000 container lifecycles through upm-runtime, upm-hook and upmd: nothing may leak"
 	@echo "make demo           upm bench --quick: 4 containers of a torch image-recognition function, off vs upm; a table"
 	@echo "make demo-synthetic several processes holding the same synthetic data, merged under upm; prints a table"
@@ -49,6 +50,13 @@ build: deps
 
 check: build deps-test+workloads+kernel
 	cd $(BUILD) && ctest --output-on-failure --timeout 3600
+
+# Timed fuzzing (test/fuzz/README.md): builds the clang targets in
+# $(BUILD)/fuzz and runs each for UPM_FUZZ_SECONDS; `make check` only
+# replays their seeds and reproducers (ctest fuzz-<name>).
+UPM_FUZZ_SECONDS ?= 30
+fuzz: build deps-test
+	test/fuzz/run.sh all $(BUILD) $(UPM_FUZZ_SECONDS)
 
 # The soak of test/integration/test_soak.py at full length (make check runs
 # 200 cycles); pytest directly, not ctest, so that its timeout does not apply.
