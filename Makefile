@@ -48,8 +48,13 @@ build: deps
 	cmake -S . -B $(BUILD) -DCMAKE_INSTALL_PREFIX=$(PREFIX) $(LAUNCHER) $(CMAKE_FLAGS) >/dev/null
 	cmake --build $(BUILD) -j $(JOBS)
 
+# Two tests at a time: the resource locks of test/ keep every suite that
+# switches the host's KSM, advises memory or boots a guest (host-ksm), and
+# the CPU-heavy ones (cpu-heavy), one at a time; the unit tests, the fuzz
+# build and replays and the suites that touch neither run beside them.
+CHECK_JOBS ?= 2
 check: build deps-test+workloads+kernel
-	cd $(BUILD) && ctest --output-on-failure --timeout 3600
+	cd $(BUILD) && ctest --output-on-failure --timeout 3600 -j $(CHECK_JOBS)
 
 # Timed fuzzing (test/fuzz/README.md): builds the clang targets in
 # $(BUILD)/fuzz and runs each for UPM_FUZZ_SECONDS; `make check` only
