@@ -1511,7 +1511,7 @@ def plot(doc: dict, out: str) -> None:
 # ---------------------------------------------------------------------------
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="upm bench", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Method and results: docs/bench.md.")
@@ -1563,6 +1563,30 @@ def parse_args(argv=None):
     g.add_argument("--guest-timeout", type=float, help="seconds before QEMU is stopped (default from the modes' "
                    "windows)")
     ap.add_argument("--guest-inner", metavar="DIR", help=argparse.SUPPRESS)
+    return ap
+
+
+def guest_defaults(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """upm-kernel: every mode in the QEMU guest; TCG is slow: a light
+    function, few instances, shorter windows."""
+    not_guest = [m for m in a.modes if m not in GUEST_MODES]
+    if not_guest:
+        ap.error(f"with upm-kernel every mode runs in the QEMU guest, which has no containers: "
+                 f"{', '.join(not_guest)} cannot run there (run them on the host separately); "
+                 f"choose from {', '.join(GUEST_MODES)}")
+    if a.function == "node":
+        ap.error("upm-kernel: the guest runs the python functions only (node's merge_exec.py needs "
+                 "PR_SET_MEMORY_MERGE, which the 6.1 guest kernel lacks)")
+    a.function = a.function or "thumb"
+    a.n = a.n or 4
+    a.ready_timeout = a.ready_timeout or 600
+    a.min_measure = a.min_measure if a.min_measure is not None else 30
+    a.max_measure = a.max_measure or 300
+    a.settle = a.settle or 15
+
+
+def parse_args(argv=None):
+    ap = build_parser()
     a = ap.parse_args(argv)
     if a.guest_inner:
         return a
@@ -1574,21 +1598,7 @@ def parse_args(argv=None):
         ap.error(f"unknown mode(s) {', '.join(bad)}; choose from {', '.join(ALL_MODES)}")
     a.guest = "upm-kernel" in a.modes
     if a.guest:
-        # TCG is slow: a light function, few instances, shorter windows
-        not_guest = [m for m in a.modes if m not in GUEST_MODES]
-        if not_guest:
-            ap.error(f"with upm-kernel every mode runs in the QEMU guest, which has no containers: "
-                     f"{', '.join(not_guest)} cannot run there (run them on the host separately); "
-                     f"choose from {', '.join(GUEST_MODES)}")
-        if a.function == "node":
-            ap.error("upm-kernel: the guest runs the python functions only (node's merge_exec.py needs "
-                     "PR_SET_MEMORY_MERGE, which the 6.1 guest kernel lacks)")
-        a.function = a.function or "thumb"
-        a.n = a.n or 4
-        a.ready_timeout = a.ready_timeout or 600
-        a.min_measure = a.min_measure if a.min_measure is not None else 30
-        a.max_measure = a.max_measure or 300
-        a.settle = a.settle or 15
+        guest_defaults(ap, a)
     a.function = a.function or "imagerec"
     a.n = a.n or (4 if q else 16)
     if "off" in a.modes and a.modes[0] != "off":
