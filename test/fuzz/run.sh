@@ -120,6 +120,9 @@ check_target() {
 case "${1:-}" in
 build)
     [ $# -eq 2 ] || die "usage: $0 build BUILD_DIR"
+    # Absolute: cmake reads the list of sources from the clang project's directory.
+    abs=$(cd "$2" 2>/dev/null && pwd) || die "no build directory \`$2\`"
+    set -- "$1" "$abs"
     out=$2/fuzz
     command -v "$cxx" >/dev/null 2>&1 || die "\`$cxx\` not found: the fuzz targets need clang with libFuzzer; $hint"
     cxx=$(command -v "$cxx")
