@@ -4,13 +4,14 @@ PREFIX  ?= /usr/local
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build package check soak demo demo-synthetic install clean kernel kernel-debug kernel-check kernel-stress kernel-bench help
+.PHONY: all deps build package check fuzz soak demo demo-synthetic install clean kernel kernel-debug kernel-check kernel-stress kernel-bench help
 
 all: build
 
 help:
 	@echo "make build          configure and build (installs the missing build packages first, nothing else)"
 	@echo "make check          run every test (unit, integration with the host KSM, kernel in QEMU); installs the test, workload and kernel packages"
+	@echo "make fuzz           the libFuzzer targets, UPM_FUZZ_SECONDS (30) each; make check only replays their seeds"
 	@echo "make soak           1000 container lifecycles through upm-runtime, upm-hook and upmd: nothing may leak"
 	@echo "make demo           upm bench --quick: 4 containers of a torch image-recognition function, off vs upm; a table"
 	@echo "make demo-synthetic several processes holding the same synthetic data, merged under upm; prints a table"
@@ -59,9 +60,22 @@ package: deps
 	cd $(PKG_BUILD) && cpack -G DEB >/dev/null
 	@ls -1 $(CURDIR)/$(PKG_BUILD)/package/upm_*.deb
 
-# The clean-system test (test/package/) installs the package built here.
+# Two tests at a time: the resource locks of test/ keep every suite that
+# switches the host's KSM, advises memory or boots a guest (host-ksm), and
+# the CPU-heavy ones (cpu-heavy), one at a time; the unit tests, the fuzz
+# build and replays and the suites that touch neither run beside them.
+CHECK_JOBS ?= 2
+# The package's tests (test_package.py, test_installer.py) install the
+# package built by `make package`.
 check: build package deps-test+workloads+kernel
-	cd $(BUILD) && ctest --output-on-failure --timeout 3600
+	cd $(BUILD) && ctest --output-on-failure --timeout 3600 -j $(CHECK_JOBS)
+
+# Timed fuzzing (test/fuzz/README.md): builds the clang targets in
+# $(BUILD)/fuzz and runs each for UPM_FUZZ_SECONDS; `make check` only
+# replays their seeds and reproducers (ctest fuzz-<name>).
+UPM_FUZZ_SECONDS ?= 30
+fuzz: build deps-test
+	test/fuzz/run.sh all $(BUILD) $(UPM_FUZZ_SECONDS)
 
 # The soak of test/integration/test_soak.py at full length (make check runs
 # 200 cycles); pytest directly, not ctest, so that its timeout does not apply.

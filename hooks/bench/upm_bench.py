@@ -1331,34 +1331,27 @@ def emit(doc: dict, a) -> None:
                   file=sys.stderr)
 
 
-def run_in_guest(a) -> int:
-    """On the host: boot the guest, let it run every mode, report."""
-    qemu = shutil.which("qemu-system-x86_64")
-    if not qemu:
-        print("bench: error: qemu-system-x86_64 is missing (packaging/install-deps.sh kernel)", file=sys.stderr)
-        return 2
-    bins = find_bins(a)
-    if "upm-kernel" in a.modes and "upm" not in bins:
-        print("bench: error: the `upm` CLI was not found (upm-kernel starts instances with `upm run`); run "
-              "`make build` or pass --bin-dir", file=sys.stderr)
-        return 2
-    a.bin_dir = str(bins["upm"].parent) if "upm" in bins else a.bin_dir
-    kernel, initrd = find_guest_images(a)
-    cache = Path(a.cache).resolve()
-    prepare_cache(a.function, cache)
-    a.cache = str(cache)
+def guest_workdir(a) -> Path:
+    """The guest's work directory (shared over 9p): the arguments of the
+    inner run and the script the guest's init runs."""
     work = Path(tempfile.mkdtemp(prefix="upm-bench-guest-", dir=a.workdir))
     os.chmod(work, 0o755)
     inner = {k: v for k, v in vars(a).items() if k not in ("json", "plot", "kernel")}
     (work / "args.json").write_text(json.dumps(inner, indent=1) + "\n")
     (work / "guest.sh").write_text(f"#!/bin/sh\nexec {PYTHON} -u {HERE / 'upm_bench.py'} --guest-inner {work}\n")
+    return work
+
+
+def guest_console_log(a) -> Path:
     logdir = Path(os.environ.get("UPM_KERNEL_LOG_DIR") or
                   Path(os.environ.get("UPM_CACHE_DIR", "/var/cache/upm")) / "kernel" / "logs")
     logdir.mkdir(parents=True, exist_ok=True)
-    console = logdir / f"console-{time.strftime('%Y%m%d-%H%M%S')}-bench-{a.function}.log"
-    accel = os.environ.get("UPM_QEMU_ACCEL", "tcg")
+    return logdir / f"console-{time.strftime('%Y%m%d-%H%M%S')}-bench-{a.function}.log"
+
+
+def qemu_argv(qemu: str, a, kernel: str, initrd: str, work: Path, cache: Path, accel: str) -> list[str]:
     mem = a.guest_mem
-    argv = [qemu, "-nographic", "-no-reboot", "-m", mem, "-smp", str(a.guest_cpus), "-cpu", "max", "-accel", accel,
+    return [qemu, "-nographic", "-no-reboot", "-m", mem, "-smp", str(a.guest_cpus), "-cpu", "max", "-accel", accel,
             # merge=off: the guest's RAM stays out of the host's KSM
             "-object", f"memory-backend-ram,id=mem,size={mem},merge=off", "-machine", "pc,memory-backend=mem",
             "-kernel", kernel, "-initrd", initrd,
@@ -1369,11 +1362,13 @@ def run_in_guest(a) -> int:
             "-device", "virtio-9p-pci,fsdev=upmout,mount_tag=upmout",
             "-fsdev", f"local,id=upmcache,path={cache},security_model=none,readonly=on,multidevs=remap",
             "-device", "virtio-9p-pci,fsdev=upmcache,mount_tag=upmcache"]
-    timeout = a.guest_timeout or 600 + len(a.modes) * (a.ready_timeout + a.max_measure + 300)
-    log(f"{a.n} x {a.function}, modes {','.join(a.modes)} in a QEMU guest ({accel}, {a.guest_cpus} vCPUs, {mem}); "
-        f"kernel {kernel}; console {console}; timeout {timeout:.0f} s")
+
+
+def run_qemu(argv: list[str], console: Path, timeout: float, t0: float) -> tuple[int, int | None, int | None]:
+    """Runs QEMU until the guest's driver says END (then it powers off), the
+    timeout or a signal; its console goes to `console`, the driver's lines
+    to stderr.  Returns (status, the guest driver's status, QEMU's)."""
     status = 0
-    t0 = time.monotonic()
 
     def on_signal(signum, frame):  # noqa: ARG001
         raise Interrupted(signal.Signals(signum).name, 128 + signum)
@@ -1423,7 +1418,12 @@ def run_in_guest(a) -> int:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         th.join(10)
-    log(f"guest ran {time.monotonic() - t0:.0f} s (guest driver status {ended['rc']}, qemu {p.returncode})")
+    return status, ended["rc"], p.returncode
+
+
+def guest_result(a, work: Path, console: Path, status: int) -> dict | None:
+    """The guest's result.json, with the console's kernel splats as
+    warnings; None (and the console's tail on stderr) when there is none."""
     text = console.read_text(errors="replace")
     result = work / "result.json"
     if not result.exists():
@@ -1431,22 +1431,53 @@ def run_in_guest(a) -> int:
         print(f"bench: error: the guest wrote no result (console {console}):\n{tail}", file=sys.stderr)
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
-        return status or 1
+        return None
     doc = json.loads(result.read_text())
     splats = [ln for ln in text.splitlines() if SPLAT.search(ln)]
     if splats:
         doc["warnings"].append(f"guest console: {len(splats)} kernel splat line(s), first: {splats[0].strip()} "
                                f"({console})")
-    doc["guest"] = {"accel": accel, "cpus": a.guest_cpus, "memory": mem, "kernel_image": kernel, "initrd": initrd,
-                    "console_log": str(console), "qemu": argv, "seconds": round(time.monotonic() - t0, 1),
-                    "host": host_info()}
+    return doc
+
+
+def run_in_guest(a) -> int:
+    """On the host: boot the guest, let it run every mode, report."""
+    qemu = shutil.which("qemu-system-x86_64")
+    if not qemu:
+        print("bench: error: qemu-system-x86_64 is missing (packaging/install-deps.sh kernel)", file=sys.stderr)
+        return 2
+    bins = find_bins(a)
+    if "upm-kernel" in a.modes and "upm" not in bins:
+        print("bench: error: the `upm` CLI was not found (upm-kernel starts instances with `upm run`); run "
+              "`make build` or pass --bin-dir", file=sys.stderr)
+        return 2
+    a.bin_dir = str(bins["upm"].parent) if "upm" in bins else a.bin_dir
+    kernel, initrd = find_guest_images(a)
+    cache = Path(a.cache).resolve()
+    prepare_cache(a.function, cache)
+    a.cache = str(cache)
+    work = guest_workdir(a)
+    console = guest_console_log(a)
+    accel = os.environ.get("UPM_QEMU_ACCEL", "tcg")
+    argv = qemu_argv(qemu, a, kernel, initrd, work, cache, accel)
+    timeout = a.guest_timeout or 600 + len(a.modes) * (a.ready_timeout + a.max_measure + 300)
+    log(f"{a.n} x {a.function}, modes {','.join(a.modes)} in a QEMU guest ({accel}, {a.guest_cpus} vCPUs, "
+        f"{a.guest_mem}); kernel {kernel}; console {console}; timeout {timeout:.0f} s")
+    t0 = time.monotonic()
+    status, rc, qemu_rc = run_qemu(argv, console, timeout, t0)
+    log(f"guest ran {time.monotonic() - t0:.0f} s (guest driver status {rc}, qemu {qemu_rc})")
+    doc = guest_result(a, work, console, status)
+    if doc is None:
+        return status or 1
+    doc["guest"] = {"accel": accel, "cpus": a.guest_cpus, "memory": a.guest_mem, "kernel_image": kernel,
+                    "initrd": initrd, "console_log": str(console), "qemu": argv,
+                    "seconds": round(time.monotonic() - t0, 1), "host": host_info()}
     emit(doc, a)
     if a.keep:
         log(f"kept {work} (instance logs in logs/)")
     else:
         shutil.rmtree(work, ignore_errors=True)
-    return status or ended["rc"] or 0
-
+    return status or rc or 0
 
 # ---------------------------------------------------------------------------
 # Output
@@ -1511,7 +1542,7 @@ def plot(doc: dict, out: str) -> None:
 # ---------------------------------------------------------------------------
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="upm bench", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Method and results: docs/bench.md.")
@@ -1563,6 +1594,30 @@ def parse_args(argv=None):
     g.add_argument("--guest-timeout", type=float, help="seconds before QEMU is stopped (default from the modes' "
                    "windows)")
     ap.add_argument("--guest-inner", metavar="DIR", help=argparse.SUPPRESS)
+    return ap
+
+
+def guest_defaults(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """upm-kernel: every mode in the QEMU guest; TCG is slow: a light
+    function, few instances, shorter windows."""
+    not_guest = [m for m in a.modes if m not in GUEST_MODES]
+    if not_guest:
+        ap.error(f"with upm-kernel every mode runs in the QEMU guest, which has no containers: "
+                 f"{', '.join(not_guest)} cannot run there (run them on the host separately); "
+                 f"choose from {', '.join(GUEST_MODES)}")
+    if a.function == "node":
+        ap.error("upm-kernel: the guest runs the python functions only (node's merge_exec.py needs "
+                 "PR_SET_MEMORY_MERGE, which the 6.1 guest kernel lacks)")
+    a.function = a.function or "thumb"
+    a.n = a.n or 4
+    a.ready_timeout = a.ready_timeout or 600
+    a.min_measure = a.min_measure if a.min_measure is not None else 30
+    a.max_measure = a.max_measure or 300
+    a.settle = a.settle or 15
+
+
+def parse_args(argv=None):
+    ap = build_parser()
     a = ap.parse_args(argv)
     if a.guest_inner:
         return a
@@ -1574,21 +1629,7 @@ def parse_args(argv=None):
         ap.error(f"unknown mode(s) {', '.join(bad)}; choose from {', '.join(ALL_MODES)}")
     a.guest = "upm-kernel" in a.modes
     if a.guest:
-        # TCG is slow: a light function, few instances, shorter windows
-        not_guest = [m for m in a.modes if m not in GUEST_MODES]
-        if not_guest:
-            ap.error(f"with upm-kernel every mode runs in the QEMU guest, which has no containers: "
-                     f"{', '.join(not_guest)} cannot run there (run them on the host separately); "
-                     f"choose from {', '.join(GUEST_MODES)}")
-        if a.function == "node":
-            ap.error("upm-kernel: the guest runs the python functions only (node's merge_exec.py needs "
-                     "PR_SET_MEMORY_MERGE, which the 6.1 guest kernel lacks)")
-        a.function = a.function or "thumb"
-        a.n = a.n or 4
-        a.ready_timeout = a.ready_timeout or 600
-        a.min_measure = a.min_measure if a.min_measure is not None else 30
-        a.max_measure = a.max_measure or 300
-        a.settle = a.settle or 15
+        guest_defaults(ap, a)
     a.function = a.function or "imagerec"
     a.n = a.n or (4 if q else 16)
     if "off" in a.modes and a.modes[0] != "off":

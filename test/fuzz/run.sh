@@ -3,6 +3,8 @@
 #
 #   test/fuzz/run.sh build BUILD_DIR                 configure and build them in BUILD_DIR/fuzz
 #   test/fuzz/run.sh run BUILD_DIR TARGET SECONDS    fuzz TARGET (spec, policy, ...) for SECONDS
+#   test/fuzz/run.sh replay BUILD_DIR TARGET         run TARGET once on each seed and reproducer
+#   test/fuzz/run.sh all BUILD_DIR SECONDS           build, then fuzz every target for SECONDS (make fuzz)
 #   test/fuzz/run.sh selftest BUILD_DIR              check that a crash fails, with its reproducer
 #   test/fuzz/run.sh list                            the targets
 #
@@ -10,8 +12,11 @@
 # BUILD_DIR/fuzz: the clang build, the corpus each run adds to
 # (fuzz/corpus/TARGET, seeded from test/fuzz/corpus/TARGET, which is only
 # read), and what a run finds (fuzz/artifacts/TARGET/crash-*, leak-*,
-# timeout-*, oom-*).  Exit status: 0 nothing found, 1 a finding (its
-# reproducer and how to re-run it are printed) or a build failure.
+# timeout-*, oom-*).  `replay` runs the target once on every seed of
+# test/fuzz/corpus/TARGET and every reproducer in fuzz/artifacts/TARGET (no
+# mutation, nothing written but a new reproducer): what `make check` runs.
+# Exit status: 0 nothing found, 1 a finding (its reproducer and how to re-run
+# it are printed) or a build failure.
 # Environment: UPM_FUZZ_CXX (default clang++), UPM_FUZZ_JOBS (build jobs,
 # default 2), UPM_FUZZ_ARGS (more libFuzzer options).  See
 # test/fuzz/README.md.
@@ -27,6 +32,25 @@ targets() {
     for f in "$here"/fuzz_*.cpp; do
         n=$(basename "$f" .cpp); echo "${n#fuzz_}"
     done
+}
+
+# report NAME BIN SEEDS ARTIFACTS MARKER STATUS: 0 when libFuzzer exited 0
+# and wrote no reproducer since MARKER was made, else 1 after printing the
+# reproducers and how to re-run them.
+report() {
+    name=$1 bin=$2 seeds=$3 artifacts=$4 marker=$5 status=$6
+    found=$(find "$artifacts" -maxdepth 1 -type f -newer "$marker" ! -name '.*' | sort)
+    rm -f "$marker"
+    if [ "$status" -ne 0 ] || [ -n "$found" ]; then
+        echo "upm fuzz: \`$name\` FAILED (libFuzzer exit status $status)" >&2
+        for f in $found; do
+            echo "upm fuzz: reproducer: $f" >&2
+            echo "upm fuzz:   re-run:   $bin $f" >&2
+        done
+        [ -n "$found" ] || echo "upm fuzz: no reproducer was written; see libFuzzer's output above" >&2
+        echo "upm fuzz: once fixed, add the reproducer to the seeds: cp REPRODUCER $seeds/" >&2
+        return 1
+    fi
 }
 
 # fuzz NAME BIN SEEDS WORK ARTIFACTS SECONDS: runs BIN on WORK (new inputs go
@@ -47,24 +71,58 @@ fuzz() {
     UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
         "$bin" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=2048 -max_len=65536 \
         -print_final_stats=1 -artifact_prefix="$artifacts/" ${UPM_FUZZ_ARGS:-} "$work" "$seeds" || status=$?
-    found=$(find "$artifacts" -maxdepth 1 -type f -newer "$marker" ! -name .start | sort)
-    rm -f "$marker"
-    if [ "$status" -ne 0 ] || [ -n "$found" ]; then
-        echo "upm fuzz: \`$name\` FAILED (libFuzzer exit status $status)" >&2
-        for f in $found; do
-            echo "upm fuzz: reproducer: $f" >&2
-            echo "upm fuzz:   re-run:   $bin $f" >&2
-        done
-        [ -n "$found" ] || echo "upm fuzz: no reproducer was written; see libFuzzer's output above" >&2
-        echo "upm fuzz: once fixed, add the reproducer to the seeds: cp REPRODUCER $seeds/" >&2
+    report "$name" "$bin" "$seeds" "$artifacts" "$marker" "$status" || return 1
+    echo "upm fuzz: \`$name\`: nothing found in ${seconds}s ($(ls "$work" | wc -l) inputs in $work)"
+}
+
+# replay NAME BIN SEEDS ARTIFACTS: runs BIN once on every file of SEEDS and
+# every reproducer left in ARTIFACTS (libFuzzer's file mode: no mutation,
+# nothing written but the reproducer of a new finding), with the limits of
+# fuzz(); 0 when each passed, else 1 as fuzz() reports.
+replay() {
+    name=$1 bin=$2 seeds=$3 artifacts=$4
+    mkdir -p "$artifacts"
+    inputs=$(find "$seeds" "$artifacts" -maxdepth 1 -type f ! -name '.*' | sort)
+    [ -n "$inputs" ] || die "\`$name\`: nothing to replay in $seeds"
+    marker=$artifacts/.start
+    : >"$marker"
+    status=0
+    # shellcheck disable=SC2086
+    ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} \
+    UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
+        "$bin" -timeout=20 -rss_limit_mb=2048 -artifact_prefix="$artifacts/" ${UPM_FUZZ_ARGS:-} $inputs \
+        >"$artifacts/.replay.log" 2>&1 || status=$?
+    if [ "$status" -ne 0 ]; then
+        # File mode writes no new reproducer: the input that failed is the last one run.
+        cat "$artifacts/.replay.log" >&2
+        failed=$(sed -n 's/^Running: //p' "$artifacts/.replay.log" | tail -n 1)
+        rm -f "$marker"
+        echo "upm fuzz: \`$name\` FAILED on replay (libFuzzer exit status $status)" >&2
+        echo "upm fuzz: reproducer: $failed" >&2
+        echo "upm fuzz:   re-run:   $bin $failed" >&2
         return 1
     fi
-    echo "upm fuzz: \`$name\`: nothing found in ${seconds}s ($(ls "$work" | wc -l) inputs in $work)"
+    report "$name" "$bin" "$seeds" "$artifacts" "$marker" "$status" || return 1
+    echo "upm fuzz: \`$name\`: replayed $(echo "$inputs" | wc -l) inputs (seeds and reproducers), nothing found"
+}
+
+# check_target BUILD_DIR TARGET: sets out, target and bin; dies when TARGET
+# is not a target, is not built or has no seeds.
+check_target() {
+    out=$1/fuzz
+    target=$2
+    bin=$out/fuzz_$target
+    [ -f "$here/fuzz_$target.cpp" ] || die "no fuzz target \`$target\` (have: $(targets | tr '\n' ' '))"
+    [ -x "$bin" ] || die "\`$bin\` is not built: run \`$0 build $1\` (ctest runs it as \`fuzz-build\`); it needs clang: $hint"
+    [ -d "$here/corpus/$target" ] || die "no seed corpus \`$here/corpus/$target\`"
 }
 
 case "${1:-}" in
 build)
     [ $# -eq 2 ] || die "usage: $0 build BUILD_DIR"
+    # Absolute: cmake reads the list of sources from the clang project's directory.
+    abs=$(cd "$2" 2>/dev/null && pwd) || die "no build directory \`$2\`"
+    set -- "$1" "$abs"
     out=$2/fuzz
     command -v "$cxx" >/dev/null 2>&1 || die "\`$cxx\` not found: the fuzz targets need clang with libFuzzer; $hint"
     cxx=$(command -v "$cxx")
@@ -95,13 +153,22 @@ build)
     ;;
 run)
     [ $# -eq 4 ] || die "usage: $0 run BUILD_DIR TARGET SECONDS"
-    out=$2/fuzz
-    target=$3
-    bin=$out/fuzz_$target
-    [ -f "$here/fuzz_$target.cpp" ] || die "no fuzz target \`$target\` (have: $(targets | tr '\n' ' '))"
-    [ -x "$bin" ] || die "\`$bin\` is not built: run \`$0 build $2\` (ctest runs it as \`fuzz-build\`); it needs clang: $hint"
-    [ -d "$here/corpus/$target" ] || die "no seed corpus \`$here/corpus/$target\`"
+    check_target "$2" "$3"
     fuzz "$target" "$bin" "$here/corpus/$target" "$out/corpus/$target" "$out/artifacts/$target" "$4"
+    ;;
+replay)
+    [ $# -eq 3 ] || die "usage: $0 replay BUILD_DIR TARGET"
+    check_target "$2" "$3"
+    replay "$target" "$bin" "$here/corpus/$target" "$out/artifacts/$target"
+    ;;
+all)
+    # make fuzz: every target for SECONDS each, one after the other; the
+    # first finding stops the run.
+    [ $# -eq 3 ] || die "usage: $0 all BUILD_DIR SECONDS"
+    "$0" build "$2"
+    for t in $(targets); do
+        "$0" run "$2" "$t" "$3"
+    done
     ;;
 selftest)
     # The harness itself: a target that crashes on one input (clang/selftest_crash.cpp),
@@ -134,7 +201,7 @@ list)
     targets
     ;;
 *)
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
     [ "${1:-}" = -h ] || [ "${1:-}" = --help ] || exit 2
     ;;
 esac

@@ -64,7 +64,8 @@ Status check_cgroup(const std::string& cg) {
     return Ok{};
 }
 
-Result<AgentRequest> parse(std::string_view line) {
+// The line as a JSON object: bounded, no NUL, not nested too deep.
+Result<json> parse_line(std::string_view line) {
     if (line.size() > kMaxAgentLine)
         return Error::msg("request longer than " + std::to_string(kMaxAgentLine) + " bytes");
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
@@ -75,23 +76,26 @@ Result<AgentRequest> parse(std::string_view line) {
     json doc = json::parse(line.begin(), line.end(), nullptr, false);
     if (doc.is_discarded()) return Error::msg("request is not valid JSON (one UTF-8 JSON object per line)");
     if (!doc.is_object()) return Error::msg("request is not a JSON object");
+    return doc;
+}
 
+Result<AgentOp> parse_op(const json& doc) {
     auto op_it = doc.find("op");
     if (op_it == doc.end() || !op_it->is_string())
         return Error::msg("no string `op` (ping, register, unregister, advised, list, status)");
     const auto& op = op_it->get_ref<const std::string&>();
-    AgentRequest r;
-    if (op == "ping") r.op = AgentOp::ping;
-    else if (op == "register") r.op = AgentOp::register_container;
-    else if (op == "unregister") r.op = AgentOp::unregister_container;
-    else if (op == "advised") r.op = AgentOp::advised;
-    else if (op == "list") r.op = AgentOp::list;
-    else if (op == "status") r.op = AgentOp::status;
-    else {
-        std::string shown = op.size() > 32 || has_control(op) ? std::string("(invalid)") : op;
-        return Error::msg("unknown `op` `" + shown + "` (ping, register, unregister, advised, list, status)");
-    }
+    if (op == "ping") return AgentOp::ping;
+    if (op == "register") return AgentOp::register_container;
+    if (op == "unregister") return AgentOp::unregister_container;
+    if (op == "advised") return AgentOp::advised;
+    if (op == "list") return AgentOp::list;
+    if (op == "status") return AgentOp::status;
+    std::string shown = op.size() > 32 || has_control(op) ? std::string("(invalid)") : op;
+    return Error::msg("unknown `op` `" + shown + "` (ping, register, unregister, advised, list, status)");
+}
 
+// `id` (required to register and unregister) and `pid`, for every op.
+Status parse_id_and_pid(const json& doc, AgentRequest& r) {
     auto id_needed = r.op == AgentOp::register_container || r.op == AgentOp::unregister_container;
     auto id = string_field(doc, "id", kMaxAgentId, id_needed);
     if (!id) return id.error();
@@ -103,45 +107,58 @@ Result<AgentRequest> parse(std::string_view line) {
     auto pid = uint_field(doc, "pid", 1, kMaxAgentPid);
     if (!pid) return pid.error();
     if (*pid) r.pid = static_cast<long>(**pid);
+    return Ok{};
+}
 
-    switch (r.op) {
-    case AgentOp::register_container: {
-        if (r.pid == 0) return Error::msg("missing `pid`");
-        auto cg = string_field(doc, "cgroup", kMaxAgentCgroup, false);
-        if (!cg) return cg.error();
-        if (auto st = check_cgroup(*cg); !st) return st.error();
-        r.cgroup = std::move(*cg);
-        auto policy = string_field(doc, "policy", kMaxAgentLabel, false);
-        if (!policy) return policy.error();
-        r.policy = std::move(*policy);
-        auto domain = string_field(doc, "domain", kMaxAgentLabel, false);
-        if (!domain) return domain.error();
-        r.domain = std::move(*domain);
-        auto st = uint_field(doc, "start_time", 0, UINT64_MAX);
-        if (!st) return st.error();
-        r.start_time = *st;
-        break;
+Status parse_register(const json& doc, AgentRequest& r) {
+    if (r.pid == 0) return Error::msg("missing `pid`");
+    auto cg = string_field(doc, "cgroup", kMaxAgentCgroup, false);
+    if (!cg) return cg.error();
+    if (auto st = check_cgroup(*cg); !st) return st.error();
+    r.cgroup = std::move(*cg);
+    auto policy = string_field(doc, "policy", kMaxAgentLabel, false);
+    if (!policy) return policy.error();
+    r.policy = std::move(*policy);
+    auto domain = string_field(doc, "domain", kMaxAgentLabel, false);
+    if (!domain) return domain.error();
+    r.domain = std::move(*domain);
+    auto st = uint_field(doc, "start_time", 0, UINT64_MAX);
+    if (!st) return st.error();
+    r.start_time = *st;
+    return Ok{};
+}
+
+Status parse_advised(const json& doc, AgentRequest& r) {
+    if (r.id.empty() && r.pid == 0) return Error::msg("`advised` needs `id` or `pid`");
+    auto bytes = uint_field(doc, "bytes", 0, std::uint64_t(1) << 56);
+    if (!bytes) return bytes.error();
+    if (!*bytes) return Error::msg("missing `bytes`");
+    r.bytes = **bytes;
+    auto calls = uint_field(doc, "calls", 0, std::uint64_t(1) << 40);
+    if (!calls) return calls.error();
+    r.calls = calls->value_or(1);
+    auto sec = doc.find("seconds");
+    if (sec != doc.end() && !sec->is_null()) {
+        if (!sec->is_number()) return Error::msg("`seconds` is not a number");
+        double v = sec->get<double>();
+        if (!std::isfinite(v) || v < 0 || v > 1e9) return Error::msg("`seconds` is out of range");
+        r.seconds = v;
     }
-    case AgentOp::advised: {
-        if (r.id.empty() && r.pid == 0) return Error::msg("`advised` needs `id` or `pid`");
-        auto bytes = uint_field(doc, "bytes", 0, std::uint64_t(1) << 56);
-        if (!bytes) return bytes.error();
-        if (!*bytes) return Error::msg("missing `bytes`");
-        r.bytes = **bytes;
-        auto calls = uint_field(doc, "calls", 0, std::uint64_t(1) << 40);
-        if (!calls) return calls.error();
-        r.calls = calls->value_or(1);
-        auto sec = doc.find("seconds");
-        if (sec != doc.end() && !sec->is_null()) {
-            if (!sec->is_number()) return Error::msg("`seconds` is not a number");
-            double v = sec->get<double>();
-            if (!std::isfinite(v) || v < 0 || v > 1e9) return Error::msg("`seconds` is out of range");
-            r.seconds = v;
-        }
-        break;
-    }
-    default:
-        break;
+    return Ok{};
+}
+
+Result<AgentRequest> parse(std::string_view line) {
+    auto doc = parse_line(line);
+    if (!doc) return doc.error();
+    auto op = parse_op(*doc);
+    if (!op) return op.error();
+    AgentRequest r;
+    r.op = *op;
+    if (auto st = parse_id_and_pid(*doc, r); !st) return st.error();
+    if (r.op == AgentOp::register_container) {
+        if (auto st = parse_register(*doc, r); !st) return st.error();
+    } else if (r.op == AgentOp::advised) {
+        if (auto st = parse_advised(*doc, r); !st) return st.error();
     }
     return r;
 }

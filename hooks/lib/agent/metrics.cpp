@@ -82,11 +82,13 @@ namespace upm::agent {
 using metrics::Labels;
 using metrics::Writer;
 
-std::string render_agent_metrics(const Registry& registry, const Snapshot& s, const AgentInfo& info) {
-    Writer w;
-    using u64 = std::uint64_t;
-    using i64 = std::int64_t;
+namespace {
 
+using u64 = std::uint64_t;
+using i64 = std::int64_t;
+
+// upmd itself: version, start, registry size, connections, requests.
+void agent_families(Writer& w, const Registry& registry, const AgentInfo& info) {
     w.family("upm_agent_info", "gauge", "upmd is running; the label carries its version");
     w.sample("upm_agent_info", {{"version", info.version}}, u64(1));
     w.family("upm_agent_start_time_seconds", "gauge", "when upmd started, unix time");
@@ -100,8 +102,11 @@ std::string render_agent_metrics(const Registry& registry, const Snapshot& s, co
     w.family("upm_agent_dropped_connections_total", "counter",
              "connections closed by the agent: over the connection limit, idle too long or sending too much");
     w.sample("upm_agent_dropped_connections_total", {}, info.dropped_connections);
+}
 
-    // Per container.
+// Per container: one family a counter, one sample a registered container
+// with counters in the snapshot.
+void container_families(Writer& w, const Registry& registry, const Snapshot& s) {
     auto per = [&](const char* name, const char* type, const char* help, auto value_of) {
         w.family(name, type, help);
         for (const auto& [id, c] : registry.containers()) {
@@ -135,8 +140,10 @@ std::string render_agent_metrics(const Registry& registry, const Snapshot& s, co
         [](const Container& c, const ContainerUsage&) { return std::optional<u64>(c.advised.calls); });
     per("upm_container_advise_seconds_total", "counter", "time the container reported spending in madvise",
         [](const Container& c, const ContainerUsage&) { return std::optional<double>(c.advised.seconds); });
+}
 
-    // Node.
+// The node: KSM's counters and settings, savings, advice reported.
+void node_families(Writer& w, const Registry& registry, const Snapshot& s) {
     const auto& n = s.node;
     auto node = [&](const char* name, const char* type, const char* help, const char* key) {
         auto it = n.ksm.find(key);
@@ -171,22 +178,33 @@ std::string render_agent_metrics(const Registry& registry, const Snapshot& s, co
     w.sample("upm_advise_calls_total", {}, a.calls);
     w.family("upm_advise_seconds_total", "counter", "time reported spent in madvise on the node");
     w.sample("upm_advise_seconds_total", {}, a.seconds);
+}
 
-    // Tuner.
-    if (!info.tuner_mode.empty()) {
-        w.family("upm_ksm_tuner_mode", "gauge", "the KSM burst tuner's mode (1 for the current one)");
-        for (const auto& m : info.tuner_modes) w.sample("upm_ksm_tuner_mode", {{"mode", m}}, u64(m == info.tuner_mode ? 1 : 0));
-        for (const auto& [k, v] : info.tuner_gauges) {
-            std::string name = "upm_ksm_tuner_" + k;
-            w.family(name, "gauge", "KSM burst tuner: " + k);
-            w.sample(name, {}, v);
-        }
-        for (const auto& [k, v] : info.tuner_counters) {
-            std::string name = "upm_ksm_tuner_" + k + "_total";
-            w.family(name, "counter", "KSM burst tuner: " + k);
-            w.sample(name, {}, v);
-        }
+// The KSM burst tuner, when it runs.
+void tuner_families(Writer& w, const AgentInfo& info) {
+    if (info.tuner_mode.empty()) return;
+    w.family("upm_ksm_tuner_mode", "gauge", "the KSM burst tuner's mode (1 for the current one)");
+    for (const auto& m : info.tuner_modes) w.sample("upm_ksm_tuner_mode", {{"mode", m}}, u64(m == info.tuner_mode ? 1 : 0));
+    for (const auto& [k, v] : info.tuner_gauges) {
+        std::string name = "upm_ksm_tuner_" + k;
+        w.family(name, "gauge", "KSM burst tuner: " + k);
+        w.sample(name, {}, v);
     }
+    for (const auto& [k, v] : info.tuner_counters) {
+        std::string name = "upm_ksm_tuner_" + k + "_total";
+        w.family(name, "counter", "KSM burst tuner: " + k);
+        w.sample(name, {}, v);
+    }
+}
+
+}  // namespace
+
+std::string render_agent_metrics(const Registry& registry, const Snapshot& s, const AgentInfo& info) {
+    Writer w;
+    agent_families(w, registry, info);
+    container_families(w, registry, s);
+    node_families(w, registry, s);
+    tuner_families(w, info);
     return w.text();
 }
 

@@ -252,44 +252,61 @@ Result<std::string> read_image_file(int root, const struct stat& expect, const R
     return in_child("the process reading `/etc/ld.so.preload`", [&] { return read_as_user(root, expect, in, prep); });
 }
 
-// The child: in the container's mount namespace.  Returns what happened to
-// /etc/ld.so.preload.
-Result<std::string> inject_in_namespace(const RootfsInjection& in, const Prepared& prep) {
-    // The rootfs as the runtime mounted it in this namespace (runc and crun
-    // bind it onto itself before mounting /dev, /proc, ... into it).  Its
-    // path is the engine's (bundle and root.path), not the image's.
+// The rootfs as the runtime mounted it in the container's mount namespace,
+// and the runtime's /dev tmpfs in it.
+struct Rootfs {
     Fd root;
+    struct stat root_st {};
+    std::uint64_t root_mnt = 0;  // the mount id of the rootfs
+    Fd dev;
+    struct stat dev_st {};
+};
+
+// What becomes of /etc/ld.so.preload: the inode the generated file is bound
+// onto, its text in the image ("" when upm created it) and what to log.
+struct LdSoPreload {
+    Fd target;
+    std::string existing;
+    std::string action;
+};
+
+// The rootfs (runc and crun bind it onto itself before mounting /dev,
+// /proc, ... into it).  Its path is the engine's (bundle and root.path), not
+// the image's.
+Status open_rootfs(const RootfsInjection& in, Rootfs& r) {
     if (!in.root_path.empty() && in.root_path.front() == '/') {
-        root = Fd(::open(in.root_path.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+        r.root = Fd(::open(in.root_path.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
     } else {
         Fd bundle(::open(in.bundle.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
         if (bundle.fd < 0) return Error::sys(errno, "open bundle `" + printable(in.bundle) + "`");
-        root = Fd(::openat(bundle.fd, in.root_path.empty() ? "rootfs" : in.root_path.c_str(),
-                           O_PATH | O_DIRECTORY | O_CLOEXEC));
+        r.root = Fd(::openat(bundle.fd, in.root_path.empty() ? "rootfs" : in.root_path.c_str(),
+                             O_PATH | O_DIRECTORY | O_CLOEXEC));
     }
-    if (root.fd < 0) return Error::sys(errno, "open the rootfs `" + printable(in.root_path) + "`");
-    struct stat root_st {};
-    if (::fstat(root.fd, &root_st) != 0) return Error::sys(errno, "stat the rootfs");
-    std::uint64_t root_mnt = 0;
-    if (!mount_id(root.fd, &root_mnt)) return Error::sys(errno, "statx(STATX_MNT_ID) of the rootfs");
+    if (r.root.fd < 0) return Error::sys(errno, "open the rootfs `" + printable(in.root_path) + "`");
+    if (::fstat(r.root.fd, &r.root_st) != 0) return Error::sys(errno, "stat the rootfs");
+    if (!mount_id(r.root.fd, &r.root_mnt)) return Error::sys(errno, "statx(STATX_MNT_ID) of the rootfs");
+    return Ok{};
+}
 
-    // /dev: the runtime's tmpfs, which hides whatever the image has there; the
-    // one mount we cross on purpose, so the image's `dev` may not be a link.
-    Fd dev(open_in_root(root.fd, "dev", O_PATH | O_DIRECTORY, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS));
-    if (dev.fd < 0) {
+// /dev: the runtime's tmpfs, which hides whatever the image has there; the
+// one mount we cross on purpose, so the image's `dev` may not be a link.
+Status open_dev_tmpfs(Rootfs& r) {
+    r.dev = Fd(open_in_root(r.root.fd, "dev", O_PATH | O_DIRECTORY,
+                            RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS));
+    if (r.dev.fd < 0) {
         if (errno == ELOOP) return Error::msg("`/dev` in the image is a link (the runtime's tmpfs belongs on the image's own `/dev`)");
         return Error::sys(errno, "`/dev` in the rootfs");
     }
     struct statfs dev_fs {};
-    struct stat dev_st {};
-    if (::fstatfs(dev.fd, &dev_fs) != 0 || ::fstat(dev.fd, &dev_st) != 0) return Error::sys(errno, "stat `/dev`");
-    if (dev_fs.f_type != TMPFS_MAGIC || dev_st.st_dev == root_st.st_dev)
+    if (::fstatfs(r.dev.fd, &dev_fs) != 0 || ::fstat(r.dev.fd, &r.dev_st) != 0) return Error::sys(errno, "stat `/dev`");
+    if (dev_fs.f_type != TMPFS_MAGIC || r.dev_st.st_dev == r.root_st.st_dev)
         return Error::msg("`/dev` of the container is not the runtime's tmpfs (the spec mounts no tmpfs on `/dev`)");
+    return Ok{};
+}
 
-    // /etc/ld.so.preload, as the container's loader will find it, on the
-    // rootfs mount only.
-    const std::string entry = std::string(kContainerDirDev) + "/" + kPreloadFile;
-    Fd etc(open_in_root(root.fd, "etc", O_PATH | O_DIRECTORY));
+// The image's /etc, on the rootfs mount only.
+Result<Fd> open_image_etc(const Rootfs& r) {
+    Fd etc(open_in_root(r.root.fd, "etc", O_PATH | O_DIRECTORY));
     if (etc.fd < 0) {
         if (errno == ENOENT) return Error{ENOENT, "the image has no `/etc` (or it is a link that resolves to nothing inside the rootfs)"};
         if (errno == EXDEV) return Error{EXDEV, "`/etc` in the image" + kCrossesMount};
@@ -297,106 +314,152 @@ Result<std::string> inject_in_namespace(const RootfsInjection& in, const Prepare
     }
     std::uint64_t mnt = 0;
     if (!mount_id(etc.fd, &mnt)) return Error::sys(errno, "statx(STATX_MNT_ID) of `/etc`");
-    if (mnt != root_mnt) return Error{EXDEV, "`/etc` in the image" + kCrossesMount};
-    struct stat link_st {};
-    std::string existing;
-    Fd target;
-    std::string action;
-    if (::fstatat(etc.fd, kLdSoPreloadFile, &link_st, AT_SYMLINK_NOFOLLOW) != 0) {
-        if (errno != ENOENT) return Error::sys(errno, "stat `/etc/ld.so.preload`");
-        // Absent: an empty mount point in the image, unless it is read-only.
-        // Created as root, on purpose: the container's user usually cannot
-        // write /etc.  It is a new inode (O_EXCL, O_NOFOLLOW) in the image's
-        // /etc, which is on the rootfs mount (checked above), empty, and
-        // nothing is read from it.
-        if (in.root_readonly)
-            return Error{EROFS, "the image has no `/etc/ld.so.preload` and the spec makes its rootfs read-only "
-                                "(`root.readonly`): upm does not create files in a read-only image"};
-        Fd created(::openat(etc.fd, kLdSoPreloadFile, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
-        if (created.fd < 0) {
-            if (errno == EROFS)
-                return Error{EROFS, "the image has no `/etc/ld.so.preload` and its rootfs is read-only"};
-            return Error::sys(errno, "create `/etc/ld.so.preload` in the image");
-        }
-        target = Fd(::openat(etc.fd, kLdSoPreloadFile, O_PATH | O_NOFOLLOW | O_CLOEXEC));
-        if (target.fd < 0 || !same_file(created.fd, target.fd)) return Error::msg("`/etc/ld.so.preload` was replaced");
-        action = "created `/etc/ld.so.preload` (empty in the image) with the preload";
-    } else {
-        // The file the loader reads, links resolved inside the rootfs.  O_PATH:
-        // a device node (or FIFO) of the image is never opened -- the hook
-        // runs in the runtime's cgroup, outside the container's device
-        // allow-list; only a regular file of the rootfs mount is read, and
-        // only by the container's user (read_image_file).
-        Fd f(open_in_root(root.fd, "etc/ld.so.preload", O_PATH));
-        if (f.fd < 0) {
-            if (errno == ENOENT || errno == ENOTDIR)
-                return Error{errno, "`/etc/ld.so.preload` in the image is a link that resolves to nothing inside the rootfs"};
-            if (errno == EXDEV) return Error{EXDEV, "`/etc/ld.so.preload` in the image" + kCrossesMount};
-            return Error::sys(errno, "resolve `/etc/ld.so.preload` in the image");
-        }
-        struct stat st {};
-        struct statfs fs {};
-        if (::fstat(f.fd, &st) != 0 || ::fstatfs(f.fd, &fs) != 0) return Error::sys(errno, "stat `/etc/ld.so.preload`");
-        if (!S_ISREG(st.st_mode)) return Error::msg("`/etc/ld.so.preload` in the image is not a regular file");
-        if (!mount_id(f.fd, &mnt)) return Error::sys(errno, "statx(STATX_MNT_ID) of `/etc/ld.so.preload`");
-        if (mnt != root_mnt) return Error{EXDEV, "`/etc/ld.so.preload` in the image" + kCrossesMount};
-        if (fs.f_type == PROC_SUPER_MAGIC || fs.f_type == SYSFS_MAGIC || fs.f_type == CGROUP_SUPER_MAGIC ||
-            fs.f_type == CGROUP2_SUPER_MAGIC)
-            return Error::msg("`/etc/ld.so.preload` in the image resolves into `/proc` or `/sys`");
-        if (static_cast<std::size_t>(st.st_size) > kMaxLdSoPreload)
-            return Error{EFBIG, "`/etc/ld.so.preload` in the image is larger than " + std::to_string(kMaxLdSoPreload) + " bytes"};
-        auto text = read_image_file(root.fd, st, in, prep);
-        if (!text) return text.error();
-        existing = std::move(*text);
-        target = std::move(f);
-        action = S_ISLNK(link_st.st_mode) ? "extended `/etc/ld.so.preload` (a link in the image, resolved inside the rootfs)"
-                                          : "extended the image's `/etc/ld.so.preload`";
-    }
-    bool listed = false;
-    std::string text = ld_so_preload_with(existing, entry, &listed);
+    if (mnt != r.root_mnt) return Error{EXDEV, "`/etc` in the image" + kCrossesMount};
+    return etc;
+}
 
-    // With a user namespace the runtime's /dev tmpfs belongs to it, and an
-    // inode created there needs an owner mapped in it (EOVERFLOW for host
-    // root): /dev/upm and its files are created as the owner of that /dev
-    // (the container's root).  Only the filesystem ids change; the mounts
-    // below need CAP_SYS_ADMIN, which setfsuid() leaves.
-    if (dev_st.st_uid != 0 || dev_st.st_gid != 0) {
-        (void)::setfsgid(dev_st.st_gid);
-        (void)::setfsuid(dev_st.st_uid);
-        if (static_cast<uid_t>(::setfsuid(static_cast<uid_t>(-1))) != dev_st.st_uid ||
-            static_cast<gid_t>(::setfsgid(static_cast<gid_t>(-1))) != dev_st.st_gid)
-            return Error::msg("setfsuid/setfsgid to the owner of `/dev` (" + std::to_string(dev_st.st_uid) + ")");
+// Absent: an empty mount point in the image, unless it is read-only.
+// Created as root, on purpose: the container's user usually cannot write
+// /etc.  It is a new inode (O_EXCL, O_NOFOLLOW) in the image's /etc, which
+// is on the rootfs mount (open_image_etc()), empty, and nothing is read from it.
+Result<LdSoPreload> create_ld_so_preload(int etc, const RootfsInjection& in) {
+    if (in.root_readonly)
+        return Error{EROFS, "the image has no `/etc/ld.so.preload` and the spec makes its rootfs read-only "
+                            "(`root.readonly`): upm does not create files in a read-only image"};
+    Fd created(::openat(etc, kLdSoPreloadFile, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
+    if (created.fd < 0) {
+        if (errno == EROFS) return Error{EROFS, "the image has no `/etc/ld.so.preload` and its rootfs is read-only"};
+        return Error::sys(errno, "create `/etc/ld.so.preload` in the image");
     }
-    if (::mkdirat(dev.fd, "upm", 0755) != 0) {
+    LdSoPreload out;
+    out.target = Fd(::openat(etc, kLdSoPreloadFile, O_PATH | O_NOFOLLOW | O_CLOEXEC));
+    if (out.target.fd < 0 || !same_file(created.fd, out.target.fd)) return Error::msg("`/etc/ld.so.preload` was replaced");
+    out.action = "created `/etc/ld.so.preload` (empty in the image) with the preload";
+    return out;
+}
+
+// The file the loader reads, links resolved inside the rootfs.  O_PATH: a
+// device node (or FIFO) of the image is never opened -- the hook runs in the
+// runtime's cgroup, outside the container's device allow-list; only a
+// regular file of the rootfs mount is read, and only by the container's user
+// (read_image_file).  `link_st`: the name itself, not followed.
+Result<LdSoPreload> existing_ld_so_preload(const Rootfs& r, const struct stat& link_st, const RootfsInjection& in,
+                                           const Prepared& prep) {
+    Fd f(open_in_root(r.root.fd, "etc/ld.so.preload", O_PATH));
+    if (f.fd < 0) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            return Error{errno, "`/etc/ld.so.preload` in the image is a link that resolves to nothing inside the rootfs"};
+        if (errno == EXDEV) return Error{EXDEV, "`/etc/ld.so.preload` in the image" + kCrossesMount};
+        return Error::sys(errno, "resolve `/etc/ld.so.preload` in the image");
+    }
+    struct stat st {};
+    struct statfs fs {};
+    if (::fstat(f.fd, &st) != 0 || ::fstatfs(f.fd, &fs) != 0) return Error::sys(errno, "stat `/etc/ld.so.preload`");
+    if (!S_ISREG(st.st_mode)) return Error::msg("`/etc/ld.so.preload` in the image is not a regular file");
+    std::uint64_t mnt = 0;
+    if (!mount_id(f.fd, &mnt)) return Error::sys(errno, "statx(STATX_MNT_ID) of `/etc/ld.so.preload`");
+    if (mnt != r.root_mnt) return Error{EXDEV, "`/etc/ld.so.preload` in the image" + kCrossesMount};
+    if (fs.f_type == PROC_SUPER_MAGIC || fs.f_type == SYSFS_MAGIC || fs.f_type == CGROUP_SUPER_MAGIC ||
+        fs.f_type == CGROUP2_SUPER_MAGIC)
+        return Error::msg("`/etc/ld.so.preload` in the image resolves into `/proc` or `/sys`");
+    if (static_cast<std::size_t>(st.st_size) > kMaxLdSoPreload)
+        return Error{EFBIG, "`/etc/ld.so.preload` in the image is larger than " + std::to_string(kMaxLdSoPreload) + " bytes"};
+    auto text = read_image_file(r.root.fd, st, in, prep);
+    if (!text) return text.error();
+    LdSoPreload out;
+    out.existing = std::move(*text);
+    out.target = std::move(f);
+    out.action = S_ISLNK(link_st.st_mode) ? "extended `/etc/ld.so.preload` (a link in the image, resolved inside the rootfs)"
+                                          : "extended the image's `/etc/ld.so.preload`";
+    return out;
+}
+
+// /etc/ld.so.preload, as the container's loader will find it, on the rootfs
+// mount only: created when the image has none, else read.
+Result<LdSoPreload> find_ld_so_preload(const Rootfs& r, const RootfsInjection& in, const Prepared& prep) {
+    auto etc = open_image_etc(r);
+    if (!etc) return etc.error();
+    struct stat link_st {};
+    if (::fstatat(etc->fd, kLdSoPreloadFile, &link_st, AT_SYMLINK_NOFOLLOW) != 0) {
+        if (errno != ENOENT) return Error::sys(errno, "stat `/etc/ld.so.preload`");
+        return create_ld_so_preload(etc->fd, in);
+    }
+    return existing_ld_so_preload(r, link_st, in, prep);
+}
+
+// With a user namespace the runtime's /dev tmpfs belongs to it, and an inode
+// created there needs an owner mapped in it (EOVERFLOW for host root):
+// /dev/upm and its files are created as the owner of that /dev (the
+// container's root).  Only the filesystem ids change; the mounts need
+// CAP_SYS_ADMIN, which setfsuid() leaves.
+Status become_dev_owner(const struct stat& dev_st) {
+    if (dev_st.st_uid == 0 && dev_st.st_gid == 0) return Ok{};
+    (void)::setfsgid(dev_st.st_gid);
+    (void)::setfsuid(dev_st.st_uid);
+    if (static_cast<uid_t>(::setfsuid(static_cast<uid_t>(-1))) != dev_st.st_uid ||
+        static_cast<gid_t>(::setfsgid(static_cast<gid_t>(-1))) != dev_st.st_gid)
+        return Error::msg("setfsuid/setfsgid to the owner of `/dev` (" + std::to_string(dev_st.st_uid) + ")");
+    return Ok{};
+}
+
+// /dev/upm, new, on the /dev tmpfs.
+Result<Fd> make_upm_dir(const Rootfs& r) {
+    if (::mkdirat(r.dev.fd, "upm", 0755) != 0) {
         if (errno == EEXIST) return Error::msg("`/dev/upm` exists already (injected twice?)");
         return Error::sys(errno, "mkdir `/dev/upm`");
     }
-    Fd dir(::openat(dev.fd, "upm", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    Fd dir(::openat(r.dev.fd, "upm", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
     if (dir.fd < 0) return Error::sys(errno, "open `/dev/upm`");
     struct stat dir_st {};
-    if (::fstat(dir.fd, &dir_st) != 0 || dir_st.st_dev != dev_st.st_dev) return Error::msg("`/dev/upm` was replaced");
+    if (::fstat(dir.fd, &dir_st) != 0 || dir_st.st_dev != r.dev_st.st_dev) return Error::msg("`/dev/upm` was replaced");
+    return dir;
+}
 
-    // The preload and the policy, read-only.
+// The preload and the policy in /dev/upm, read-only.
+Status mount_preload_and_policy(int dir, const Prepared& prep) {
     {
-        auto target = new_file(dir.fd, kPreloadFile, {});
+        auto target = new_file(dir, kPreloadFile, {});
         if (!target) return target.error();
         if (auto m = mount_onto(prep.preload_tree.fd, target->fd); !m) return m.error().wrap("preload");
     }
     if (prep.policy_tree.fd >= 0) {
-        auto target = new_file(dir.fd, kPolicyFile, {});
+        auto target = new_file(dir, kPolicyFile, {});
         if (!target) return target.error();
         if (auto m = mount_onto(prep.policy_tree.fd, target->fd); !m) return m.error().wrap("policy");
     } else if (!prep.policy_text.empty()) {
-        if (auto f = new_ro_file(dir.fd, kPolicyFile, prep.policy_text); !f) return f.error().wrap("policy");
+        if (auto f = new_ro_file(dir, kPolicyFile, prep.policy_text); !f) return f.error().wrap("policy");
     }
+    return Ok{};
+}
 
-    if (listed) return std::string("the image's `/etc/ld.so.preload` lists the preload already");
-    auto gen = new_ro_file(dir.fd, kLdSoPreloadFile, text);
+// The generated list, /dev/upm/ld.so.preload, bound read-only onto `target`.
+Status bind_ld_so_preload(int dir, const std::string& text, int target) {
+    auto gen = new_ro_file(dir, kLdSoPreloadFile, text);
     if (!gen) return gen.error().wrap("`/dev/upm/ld.so.preload`");
     auto tree = ro_clone(gen->fd, "", AT_EMPTY_PATH);
     if (!tree) return tree.error().wrap("`/etc/ld.so.preload`");
-    if (auto m = mount_onto(tree->fd, target.fd); !m) return m.error().wrap("`/etc/ld.so.preload`");
-    return action;
+    if (auto m = mount_onto(tree->fd, target); !m) return m.error().wrap("`/etc/ld.so.preload`");
+    return Ok{};
+}
+
+// The child: in the container's mount namespace.  Returns what happened to
+// /etc/ld.so.preload.
+Result<std::string> inject_in_namespace(const RootfsInjection& in, const Prepared& prep) {
+    Rootfs r;
+    if (auto st = open_rootfs(in, r); !st) return st.error();
+    if (auto st = open_dev_tmpfs(r); !st) return st.error();
+    auto file = find_ld_so_preload(r, in, prep);
+    if (!file) return file.error();
+    const std::string entry = std::string(kContainerDirDev) + "/" + kPreloadFile;
+    bool listed = false;
+    std::string text = ld_so_preload_with(file->existing, entry, &listed);
+    if (auto st = become_dev_owner(r.dev_st); !st) return st.error();
+    auto dir = make_upm_dir(r);
+    if (!dir) return dir.error();
+    if (auto st = mount_preload_and_policy(dir->fd, prep); !st) return st.error();
+    if (listed) return std::string("the image's `/etc/ld.so.preload` lists the preload already");
+    if (auto st = bind_ld_so_preload(dir->fd, text, file->target.fd); !st) return st.error();
+    return file->action;
 }
 
 }  // namespace
@@ -521,77 +584,112 @@ Result<std::string> policy_with_domain(std::string_view policy_text, std::string
     }
 }
 
+namespace {
+
+// The container's init, pinned: its mount namespace and the id maps of its
+// user namespace (identity when it has none).
+struct Target {
+    Fd pidfd;                    // held while the injection runs, as the pin
+    Fd ns;
+    std::string proc;            // /proc/PID
+    std::string uid_map, gid_map;
+};
+
+// Pin the container's init, then take its mount namespace; the pidfd says
+// whether the pid still named that process afterwards.
+Result<Target> pin_container(const RootfsInjection& in) {
+    Target t;
+    t.pidfd = Fd(static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(in.pid), 0)));
+    if (t.pidfd.fd < 0) return Error::sys(errno, "pidfd_open " + std::to_string(in.pid));
+    std::string ns_path = "/proc/" + std::to_string(in.pid) + "/ns/mnt";
+    t.ns = Fd(::open(ns_path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (t.ns.fd < 0) return Error::sys(errno, "open `" + ns_path + "`");
+    // The maps of its user namespace: the container's user as the host sees it.
+    t.proc = "/proc/" + std::to_string(in.pid);
+    auto uid_map = detail::read_file(t.proc + "/uid_map", detail::kMaxSmallFile);
+    if (!uid_map) return uid_map.error().wrap("`" + t.proc + "/uid_map`");
+    auto gid_map = detail::read_file(t.proc + "/gid_map", detail::kMaxSmallFile);
+    if (!gid_map) return gid_map.error().wrap("`" + t.proc + "/gid_map`");
+    if (::syscall(SYS_pidfd_send_signal, t.pidfd.fd, 0, nullptr, 0) != 0)
+        return Error::sys(errno, "the container's process " + std::to_string(in.pid) + " is gone");
+    t.uid_map = std::move(*uid_map);
+    t.gid_map = std::move(*gid_map);
+    return t;
+}
+
+// The container's user (`process.user`) in host ids.
+Status map_container_user(const RootfsInjection& in, const Target& t, Prepared& prep) {
+    auto unmapped = [&](const char* what, std::uint32_t id) {
+        return Error::msg(std::string("the container's ") + what + " " + std::to_string(id) +
+                          " (`process.user`) has no mapping in its user namespace (`" + t.proc + "/" + what +
+                          "_map`): upm reads the image's files only as the container's user");
+    };
+    auto uid = map_id(t.uid_map, in.uid);
+    if (!uid) return unmapped("uid", in.uid);
+    auto gid = map_id(t.gid_map, in.gid);
+    if (!gid) return unmapped("gid", in.gid);
+    prep.uid = *uid;
+    prep.gid = *gid;
+    for (auto g : in.additional_gids) {
+        auto h = map_id(t.gid_map, g);
+        if (!h) return unmapped("gid", g);
+        prep.groups.push_back(*h);
+    }
+    return Ok{};
+}
+
+Status check_not_our_namespace(const RootfsInjection& in, const Target& t) {
+    Fd own(::open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC));
+    if (own.fd < 0) return Error::sys(errno, "open `/proc/self/ns/mnt`");
+    if (same_file(t.ns.fd, own.fd))
+        return Error::msg("process " + std::to_string(in.pid) + " shares our mount namespace: not a container being created");
+    return Ok{};
+}
+
+// The sources, opened on the host (paths of the node configuration): the
+// preload as a read-only mount, the policy as one too, or generated with
+// the domain in it.
+Status open_sources(const RootfsInjection& in, Prepared& prep) {
+    auto preload = ro_clone(AT_FDCWD, in.preload_source.c_str(), 0);
+    if (!preload) return preload.error().wrap("preload `" + in.preload_source + "`");
+    struct stat st {};
+    if (::fstat(preload->fd, &st) != 0 || !S_ISREG(st.st_mode))
+        return Error::msg("preload `" + in.preload_source + "` is not a regular file");
+    prep.preload_tree = std::move(*preload);
+    if (!in.domain.empty()) {
+        std::string text;
+        if (!in.policy_source.empty()) {
+            auto t = detail::read_file(in.policy_source, detail::kMaxPolicyFile);
+            if (!t) return t.error().wrap("policy `" + in.policy_source + "`");
+            text = std::move(*t);
+        }
+        auto gen = policy_with_domain(text, in.domain);
+        if (!gen) return gen.error();
+        prep.policy_text = std::move(*gen);
+    } else if (!in.policy_source.empty()) {
+        auto policy = ro_clone(AT_FDCWD, in.policy_source.c_str(), 0);
+        if (!policy) return policy.error().wrap("policy `" + in.policy_source + "`");
+        if (::fstat(policy->fd, &st) != 0 || !S_ISREG(st.st_mode))
+            return Error::msg("policy `" + in.policy_source + "` is not a regular file");
+        prep.policy_tree = std::move(*policy);
+    }
+    return Ok{};
+}
+
+}  // namespace
+
 Result<RootfsInjected> inject_into_rootfs(const RootfsInjection& in) {
     try {
         if (in.pid <= 0) return Error::msg("no pid of the container");
         if (in.bundle.empty() || in.bundle.front() != '/') return Error::msg("no absolute bundle path in the state");
-
-        // Pin the container's init, then take its mount namespace; the
-        // pidfd says whether the pid still named that process afterwards.
-        Fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(in.pid), 0)));
-        if (pidfd.fd < 0) return Error::sys(errno, "pidfd_open " + std::to_string(in.pid));
-        std::string ns_path = "/proc/" + std::to_string(in.pid) + "/ns/mnt";
-        Fd ns(::open(ns_path.c_str(), O_RDONLY | O_CLOEXEC));
-        if (ns.fd < 0) return Error::sys(errno, "open `" + ns_path + "`");
-        // The maps of its user namespace (identity when it has none): the
-        // container's user as the host sees it.
-        const std::string proc = "/proc/" + std::to_string(in.pid);
-        auto uid_map = detail::read_file(proc + "/uid_map", detail::kMaxSmallFile);
-        if (!uid_map) return uid_map.error().wrap("`" + proc + "/uid_map`");
-        auto gid_map = detail::read_file(proc + "/gid_map", detail::kMaxSmallFile);
-        if (!gid_map) return gid_map.error().wrap("`" + proc + "/gid_map`");
-        if (::syscall(SYS_pidfd_send_signal, pidfd.fd, 0, nullptr, 0) != 0)
-            return Error::sys(errno, "the container's process " + std::to_string(in.pid) + " is gone");
+        auto target = pin_container(in);
+        if (!target) return target.error();
         Prepared prep;
-        auto unmapped = [&](const char* what, std::uint32_t id) {
-            return Error::msg(std::string("the container's ") + what + " " + std::to_string(id) +
-                              " (`process.user`) has no mapping in its user namespace (`" + proc + "/" + what +
-                              "_map`): upm reads the image's files only as the container's user");
-        };
-        auto uid = map_id(*uid_map, in.uid);
-        if (!uid) return unmapped("uid", in.uid);
-        auto gid = map_id(*gid_map, in.gid);
-        if (!gid) return unmapped("gid", in.gid);
-        prep.uid = *uid;
-        prep.gid = *gid;
-        for (auto g : in.additional_gids) {
-            auto h = map_id(*gid_map, g);
-            if (!h) return unmapped("gid", g);
-            prep.groups.push_back(*h);
-        }
-
-        Fd own(::open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC));
-        if (own.fd < 0) return Error::sys(errno, "open `/proc/self/ns/mnt`");
-        if (same_file(ns.fd, own.fd))
-            return Error::msg("process " + std::to_string(in.pid) + " shares our mount namespace: not a container being created");
-
-        // The sources, opened on the host (paths of the node configuration).
-        auto preload = ro_clone(AT_FDCWD, in.preload_source.c_str(), 0);
-        if (!preload) return preload.error().wrap("preload `" + in.preload_source + "`");
-        struct stat st {};
-        if (::fstat(preload->fd, &st) != 0 || !S_ISREG(st.st_mode))
-            return Error::msg("preload `" + in.preload_source + "` is not a regular file");
-        prep.preload_tree = std::move(*preload);
-        if (!in.domain.empty()) {
-            std::string text;
-            if (!in.policy_source.empty()) {
-                auto t = detail::read_file(in.policy_source, detail::kMaxPolicyFile);
-                if (!t) return t.error().wrap("policy `" + in.policy_source + "`");
-                text = std::move(*t);
-            }
-            auto gen = policy_with_domain(text, in.domain);
-            if (!gen) return gen.error();
-            prep.policy_text = std::move(*gen);
-        } else if (!in.policy_source.empty()) {
-            auto policy = ro_clone(AT_FDCWD, in.policy_source.c_str(), 0);
-            if (!policy) return policy.error().wrap("policy `" + in.policy_source + "`");
-            if (::fstat(policy->fd, &st) != 0 || !S_ISREG(st.st_mode))
-                return Error::msg("policy `" + in.policy_source + "` is not a regular file");
-            prep.policy_tree = std::move(*policy);
-        }
-
+        if (auto st = map_container_user(in, *target, prep); !st) return st.error();
+        if (auto st = check_not_our_namespace(in, *target); !st) return st.error();
+        if (auto st = open_sources(in, prep); !st) return st.error();
         auto msg = in_child("the injecting process", [&]() -> Result<std::string> {
-            if (::setns(ns.fd, CLONE_NEWNS) != 0) return Error::sys(errno, "setns into the container's mount namespace");
+            if (::setns(target->ns.fd, CLONE_NEWNS) != 0) return Error::sys(errno, "setns into the container's mount namespace");
             if (::chdir("/") != 0) return Error::sys(errno, "chdir");
             return inject_in_namespace(in, prep);
         });

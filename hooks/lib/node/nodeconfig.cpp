@@ -16,6 +16,7 @@
 #include <array>
 #include <cerrno>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "upm/io.hpp"
 #include "upm/launch.hpp"
@@ -62,6 +63,93 @@ NodeConfig default_node_config(const std::string& self_exe) {
     return c;
 }
 
+namespace {
+
+// A key whose value is a string: where it goes and what it may be.
+struct StringKey {
+    std::string* target = nullptr;
+    bool absolute = true;        // value must be an absolute path (or "" where allowed)
+    bool empty_ok = false;
+};
+
+std::optional<StringKey> string_key(const std::string& key, NodeConfig& c) {
+    if (key == "runtime") return StringKey{&c.runtime};
+    if (key == "preload") return StringKey{&c.preload};
+    if (key == "policy_dir") return StringKey{&c.policy_dir};
+    if (key == "hook") return StringKey{&c.hook, true, true};
+    if (key == "log_file") return StringKey{&c.log_file, true, true};
+    if (key == "default_policy") return StringKey{&c.default_policy, false, true};
+    if (key == "log_level") return StringKey{&c.log_level, false, false};
+    return std::nullopt;
+}
+
+// Why the string value `s` of `key` is refused, "" when it is taken.
+std::string string_value_problem(const std::string& key, const std::string& s, const StringKey& k) {
+    if (s.size() > PATH_MAX || s.find('\0') != std::string::npos)
+        return "`" + key + "` is too long or contains a NUL byte; the default is used";
+    if (s.empty() && !k.empty_ok) return "`" + key + "` must not be empty; the default is used";
+    if (key == "log_level") {
+        bool known = false;
+        for (auto l : kLogLevels) known = known || s == l;
+        if (!known) return "unknown log_level `" + s + "` (use off, error, warn, info or debug); the default is used";
+    } else if (key == "default_policy") {
+        if (!s.empty() && s.front() != '/' && !valid_policy_name(s))
+            return "`default_policy` must be a policy NAME ([A-Za-z0-9][A-Za-z0-9._-]{0,63}), an "
+                   "absolute path or \"\"; the default is used";
+    } else if (k.absolute && !s.empty() && s.front() != '/') {
+        return "`" + key + "` must be an absolute path; the default is used";
+    }
+    return "";
+}
+
+// One key of the document into `out.config`, or a problem; the key keeps
+// its default when its value is wrong.
+void apply_key(const std::string& key, const json& value, NodeConfigLoad& out) {
+    auto error = [&](std::string message) { out.problems.push_back({Level::error, std::move(message), "/" + key}); };
+    if (key == "$comment") return;
+    if (key == "domain_scope") {
+        if (value.is_string() && value.get_ref<const std::string&>() == "namespace")
+            out.config.domain_scope = DomainScope::kubernetes_namespace;
+        else if (value.is_string() && value.get_ref<const std::string&>() == "none")
+            out.config.domain_scope = DomainScope::none;
+        else
+            error("`domain_scope` must be \"namespace\" or \"none\"; the default is used");
+        return;
+    }
+    if (key == "fsync") {
+        if (value.is_boolean()) out.config.fsync = value.get<bool>();
+        else error("`fsync` must be true or false; the default is used");
+        return;
+    }
+    auto k = string_key(key, out.config);
+    if (!k) {
+        out.problems.push_back({Level::warn, "unknown key `" + key + "` ignored", "/" + key});
+        return;
+    }
+    if (!value.is_string()) {
+        error("`" + key + "` must be a string; the default is used");
+        return;
+    }
+    const auto& s = value.get_ref<const std::string&>();
+    if (auto why = string_value_problem(key, s, *k); !why.empty()) {
+        error(std::move(why));
+        return;
+    }
+    *k->target = s;
+}
+
+// "line L, column C" of a parse error, "(syntax)" when it names none.
+std::string parse_error_where(const json::parse_error& e) {
+    // e.what() is "[json.exception.parse_error.101] parse error at line 3, column 7: ..."
+    std::string what = e.what();
+    auto at = what.find("line ");
+    if (at == std::string::npos) return "(syntax)";
+    auto colon = what.find(':', at);
+    return what.substr(at, colon == std::string::npos ? std::string::npos : colon - at);
+}
+
+}  // namespace
+
 NodeConfigLoad parse_node_config(std::string_view text, const NodeConfig& defaults) {
     NodeConfigLoad out;
     out.config = defaults;
@@ -71,82 +159,10 @@ NodeConfigLoad parse_node_config(std::string_view text, const NodeConfig& defaul
             out.problems.push_back({Level::error, "the node configuration must be a JSON object", "(root)"});
             return out;
         }
-        auto error = [&](const std::string& key, std::string message) {
-            out.problems.push_back({Level::error, std::move(message), "/" + key});
-        };
-        for (const auto& [key, value] : doc.items()) {
-            std::string* target = nullptr;
-            bool absolute = true;        // value must be an absolute path (or "" where allowed)
-            bool empty_ok = false;
-            if (key == "runtime") target = &out.config.runtime;
-            else if (key == "preload") target = &out.config.preload;
-            else if (key == "policy_dir") target = &out.config.policy_dir;
-            else if (key == "hook") target = &out.config.hook, empty_ok = true;
-            else if (key == "log_file") target = &out.config.log_file, empty_ok = true;
-            else if (key == "default_policy") target = &out.config.default_policy, absolute = false, empty_ok = true;
-            else if (key == "log_level") target = &out.config.log_level, absolute = false;
-            else if (key == "$comment") continue;
-            else if (key == "domain_scope") {
-                if (value.is_string() && value.get_ref<const std::string&>() == "namespace")
-                    out.config.domain_scope = DomainScope::kubernetes_namespace;
-                else if (value.is_string() && value.get_ref<const std::string&>() == "none")
-                    out.config.domain_scope = DomainScope::none;
-                else
-                    error(key, "`domain_scope` must be \"namespace\" or \"none\"; the default is used");
-                continue;
-            }
-            else if (key == "fsync") {
-                if (value.is_boolean()) out.config.fsync = value.get<bool>();
-                else error(key, "`fsync` must be true or false; the default is used");
-                continue;
-            }
-            else {
-                out.problems.push_back({Level::warn, "unknown key `" + key + "` ignored", "/" + key});
-                continue;
-            }
-            if (!value.is_string()) {
-                error(key, "`" + key + "` must be a string; the default is used");
-                continue;
-            }
-            const auto& s = value.get_ref<const std::string&>();
-            if (s.size() > PATH_MAX || s.find('\0') != std::string::npos) {
-                error(key, "`" + key + "` is too long or contains a NUL byte; the default is used");
-                continue;
-            }
-            if (s.empty() && !empty_ok) {
-                error(key, "`" + key + "` must not be empty; the default is used");
-                continue;
-            }
-            if (key == "log_level") {
-                bool known = false;
-                for (auto l : kLogLevels) known = known || s == l;
-                if (!known) {
-                    error(key, "unknown log_level `" + s + "` (use off, error, warn, info or debug); the default is used");
-                    continue;
-                }
-            } else if (key == "default_policy") {
-                if (!s.empty() && s.front() != '/' && !valid_policy_name(s)) {
-                    error(key, "`default_policy` must be a policy NAME ([A-Za-z0-9][A-Za-z0-9._-]{0,63}), an "
-                               "absolute path or \"\"; the default is used");
-                    continue;
-                }
-            } else if (absolute && !s.empty() && s.front() != '/') {
-                error(key, "`" + key + "` must be an absolute path; the default is used");
-                continue;
-            }
-            *target = s;
-        }
+        for (const auto& [key, value] : doc.items()) apply_key(key, value, out);
     } catch (const json::parse_error& e) {
-        // e.what() is "[json.exception.parse_error.101] parse error at line 3, column 7: ..."
-        std::string what = e.what();
-        auto at = what.find("line ");
-        std::string where = "(syntax)";
-        if (at != std::string::npos) {
-            auto colon = what.find(':', at);
-            where = what.substr(at, colon == std::string::npos ? std::string::npos : colon - at);
-        }
         out.config = defaults;
-        out.problems.push_back({Level::error, "not valid JSON; every key takes its default", where});
+        out.problems.push_back({Level::error, "not valid JSON; every key takes its default", parse_error_where(e)});
     } catch (const std::exception& e) {
         out.config = defaults;
         out.problems.push_back({Level::error, std::string("reading the node configuration: ") + e.what(), "(file)"});

@@ -426,97 +426,126 @@ void check_triggers(Validator& val, const json& v, Triggers& t) {
     }
 }
 
+void check_description(Validator& val, const std::string& where, const json& value, Policy& p) {
+    if (auto s = val.string(where, value, "write a quoted text")) {
+        if (utf8_length(*s) > 1024)
+            val.error(where, "description is longer than 1024 characters", "shorten it");
+        else
+            p.description = *s;
+    }
+}
+
+void check_min_region(Validator& val, const std::string& where, const json& value, Policy& p) {
+    if (auto kib = val.integer(where, value, 4, 16777216, "16")) {
+        p.min_region_bytes = static_cast<std::uint64_t>(*kib) * 1024;
+        if (*kib < 16)
+            val.warn(where,
+                     "regions smaller than 16 KiB are advised: many tiny regions cost more to advise "
+                     "than they save",
+                     "use 16 or more unless small regions are known to be duplicated");
+    }
+}
+
+void check_domain(Validator& val, const std::string& where, const json& value, Policy& p) {
+    if (auto s = val.string(where, value, "write a quoted name, e.g. `\"tenant-a\"`")) {
+        // Up to kMaxDomain: the copy upm-hook createRuntime writes
+        // carries the domain scoped by the namespace (docs/hardening.md).
+        if (valid_domain(*s))
+            p.domain = *s;
+        else
+            val.error(where, "invalid domain `" + clip(*s) + "`",
+                      "use up to 132 letters, digits, `.`, `_` or `-`, starting with a letter or digit, "
+                      "or \"\" for the runtime's default");
+    }
+}
+
+void check_on_error(Validator& val, const std::string& where, const json& value, Policy& p,
+                    std::optional<FailMode>& declared_on_error) {
+    if (auto s = val.one_of(where, value, kFailModes, "on_error mode")) {
+        p.on_error = *s == "closed" ? FailMode::closed : FailMode::open;
+        declared_on_error = p.on_error;
+        if (p.on_error == FailMode::closed)
+            val.warn(where,
+                     "on_error `closed` stops the program (exit status 127) when upm cannot apply the "
+                     "policy",
+                     "use `open` unless the program must not run without deduplication");
+    }
+}
+
+void check_layout(Validator& val, const std::string& where, const json& value, Policy& p) {
+    if (auto s = val.one_of(where, value, kLayouts, "layout")) {
+        p.layout = *s == "fixed" ? Layout::fixed
+                   : *s == "shared-per-domain" ? Layout::shared_per_domain
+                                               : Layout::randomized;
+        if (p.layout == Layout::fixed)
+            val.warn(where,
+                     "layout `fixed` weakens ASLR: every process started under this policy, in every "
+                     "domain, has the same well-known addresses (docs/hardening.md)",
+                     "use `shared-per-domain` to keep layouts apart between domains, or `randomized`");
+        else if (p.layout == Layout::shared_per_domain)
+            val.warn(where,
+                     "layout `shared-per-domain` weakens ASLR: processes of one domain share their "
+                     "addresses, and the executable, [heap] and [stack] are at fixed addresses in every "
+                     "domain (docs/hardening.md)",
+                     "use it only for domains whose processes trust each other; `randomized` keeps ASLR");
+    }
+}
+
+void check_hash_seed(Validator& val, const std::string& where, const json& value, Policy& p) {
+    if (auto s = val.one_of(where, value, kHashSeeds, "hash seed mode")) {
+        p.hash_seed = *s == "per-domain" ? HashSeed::per_domain : HashSeed::random;
+        if (p.hash_seed == HashSeed::per_domain)
+            val.warn(where,
+                     "hash_seed `per-domain` weakens hash randomisation: processes of one domain share "
+                     "their hash seeds (PYTHONHASHSEED, PERL_HASH_SEED), so one that learns its seed can "
+                     "predict hash collisions in the others (docs/hardening.md)",
+                     "use it only for domains whose processes trust each other; `random` keeps it");
+    }
+}
+
+// One member of the document (unknown keys are reported by Validator::object).
+void check_root_key(Validator& val, const std::string& key, const json& value, Policy& p,
+                    std::optional<FailMode>& declared_on_error) {
+    std::string where = "/" + pointer_escape(key);
+    if (key == "$comment") {
+        val.string(where, value, "write the comment as a string");
+    } else if (key == "version") {
+        if (!value.is_number() || value != json(1))
+            val.error(where, value.is_number() ? "unsupported version " + show(value)
+                                               : "expected the integer 1, got " + type_name(value),
+                      "write `\"version\": 1` (the only format version)");
+    } else if (key == "description") {
+        check_description(val, where, value, p);
+    } else if (key == "classes") {
+        check_classes(val, value, p);
+    } else if (key == "include_paths") {
+        check_globs(val, key, value, p.include);
+    } else if (key == "exclude_paths") {
+        check_globs(val, key, value, p.exclude);
+    } else if (key == "min_region_kib") {
+        check_min_region(val, where, value, p);
+    } else if (key == "triggers") {
+        check_triggers(val, value, p.triggers);
+    } else if (key == "backend") {
+        if (auto s = val.one_of(where, value, kBackends, "backend")) parse_backend_choice(*s, p.backend);
+    } else if (key == "domain") {
+        check_domain(val, where, value, p);
+    } else if (key == "on_error") {
+        check_on_error(val, where, value, p, declared_on_error);
+    } else if (key == "log_level") {
+        if (auto s = val.one_of(where, value, kLogLevels, "log level")) p.log_level = *s;
+    } else if (key == "trim") {
+        if (auto b = val.boolean(where, value)) p.trim = *b;
+    } else if (key == "layout") {
+        check_layout(val, where, value, p);
+    } else if (key == "hash_seed") {
+        check_hash_seed(val, where, value, p);
+    }
+}
+
 void check_root(Validator& val, const json& doc, Policy& p, std::optional<FailMode>& declared_on_error) {
     if (!val.object("", doc, kRootKeys, "{\"version\": 1}")) return;
-    for (const auto& [key, value] : doc.items()) {
-        std::string where = "/" + pointer_escape(key);
-        if (key == "$comment") {
-            val.string(where, value, "write the comment as a string");
-        } else if (key == "version") {
-            if (!value.is_number() || value != json(1))
-                val.error(where, value.is_number() ? "unsupported version " + show(value)
-                                                   : "expected the integer 1, got " + type_name(value),
-                          "write `\"version\": 1` (the only format version)");
-        } else if (key == "description") {
-            if (auto s = val.string(where, value, "write a quoted text")) {
-                if (utf8_length(*s) > 1024)
-                    val.error(where, "description is longer than 1024 characters", "shorten it");
-                else
-                    p.description = *s;
-            }
-        } else if (key == "classes") {
-            check_classes(val, value, p);
-        } else if (key == "include_paths") {
-            check_globs(val, key, value, p.include);
-        } else if (key == "exclude_paths") {
-            check_globs(val, key, value, p.exclude);
-        } else if (key == "min_region_kib") {
-            if (auto kib = val.integer(where, value, 4, 16777216, "16")) {
-                p.min_region_bytes = static_cast<std::uint64_t>(*kib) * 1024;
-                if (*kib < 16)
-                    val.warn(where,
-                             "regions smaller than 16 KiB are advised: many tiny regions cost more to advise "
-                             "than they save",
-                             "use 16 or more unless small regions are known to be duplicated");
-            }
-        } else if (key == "triggers") {
-            check_triggers(val, value, p.triggers);
-        } else if (key == "backend") {
-            if (auto s = val.one_of(where, value, kBackends, "backend")) parse_backend_choice(*s, p.backend);
-        } else if (key == "domain") {
-            if (auto s = val.string(where, value, "write a quoted name, e.g. `\"tenant-a\"`")) {
-                // Up to kMaxDomain: the copy upm-hook createRuntime writes
-                // carries the domain scoped by the namespace (docs/hardening.md).
-                if (valid_domain(*s))
-                    p.domain = *s;
-                else
-                    val.error(where, "invalid domain `" + clip(*s) + "`",
-                              "use up to 132 letters, digits, `.`, `_` or `-`, starting with a letter or digit, "
-                              "or \"\" for the runtime's default");
-            }
-        } else if (key == "on_error") {
-            if (auto s = val.one_of(where, value, kFailModes, "on_error mode")) {
-                p.on_error = *s == "closed" ? FailMode::closed : FailMode::open;
-                declared_on_error = p.on_error;
-                if (p.on_error == FailMode::closed)
-                    val.warn(where,
-                             "on_error `closed` stops the program (exit status 127) when upm cannot apply the "
-                             "policy",
-                             "use `open` unless the program must not run without deduplication");
-            }
-        } else if (key == "log_level") {
-            if (auto s = val.one_of(where, value, kLogLevels, "log level")) p.log_level = *s;
-        } else if (key == "trim") {
-            if (auto b = val.boolean(where, value)) p.trim = *b;
-        } else if (key == "layout") {
-            if (auto s = val.one_of(where, value, kLayouts, "layout")) {
-                p.layout = *s == "fixed" ? Layout::fixed
-                           : *s == "shared-per-domain" ? Layout::shared_per_domain
-                                                       : Layout::randomized;
-                if (p.layout == Layout::fixed)
-                    val.warn(where,
-                             "layout `fixed` weakens ASLR: every process started under this policy, in every "
-                             "domain, has the same well-known addresses (docs/hardening.md)",
-                             "use `shared-per-domain` to keep layouts apart between domains, or `randomized`");
-                else if (p.layout == Layout::shared_per_domain)
-                    val.warn(where,
-                             "layout `shared-per-domain` weakens ASLR: processes of one domain share their "
-                             "addresses, and the executable, [heap] and [stack] are at fixed addresses in every "
-                             "domain (docs/hardening.md)",
-                             "use it only for domains whose processes trust each other; `randomized` keeps ASLR");
-            }
-        } else if (key == "hash_seed") {
-            if (auto s = val.one_of(where, value, kHashSeeds, "hash seed mode")) {
-                p.hash_seed = *s == "per-domain" ? HashSeed::per_domain : HashSeed::random;
-                if (p.hash_seed == HashSeed::per_domain)
-                    val.warn(where,
-                             "hash_seed `per-domain` weakens hash randomisation: processes of one domain share "
-                             "their hash seeds (PYTHONHASHSEED, PERL_HASH_SEED), so one that learns its seed can "
-                             "predict hash collisions in the others (docs/hardening.md)",
-                             "use it only for domains whose processes trust each other; `random` keeps it");
-            }
-        }
-    }
+    for (const auto& [key, value] : doc.items()) check_root_key(val, key, value, p, declared_on_error);
     const Triggers& t = p.triggers;
     if (val.errors() == 0 && !t.at_start && !t.after_dlopen && t.delays.empty() && t.periodic_interval.count() == 0 &&
         t.signal == 0)

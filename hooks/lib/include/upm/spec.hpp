@@ -5,7 +5,8 @@
 // config.json before any hook runs (runtime-spec, lifecycle step 2).  So the
 // wrapper edits the bundle's config.json first and then execs the real
 // runtime with the same argv.  This header holds every step of that, as
-// library code the unit tests drive on fixture bundles:
+// library code the unit tests drive on fixture bundles (hooks/lib/oci/, one
+// file a concern: runtime_args, bundle, annotations, spec_edit, domain, prepare):
 //
 //   parse_runtime_args()  which subcommand, which bundle, where the runtime logs
 //   read_bundle_config()  config.json, bounded, O_NOFOLLOW, relative to the bundle dir
