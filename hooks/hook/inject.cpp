@@ -67,7 +67,7 @@ int run_create_runtime(const std::string& stage, const upm::NodeConfigLoad& load
             return 0;
         }
         // Every check of upm-runtime, without writing config.json.
-        upm::Preparation p = upm::prepare_bundle(load.config, state->bundle, state->id, /*write=*/false);
+        upm::Preparation p = upm::prepare_bundle(load.config, state->bundle, state->id, {.write = false});
         log_notes(log, p);
         if (p.verdict == upm::Verdict::refused)
             return refuse(log, who + "refused by the policy's `\"on_error\": \"closed\"` (see the log line before)");

@@ -45,10 +45,13 @@ int own_option(const std::string& option, const upm::NodeConfig& config) {
     std::printf(
         "upm-runtime: runc/crun wrapper of upm (User-guided Page Merging)\n\n"
         "usage: upm-runtime [RUNTIME OPTIONS] COMMAND [ARGS...]   (exactly as runc or crun)\n"
+        "       upm-runtime --upm-enable [RUNTIME OPTIONS] COMMAND [ARGS...]\n"
         "       upm-runtime --upm-help | --upm-version\n\n"
         "For `create` and `run` of a bundle annotated upm.enabled=true, config.json gets the\n"
         "preload, the policy (upm.policy=NAME) and the domain (upm.domain=ID); then the real\n"
-        "runtime is executed with the same arguments.  --help and --version are the real\n"
+        "runtime is executed with the same arguments.  With --upm-enable (Docker's runtime\n"
+        "`upm`: Docker before 24 passes no annotations) every bundle counts as annotated\n"
+        "upm.enabled=true unless it says otherwise.  --help and --version are the real\n"
         "runtime's.  Node configuration: $UPM_CONFIG or /etc/upm/config.json (now: %s).\n"
         "Real runtime: %s.  Documentation: docs/runtime.md.\n",
         config.source.empty() ? "defaults" : config.source.c_str(),
@@ -60,6 +63,7 @@ int own_option(const std::string& option, const upm::NodeConfig& config) {
 
 int main(int argc, char** argv) {
     std::vector<std::string> args(argv + 1, argv + argc);
+    bool enabled_by_runtime = upm::take_enable_flag(args);
     std::string self = self_exe();
     auto load = upm::load_node_config(self);
     const upm::NodeConfig& config = load.config;
@@ -76,7 +80,8 @@ int main(int argc, char** argv) {
             log.write(upm::Level::warn, "container `" + upm::printable(runtime_args.container_id) +
                                                 "`: --config names another spec than config.json: not deduplicated");
         } else {
-            auto prep = upm::prepare_bundle(config, runtime_args.bundle, runtime_args.container_id);
+            auto prep = upm::prepare_bundle(config, runtime_args.bundle, runtime_args.container_id,
+                                           {.enabled_by_runtime = enabled_by_runtime});
             for (const auto& note : prep.notes) log.write(note.level, note.message);
             if (prep.verdict == upm::Verdict::refused) {
                 for (const auto& note : prep.notes)
@@ -93,8 +98,10 @@ int main(int argc, char** argv) {
     else if (!self.empty() && real_path(config.runtime) == real_path(self))
         why = "the node configuration names upm-runtime itself as the real runtime (`" + config.runtime + "`)";
     if (why.empty()) {
-        argv[0] = const_cast<char*>(config.runtime.c_str());
-        ::execv(config.runtime.c_str(), argv);
+        std::vector<char*> real_argv{const_cast<char*>(config.runtime.c_str())};
+        for (auto& a : args) real_argv.push_back(a.data());
+        real_argv.push_back(nullptr);
+        ::execv(config.runtime.c_str(), real_argv.data());
         why = "cannot execute the real runtime `" + config.runtime + "`: " + std::strerror(errno);
     }
     log.write(upm::Level::error, why);

@@ -115,7 +115,8 @@ def test_podman():
 
 def test_docker():
     cfg = json.loads((RUNTIMES / "docker/daemon.json").read_text(encoding="utf-8"))
-    assert cfg == {"runtimes": {HANDLER: {"path": BINARY}}}
+    # --upm-enable: with Docker the runtime is the opt-in (Docker before 24 passes no annotations)
+    assert cfg == {"runtimes": {HANDLER: {"path": BINARY, "runtimeArgs": ["--upm-enable"]}}}
 
 
 @needs_yaml

@@ -184,7 +184,7 @@ TEST_CASE("docker: no daemon.json is created and removed; bad ones are refused",
     auto o = host.options(Engine::docker);
     run(o, true);
     CHECK(nlohmann::json::parse(host.get(path)) ==
-          nlohmann::json::parse(R"({"runtimes": {"upm": {"path": "/opt/upm/bin/upm-runtime"}}})"));
+          nlohmann::json::parse(R"({"runtimes": {"upm": {"path": "/opt/upm/bin/upm-runtime", "runtimeArgs": ["--upm-enable"]}}})"));
     run(o, false);
     CHECK_FALSE(host.has(path));
 

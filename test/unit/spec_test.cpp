@@ -347,6 +347,27 @@ TEST_CASE("spec: prepare_bundle leaves unannotated bundles byte-identical", "[sp
     }
 }
 
+TEST_CASE("spec: --upm-enable: the runtime is the opt-in, an explicit value still opts out", "[spec]") {
+    std::vector<std::string> docker = {"--upm-enable", "--root", "/run/docker/runtime-runc/moby", "--log",
+                                       "/x/log.json", "create", "--bundle", "/b", "id1"};
+    CHECK(take_enable_flag(docker));
+    CHECK(docker == std::vector<std::string>{"--root", "/run/docker/runtime-runc/moby", "--log", "/x/log.json",
+                                             "create", "--bundle", "/b", "id1"});
+    CHECK_FALSE(take_enable_flag(docker));
+    // After the subcommand it is the container's business, not ours.
+    std::vector<std::string> late = {"create", "--bundle", "/b", "--upm-enable"};
+    CHECK_FALSE(take_enable_flag(late));
+    CHECK(late.size() == 4);
+
+    TempBundle plain("plain");
+    auto p = prepare_bundle(node_config(), plain.dir, "d1", {.enabled_by_runtime = true});
+    CHECK(p.verdict == Verdict::edited);
+    CHECK_THAT(plain.config(), Catch::Contains("libupm-preload.so"));
+    TempBundle disabled("disabled");  // upm.enabled: "false"
+    CHECK(prepare_bundle(node_config(), disabled.dir, "d2", {.enabled_by_runtime = true}).verdict ==
+          Verdict::untouched);
+}
+
 TEST_CASE("spec: an escaped annotation key is still found", "[spec]") {
     TempBundle b("plain");
     std::string text = b.config();

@@ -60,8 +60,10 @@ std::string policy_problems(const PolicyCheck& check, const std::string& file) {
 // verdict `edited` then means "would be injected").
 class Preparer {
 public:
-    Preparer(const NodeConfig& config, const std::string& bundle_dir, std::string_view container_id, Preparation& p)
-        : config_(config), bundle_dir_(bundle_dir), p_(p), notes_(p, container_id) {}
+    Preparer(const NodeConfig& config, const std::string& bundle_dir, std::string_view container_id, Preparation& p,
+             bool enabled_by_runtime)
+        : config_(config), bundle_dir_(bundle_dir), p_(p), notes_(p, container_id),
+          enabled_by_runtime_(enabled_by_runtime) {}
 
     void run(const std::string* given, bool write) {
         if (!read_annotated_spec(given)) return;
@@ -90,11 +92,13 @@ private:
     bool edit_and_write(bool write);
     void accept(bool write);
     bool fail(const std::string& why);
+    bool enable_by_runtime();
 
     const NodeConfig& config_;
     const std::string& bundle_dir_;
     Preparation& p_;
     Notes notes_;
+    bool enabled_by_runtime_;
     Result<BundleConfig> bundle_ = BundleConfig{};
     UpmAnnotations ann_;
     std::string policy_name_;
@@ -119,6 +123,7 @@ bool Preparer::read_annotated_spec(const std::string* given) {
     // upm.enabled; an 18 KiB spec costs about 0.3 ms of CPU to parse.
     if (bundle_->text.find(kAnnotationEnabled) == std::string::npos &&
         bundle_->text.find("\\u") == std::string::npos) {
+        if (enabled_by_runtime_) return enable_by_runtime();
         notes_.add(Level::debug, "not annotated `upm.enabled=true`: config.json left as it is");
         return false;
     }
@@ -128,6 +133,7 @@ bool Preparer::read_annotated_spec(const std::string* given) {
         return false;
     }
     ann_ = std::move(*ann);
+    if (!ann_.enabled && !ann_.enabled_present && enabled_by_runtime_) return enable_by_runtime();
     if (!ann_.enabled) {
         if (ann_.enabled_present)
             notes_.add(Level::info, "annotation `upm.enabled` is `" + printable(ann_.enabled_value, 32) +
@@ -136,6 +142,14 @@ bool Preparer::read_annotated_spec(const std::string* given) {
             notes_.add(Level::debug, "not annotated `upm.enabled=true`: config.json left as it is");
         return false;
     }
+    return true;
+}
+
+// Opted in by the runtime (--upm-enable), not by an annotation.
+bool Preparer::enable_by_runtime() {
+    ann_.enabled = true;
+    notes_.add(Level::info, "no annotation `upm.enabled`: enabled by the runtime (upm-runtime --upm-enable, "
+                            "e.g. Docker's runtime `upm`)");
     return true;
 }
 
@@ -301,10 +315,10 @@ void Preparer::accept(bool write) {
 }
 
 Preparation prepare(const NodeConfig& config, const std::string& bundle_dir, std::string_view container_id,
-                    const std::string* given, bool write) {
+                    const std::string* given, PrepareOptions options) {
     Preparation p;
     try {
-        Preparer(config, bundle_dir, container_id, p).run(given, write);
+        Preparer(config, bundle_dir, container_id, p, options.enabled_by_runtime).run(given, options.write);
     } catch (const std::exception& e) {
         p.notes.push_back({Level::error, std::string("not deduplicated: ") + e.what()});
     }
@@ -314,13 +328,13 @@ Preparation prepare(const NodeConfig& config, const std::string& bundle_dir, std
 }  // namespace
 
 Preparation prepare_bundle(const NodeConfig& config, const std::string& bundle_dir, std::string_view container_id,
-                           bool write) {
-    return prepare(config, bundle_dir, container_id, nullptr, write);
+                           PrepareOptions options) {
+    return prepare(config, bundle_dir, container_id, nullptr, options);
 }
 
 Preparation prepare_spec(const NodeConfig& config, std::string_view config_text, std::string_view container_id) {
     const std::string text(config_text);
-    return prepare(config, "", container_id, &text, false);
+    return prepare(config, "", container_id, &text, PrepareOptions{.write = false});
 }
 
 }  // namespace upm

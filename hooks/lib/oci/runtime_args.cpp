@@ -33,6 +33,15 @@ bool flag_true(const std::optional<std::string>& value) {
 
 }  // namespace
 
+bool take_enable_flag(std::vector<std::string>& args) {
+    auto command = parse_runtime_args(args).command_index;
+    auto end = command < 0 ? args.end() : args.begin() + command;
+    auto it = std::find(args.begin(), end, kRuntimeEnableFlag);
+    if (it == end) return false;
+    args.erase(std::remove(args.begin(), end, kRuntimeEnableFlag), end);
+    return true;
+}
+
 RuntimeArgs parse_runtime_args(const std::vector<std::string>& args) {
     RuntimeArgs r;
     try {

@@ -80,6 +80,13 @@ struct RuntimeArgs {
 // the container id.  Never throws; unknown flags are taken as booleans.
 RuntimeArgs parse_runtime_args(const std::vector<std::string>& args);
 
+// upm-runtime's own global flag, given where runc's global flags go (Docker
+// puts a runtime's `runtimeArgs` there): `--upm-enable` before the
+// subcommand.  Removes it from `args` (the real runtime must not see it) and
+// returns whether it was there.
+inline constexpr std::string_view kRuntimeEnableFlag = "--upm-enable";
+bool take_enable_flag(std::vector<std::string>& args);
+
 // create and run read config.json; every other command is passed through.
 bool edits_bundle(const RuntimeArgs& args);
 
@@ -227,10 +234,18 @@ struct Preparation {
 // the policy chosen is well-formed with "on_error": "closed" (then the
 // verdict is `refused`).  Never throws.
 //
-// write = false is upm-hook's createRuntime mode: every check and the edit,
-// but config.json is not written and no "injected" note is added.
+struct PrepareOptions {
+    // false is upm-hook's createRuntime mode: every check and the edit, but
+    // config.json is not written and no "injected" note is added.
+    bool write = true;
+    // The runtime itself is the opt-in (upm-runtime --upm-enable: Docker's
+    // runtime "upm", since Docker before 24 passes no annotations): a bundle
+    // without `upm.enabled` counts as upm.enabled=true; an explicit value
+    // other than "true" still opts out.
+    bool enabled_by_runtime = false;
+};
 Preparation prepare_bundle(const NodeConfig& config, const std::string& bundle_dir, std::string_view container_id,
-                           bool write = true);
+                           PrepareOptions options = {});
 
 // The same on a document that is not a bundle's config.json (podman's
 // precreate hook gets the spec on stdin and writes it to stdout): nothing is
