@@ -55,6 +55,7 @@ int ksm_upm_reconcile_range(struct mm_struct *mm, unsigned long start,
 			    unsigned long end);
 unsigned long ksm_upm_candidates(void);
 unsigned long ksm_upm_index_bytes(void);
+unsigned long ksm_upm_hash_bytes(void);
 
 #endif /* CONFIG_UPM */
 #endif /* _MM_KSM_INTERNAL_H */

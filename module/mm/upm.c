@@ -304,6 +304,13 @@ static ssize_t index_bytes_show(struct kobject *kobj,
 }
 UPM_ATTR_RO(index_bytes);
 
+static ssize_t hash_table_bytes_show(struct kobject *kobj,
+				     struct kobj_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%lu\n", ksm_upm_hash_bytes());
+}
+UPM_ATTR_RO(hash_table_bytes);
+
 static ssize_t enabled_show(struct kobject *kobj,
 			    struct kobj_attribute *attr, char *buf)
 {
@@ -428,6 +435,7 @@ static struct attribute *upm_attrs[] = {
 	&merge_failed_attr.attr.attr,
 	&reconciled_attr.attr.attr,
 	&index_bytes_attr.attr,
+	&hash_table_bytes_attr.attr,
 	&time_ns_attr.attr,
 	NULL,
 };
