@@ -73,6 +73,7 @@ static int upm_domain_mode __read_mostly = UPM_DOMAIN_MEMCG;
 static bool upm_share_with_ksm __read_mostly;
 static unsigned int upm_domain_level __read_mostly;
 unsigned long upm_max_candidates __read_mostly;
+unsigned long upm_max_domain_candidates __read_mostly;
 
 /**
  * struct upm_stats - cumulative statistics, shown in /sys/kernel/mm/upm/
@@ -375,6 +376,28 @@ static ssize_t max_candidates_store(struct kobject *kobj,
 }
 UPM_ATTR(max_candidates);
 
+static ssize_t max_candidates_per_domain_show(struct kobject *kobj,
+					      struct kobj_attribute *attr,
+					      char *buf)
+{
+	return sysfs_emit(buf, "%lu\n", READ_ONCE(upm_max_domain_candidates));
+}
+
+static ssize_t max_candidates_per_domain_store(struct kobject *kobj,
+					       struct kobj_attribute *attr,
+					       const char *buf, size_t count)
+{
+	unsigned long value;
+	int err;
+
+	err = kstrtoul(buf, 10, &value);
+	if (err)
+		return -EINVAL;
+	WRITE_ONCE(upm_max_domain_candidates, value);
+	return count;
+}
+UPM_ATTR(max_candidates_per_domain);
+
 static ssize_t domain_mode_show(struct kobject *kobj,
 				struct kobj_attribute *attr, char *buf)
 {
@@ -423,6 +446,7 @@ static struct attribute *upm_attrs[] = {
 	&domain_level_attr.attr,
 	&share_with_ksm_attr.attr,
 	&max_candidates_attr.attr,
+	&max_candidates_per_domain_attr.attr,
 	&calls_attr.attr.attr,
 	&pages_examined_attr.attr.attr,
 	&pages_merged_existing_attr.attr.attr,
@@ -450,6 +474,8 @@ static int __init upm_init(void)
 {
 	/* 64 bytes of rmap_item per candidate: at most 0.4% of memory */
 	upm_max_candidates = totalram_pages() / 4;
+	/* one domain (tenant) may hold at most half of them */
+	upm_max_domain_candidates = upm_max_candidates / 2;
 #ifdef CONFIG_SYSFS
 	if (sysfs_create_group(mm_kobj, &upm_attr_group))
 		pr_err("upm: register sysfs failed\n");
