@@ -233,12 +233,16 @@ out:
  *
  * Called by do_madvise() after it dropped the mmap_lock: takes the merged
  * pages of the range out of the KSM counters right away, instead of when
- * ksmd next passes by (never, with ksmd stopped).
+ * ksmd next passes by (never, with ksmd stopped).  Only for an mm that
+ * used MADV_UPM (a non-zero domain; with share_with_ksm, an adviser of
+ * domain 0 is treated as a plain KSM user here): a plain KSM user's
+ * MADV_UNMERGEABLE stays as upstream, without ksm_thread_mutex.
  */
 void upm_unmerged(struct mm_struct *mm, unsigned long start,
 		  unsigned long end)
 {
-	if (test_bit(MMF_VM_MERGEABLE, &mm->flags))
+	if (READ_ONCE(mm->upm_domain) &&
+	    test_bit(MMF_VM_MERGEABLE, &mm->flags))
 		ksm_upm_reconcile_range(mm, start, end);
 }
 
