@@ -30,6 +30,8 @@ struct mm_struct;
  * @stale: stale candidates dropped (content changed, unmapped, mm gone)
  * @index_full: pages not remembered because max_candidates was reached
  * @failed: merges that failed (page pinned, locked or changed meanwhile)
+ * @failed_ref: of those, merges that failed while a page had a reference
+ *	beyond its mappings (e.g. in another CPU's LRU batch)
  * @reconciled: stale rmap_items taken out of the stable tree or index
  */
 struct upm_result {
@@ -42,11 +44,13 @@ struct upm_result {
 	unsigned long stale;
 	unsigned long index_full;
 	unsigned long failed;
+	unsigned long failed_ref;
 	unsigned long reconciled;
 };
 
-/* Tunable, read by mm/ksm.c under ksm_thread_mutex; owned by mm/upm.c. */
+/* Tunables, read by mm/ksm.c under ksm_thread_mutex; owned by mm/upm.c. */
 extern unsigned long upm_max_candidates;
+extern unsigned long upm_max_domain_candidates;
 
 int ksm_upm_merge_range(struct mm_struct *mm, unsigned long start,
 			unsigned long end, u64 domain,
@@ -55,6 +59,7 @@ int ksm_upm_reconcile_range(struct mm_struct *mm, unsigned long start,
 			    unsigned long end);
 unsigned long ksm_upm_candidates(void);
 unsigned long ksm_upm_index_bytes(void);
+unsigned long ksm_upm_hash_bytes(void);
 
 #endif /* CONFIG_UPM */
 #endif /* _MM_KSM_INTERNAL_H */

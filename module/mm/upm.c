@@ -28,12 +28,18 @@
  * id (64 bits, never reused) of the memory cgroup of its owner, or of that
  * cgroup's ancestor at depth domain_level when that is set (a pod or a
  * tenant instead of each container); the root memory cgroup is domain 0.
- * In "global" mode every mm is in domain 0.  Domain 0 is also the domain of mms that only ever used
- * MADV_MERGEABLE, so in global mode UPM and ksmd share everything as KSM
- * always did.  The domain is taken at each MADV_UPM call and stored in
- * mm->upm_domain (inherited by fork), where ksmd reads it too.  The stable
- * tree is ordered by (content, domain), so a KSM page only ever serves
- * one domain.
+ * In "global" mode every mm is in domain 0.  Domain 0 is the domain of mms
+ * that only ever used MADV_MERGEABLE: a UPM adviser whose domain would be
+ * 0 gets UPM_DOMAIN_SHARED instead, shared by such UPM advisers only, so
+ * that a synchronous merge never answers "does this content exist?" about
+ * every KSM user of the node (unless share_with_ksm is set).  The domain is
+ * taken at each MADV_UPM call and stored in mm->upm_domain (inherited by
+ * fork), where ksmd reads it too.  The stable tree is ordered by (content,
+ * domain), so a KSM page only ever serves one domain.
+ *
+ * MADV_UPM is refused (EPERM) until root enables it in
+ * /sys/kernel/mm/upm/enabled: see Documentation/admin-guide/mm/upm.rst for
+ * the content-oracle threat this opt-in and the domains answer.
  */
 
 #include <linux/atomic.h>
@@ -62,10 +68,12 @@ static const char * const upm_domain_mode_names[] = {
 };
 
 /* Tunables (see Documentation/admin-guide/mm/upm.rst) */
-static bool upm_enabled __read_mostly = true;
+static bool upm_enabled __read_mostly;
 static int upm_domain_mode __read_mostly = UPM_DOMAIN_MEMCG;
+static bool upm_share_with_ksm __read_mostly;
 static unsigned int upm_domain_level __read_mostly;
 unsigned long upm_max_candidates __read_mostly;
+unsigned long upm_max_domain_candidates __read_mostly;
 
 /**
  * struct upm_stats - cumulative statistics, shown in /sys/kernel/mm/upm/
@@ -98,6 +106,13 @@ struct upm_stats {
 static struct upm_stats upm_stats;
 
 /*
+ * The domain of UPM advisers that would be in domain 0 (global mode, the
+ * root memory cgroup, no memcg): never a cgroup id, so MADV_UPM does not
+ * merge with, nor probe, the pages of plain MADV_MERGEABLE users.
+ */
+#define UPM_DOMAIN_SHARED	U64_MAX
+
+/*
  * The sharing domain of @mm under the current domain_mode.  Takes and
  * drops a reference on the memcg of mm->owner.
  */
@@ -108,10 +123,10 @@ static u64 upm_domain_of(struct mm_struct *mm)
 	struct mem_cgroup *memcg;
 
 	if (READ_ONCE(upm_domain_mode) != UPM_DOMAIN_MEMCG)
-		return 0;
+		goto out;
 	memcg = get_mem_cgroup_from_mm(mm);
 	if (!memcg)
-		return 0;
+		goto out;
 	if (!mem_cgroup_is_root(memcg)) {
 		struct cgroup *cgrp = memcg->css.cgroup;
 		unsigned int level = READ_ONCE(upm_domain_level);
@@ -122,7 +137,10 @@ static u64 upm_domain_of(struct mm_struct *mm)
 		domain = cgroup_id(cgrp);
 	}
 	css_put(&memcg->css);
+out:
 #endif
+	if (!domain && !READ_ONCE(upm_share_with_ksm))
+		domain = UPM_DOMAIN_SHARED;
 	return domain;
 }
 
@@ -178,7 +196,8 @@ static int upm_merge_charged(struct mm_struct *mm, unsigned long start,
  * ksm_thread_mutex, which ranks above every mmap_lock.
  *
  * Return: 0; -ENOMEM if part of the range is unmapped (the mapped part is
- * still advised and merged); -EINVAL when UPM is disabled; -EAGAIN when
+ * still advised and merged); -EPERM when UPM is not enabled (nothing is
+ * done, not even MADV_MERGEABLE); -EAGAIN when
  * KSM is unmerging everything (run=2) or memory ran short; -EINTR on a
  * fatal signal; another error of MADV_MERGEABLE.
  */
@@ -189,7 +208,7 @@ int upm_madvise(struct mm_struct *mm, unsigned long start, unsigned long end)
 	int err, ret;
 
 	if (!READ_ONCE(upm_enabled))
-		return -EINVAL;
+		return -EPERM;
 
 	t0 = ktime_get_ns();
 	err = do_madvise(mm, start, end - start, MADV_MERGEABLE);
@@ -214,12 +233,16 @@ out:
  *
  * Called by do_madvise() after it dropped the mmap_lock: takes the merged
  * pages of the range out of the KSM counters right away, instead of when
- * ksmd next passes by (never, with ksmd stopped).
+ * ksmd next passes by (never, with ksmd stopped).  Only for an mm that
+ * used MADV_UPM (a non-zero domain; with share_with_ksm, an adviser of
+ * domain 0 is treated as a plain KSM user here): a plain KSM user's
+ * MADV_UNMERGEABLE stays as upstream, without ksm_thread_mutex.
  */
 void upm_unmerged(struct mm_struct *mm, unsigned long start,
 		  unsigned long end)
 {
-	if (test_bit(MMF_VM_MERGEABLE, &mm->flags))
+	if (READ_ONCE(mm->upm_domain) &&
+	    test_bit(MMF_VM_MERGEABLE, &mm->flags))
 		ksm_upm_reconcile_range(mm, start, end);
 }
 
@@ -286,6 +309,13 @@ static ssize_t index_bytes_show(struct kobject *kobj,
 }
 UPM_ATTR_RO(index_bytes);
 
+static ssize_t hash_table_bytes_show(struct kobject *kobj,
+				     struct kobj_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%lu\n", ksm_upm_hash_bytes());
+}
+UPM_ATTR_RO(hash_table_bytes);
+
 static ssize_t enabled_show(struct kobject *kobj,
 			    struct kobj_attribute *attr, char *buf)
 {
@@ -306,6 +336,27 @@ static ssize_t enabled_store(struct kobject *kobj,
 	return count;
 }
 UPM_ATTR(enabled);
+
+static ssize_t share_with_ksm_show(struct kobject *kobj,
+				   struct kobj_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%d\n", READ_ONCE(upm_share_with_ksm));
+}
+
+static ssize_t share_with_ksm_store(struct kobject *kobj,
+				    struct kobj_attribute *attr,
+				    const char *buf, size_t count)
+{
+	bool value;
+	int err;
+
+	err = kstrtobool(buf, &value);
+	if (err)
+		return -EINVAL;
+	WRITE_ONCE(upm_share_with_ksm, value);
+	return count;
+}
+UPM_ATTR(share_with_ksm);
 
 static ssize_t max_candidates_show(struct kobject *kobj,
 				   struct kobj_attribute *attr, char *buf)
@@ -328,6 +379,28 @@ static ssize_t max_candidates_store(struct kobject *kobj,
 	return count;
 }
 UPM_ATTR(max_candidates);
+
+static ssize_t max_candidates_per_domain_show(struct kobject *kobj,
+					      struct kobj_attribute *attr,
+					      char *buf)
+{
+	return sysfs_emit(buf, "%lu\n", READ_ONCE(upm_max_domain_candidates));
+}
+
+static ssize_t max_candidates_per_domain_store(struct kobject *kobj,
+					       struct kobj_attribute *attr,
+					       const char *buf, size_t count)
+{
+	unsigned long value;
+	int err;
+
+	err = kstrtoul(buf, 10, &value);
+	if (err)
+		return -EINVAL;
+	WRITE_ONCE(upm_max_domain_candidates, value);
+	return count;
+}
+UPM_ATTR(max_candidates_per_domain);
 
 static ssize_t domain_mode_show(struct kobject *kobj,
 				struct kobj_attribute *attr, char *buf)
@@ -375,7 +448,9 @@ static struct attribute *upm_attrs[] = {
 	&enabled_attr.attr,
 	&domain_mode_attr.attr,
 	&domain_level_attr.attr,
+	&share_with_ksm_attr.attr,
 	&max_candidates_attr.attr,
+	&max_candidates_per_domain_attr.attr,
 	&calls_attr.attr.attr,
 	&pages_examined_attr.attr.attr,
 	&pages_merged_existing_attr.attr.attr,
@@ -388,6 +463,7 @@ static struct attribute *upm_attrs[] = {
 	&merge_failed_attr.attr.attr,
 	&reconciled_attr.attr.attr,
 	&index_bytes_attr.attr,
+	&hash_table_bytes_attr.attr,
 	&time_ns_attr.attr,
 	NULL,
 };
@@ -402,6 +478,8 @@ static int __init upm_init(void)
 {
 	/* 64 bytes of rmap_item per candidate: at most 0.4% of memory */
 	upm_max_candidates = totalram_pages() / 4;
+	/* one domain (tenant) may hold at most half of them */
+	upm_max_domain_candidates = upm_max_candidates / 2;
 #ifdef CONFIG_SYSFS
 	if (sysfs_create_group(mm_kobj, &upm_attr_group))
 		pr_err("upm: register sysfs failed\n");

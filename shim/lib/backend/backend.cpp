@@ -104,6 +104,15 @@ bool no_new_privs() {
     return set;
 }
 
+// A upm kernel refuses MADV_UPM (EPERM) until root opts the node in; then
+// the reason says so and how to enable it.
+static std::string upm_refused() {
+    auto text = detail::read_file("/sys/kernel/mm/upm/enabled", detail::kMaxSmallFile);
+    if (!text || detail::trim(*text) != "0") return "";
+    return "the kernel refused MADV_UPM: /sys/kernel/mm/upm/enabled is 0 (a node opt-in; root enables it with "
+           "`echo 1 > /sys/kernel/mm/upm/enabled`)";
+}
+
 bool ksmd_running() {
     auto text = detail::read_file("/sys/kernel/mm/ksm/run", detail::kMaxSmallFile);
     return text && detail::trim(*text) == "1";
@@ -135,12 +144,19 @@ BackendInfo select_backend(BackendChoice choice, bool everything_anonymous) {
         switch (choice) {
             case BackendChoice::automatic:
                 if (kernel_has_madv_upm()) return {BackendKind::upm, "kernel has MADV_UPM: merging synchronously"};
-                if (kernel_has_ksm()) return ksm("kernel has no MADV_UPM: using KSM (ksmd merges in the background)");
+                if (kernel_has_ksm()) {
+                    auto refused = upm_refused();
+                    if (!refused.empty()) return ksm(refused + ": using KSM (ksmd merges in the background)");
+                    return ksm("kernel has no MADV_UPM: using KSM (ksmd merges in the background)");
+                }
                 return {BackendKind::none,
                         "kernel has no KSM (CONFIG_KSM) and no MADV_UPM: nothing will be merged (boot a kernel "
                         "with CONFIG_KSM=y or the upm patch)"};
             case BackendChoice::upm:
                 if (kernel_has_madv_upm()) return {BackendKind::upm, "kernel has MADV_UPM: merging synchronously"};
+                if (auto refused = upm_refused(); !refused.empty())
+                    return {BackendKind::none, "policy asks for backend `upm` but " + refused +
+                                                   ": nothing will be merged (use backend `auto` to fall back to KSM)"};
                 return {BackendKind::none,
                         "policy asks for backend `upm` but the kernel has no MADV_UPM: nothing will be merged "
                         "(use backend `auto` to fall back to KSM)"};

@@ -549,4 +549,84 @@ static inline double ut_pct(long a, long b)
 	return b ? 100.0 * a / b : 0;
 }
 
+/* ---- cgroups, /sys/kernel/mm/upm knobs, ksmd scans ------------------------ */
+
+#define UT_CG "/sys/fs/cgroup"
+
+/* Move @pid into cgroup @cg ("" = the root cgroup), memory controller on. */
+static inline void ut_cg_move(const char *cg, pid_t pid)
+{
+	char path[160], v[32];
+
+	ut_write_str(UT_CG "/cgroup.subtree_control", "+memory");
+	if (cg[0]) {
+		snprintf(path, sizeof(path), UT_CG "/%s", cg);
+		mkdir(path, 0755);
+		snprintf(path, sizeof(path), UT_CG "/%s/cgroup.procs", cg);
+	} else {
+		snprintf(path, sizeof(path), UT_CG "/cgroup.procs");
+	}
+	snprintf(v, sizeof(v), "%d", (int)pid);
+	ut_must_write(path, v);
+}
+
+static inline long upm_get(const char *knob)
+{
+	char p[128];
+
+	snprintf(p, sizeof(p), UPM_DIR "/%s", knob);
+	return ut_read_long(p);
+}
+
+/* 0 or -errno */
+static inline int upm_set(const char *knob, const char *val)
+{
+	char p[128];
+
+	snprintf(p, sizeof(p), UPM_DIR "/%s", knob);
+	return ut_write_str(p, val);
+}
+
+/* Wait until ksmd has completed @n more full scans; fail after @limit s. */
+static inline void ut_wait_full_scans(long n, double limit)
+{
+	long end = ksm_get("full_scans") + n;
+	double t0 = ut_now();
+
+	while (ksm_get("full_scans") < end) {
+		if (ut_now() - t0 > limit * ut_scale())
+			ut_fail("ksmd did not complete %ld full scans in %.0fs", n, limit * ut_scale());
+		usleep(20000);
+	}
+}
+
+/* 1 if the vma of @pid containing @addr has VmFlag @flag in smaps. */
+static inline int ut_vma_has_flag(pid_t pid, const void *addr, const char *flag)
+{
+	char path[64], line[512];
+	unsigned long a = (unsigned long)addr, lo, hi;
+	int in = 0, found = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/smaps", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		ut_fail("open %s: %s", path, strerror(errno));
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+			in = a >= lo && a < hi;
+			continue;
+		}
+		if (in && !strncmp(line, "VmFlags:", 8)) {
+			char *t = strtok(line + 8, " \n");
+
+			for (; t; t = strtok(NULL, " \n"))
+				found |= !strcmp(t, flag);
+			break;
+		}
+	}
+	fclose(f);
+	return found;
+}
+
 #endif /* UPMTEST_H */
