@@ -13,6 +13,7 @@
 #include <string>
 
 #include "upm/agent_server.hpp"
+#include "upm/stats.hpp"
 #include "upm/log.hpp"
 #include "upm/log_sinks.hpp"
 
@@ -79,6 +80,7 @@ int main(int argc, char** argv) {
     std::string level = "info", log_file = "/var/log/upm/upmd.log";
     double textfile_interval = 15, client_timeout = 10, poll_interval = 1;
     bool foreground = false, no_tune = false;
+    std::string upm_kernel = "enable";
 
     app.add_option("--socket", o.socket, "unix socket of the protocol (default: $UPM_AGENT_SOCKET or /run/upm/upmd.sock)")
         ->capture_default_str();
@@ -101,6 +103,10 @@ int main(int argc, char** argv) {
     app.add_flag("--no-tune", no_tune, "never change ksmd's settings");
     app.add_option("--tuner-state-file", o.tuner_state_file,
                    "where the tuner keeps the host's original KSM settings (default /run/upm/ksm-original.json)");
+    app.add_option("--upm-kernel", upm_kernel,
+                   "enable: turn MADV_UPM on at start on a upm kernel (/sys/kernel/mm/upm/enabled, the node's "
+                   "opt-in; docs/threat-model.md); leave: keep the node's setting")
+        ->check(CLI::IsMember({"enable", "leave"}))->capture_default_str();
     app.add_option("--cgroup-root", o.cgroup_root, "where cgroups are mounted")->capture_default_str();
     app.add_option("--log-level", level, "off, error, warn, info, debug, trace")
         ->check(CLI::IsMember({"off", "error", "warn", "info", "debug", "trace"}))->capture_default_str();
@@ -120,5 +126,16 @@ int main(int argc, char** argv) {
     if (!foreground) o.ready_fd = daemonize(log_file);
     upm::setup_logging("upmd", level);
     timestamp_logs();
+    if (upm_kernel == "enable") {
+        auto gate = upm::enable_upm_kernel();
+        if (!gate)
+            spdlog::error("could not turn MADV_UPM on ({}): containers fall back to KSM; check that upmd runs as root",
+                          gate.error().message);
+        else if (*gate == "enabled")
+            spdlog::info("MADV_UPM turned on (/sys/kernel/mm/upm/enabled = 1); --upm-kernel=leave keeps the node's "
+                         "setting");
+        else
+            spdlog::debug("MADV_UPM: {}", *gate);
+    }
     return upm::agent::run_server(o);
 }

@@ -3,8 +3,13 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
 #include <spdlog/spdlog.h>
 
+#include "helpers.hpp"
 #include "upm/log.hpp"
 #include "upm/report.hpp"
 #include "upm/stats.hpp"
@@ -74,4 +79,18 @@ TEST_CASE("log: `name[pid] level: message` on stderr", "[log]") {
     CHECK(out == "upm-test[" + pid + "] info: advised 3 regions\nupm-test[" + pid + "] warn: policy `x` ignored\n");
     CHECK(logger() == other);
     CHECK(other->level() == spdlog::level::warn);
+}
+
+// /sys/kernel/mm/upm exists only on the upm kernel (in QEMU, not here): the
+// host-side logic runs on a directory shaped like it.
+TEST_CASE("stats: enable_upm_kernel turns the node's opt-in on once", "[stats]") {
+    namespace fs = std::filesystem;
+    std::string tmpl = (fs::temp_directory_path() / "upm-sysfs-XXXXXX").string();
+    fs::path dir = ::mkdtemp(tmpl.data());
+    CHECK(*upm::enable_upm_kernel((dir / "absent").string()) == "no upm kernel");
+    { std::ofstream(dir / "enabled") << "0\n"; }
+    CHECK(*upm::enable_upm_kernel(dir.string()) == "enabled");
+    CHECK(upm::test::read_text((dir / "enabled").string()).starts_with("1"));
+    CHECK(*upm::enable_upm_kernel(dir.string()) == "already enabled");
+    fs::remove_all(dir);
 }

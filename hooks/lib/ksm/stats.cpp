@@ -222,4 +222,17 @@ std::optional<ProcStat> read_proc_stat(const std::string& dir) {
     return parse_proc_stat(*text);
 }
 
+Result<std::string> enable_upm_kernel(const std::string& sysfs_dir) {
+    const std::string file = sysfs_dir + "/enabled";
+    auto now = detail::read_file(file, detail::kMaxSmallFile);
+    if (!now) {
+        if (now.error().err == ENOENT) return std::string("no upm kernel");
+        return now.error();
+    }
+    if (detail::trim(*now) == "1") return std::string("already enabled");
+    auto st = detail::write_file(file, "1");
+    if (!st) return st.error();
+    return std::string("enabled");
+}
+
 }  // namespace upm

@@ -74,6 +74,12 @@ struct NodeStats {
 
 NodeStats read_node_stats();
 
+// The upm kernel refuses MADV_UPM until root opts the node in
+// (/sys/kernel/mm/upm/enabled, docs/threat-model.md).  Writes 1 there and
+// says what it found: "enabled", "already enabled", or "no upm kernel"
+// (nothing written); an error when the write fails.
+Result<std::string> enable_upm_kernel(const std::string& sysfs_dir = "/sys/kernel/mm/upm");
+
 // KSM knobs, for tests and tools that switch ksmd to fast settings and back.
 Result<std::map<std::string, std::string>> read_ksm_settings();   // run, pages_to_scan, sleep_millisecs, ...
 Status write_ksm_setting(const std::string& name, const std::string& value);
