@@ -26,7 +26,7 @@ set -euo pipefail
 
 usage() {
 	cat <<EOF
-usage: test/kernel/build.sh [--line 6.1|6.12] [--debug] [--force] [--clean] [--print-key] [--help]
+usage: test/kernel/build.sh [--line 6.1|6.12] [--debug] [--force] [--clean] [--print-key] [--config-only] [--help]
 
 Build (or reuse from cache) the upm test kernel; print its bzImage path as
 the last line on stdout.
@@ -37,6 +37,9 @@ the last line on stdout.
   --force      rebuild even if the cache has this key
   --clean      rebuild in a fresh build tree (implies --force)
   --print-key  print the cache key and exit
+  --config-only  prepare the tree, configure and verify the fragments, print
+               the .config path and exit (no compile, nothing cached): a
+               quick check of module/configs/ on a line
   --help       this text
 
 Environment:
@@ -50,7 +53,7 @@ Environment:
 EOF
 }
 
-DEBUG=0 FORCE=0 PRINT_KEY=0 CLEAN=0
+DEBUG=0 FORCE=0 PRINT_KEY=0 CLEAN=0 CONFIG_ONLY=0
 while (($#)); do
 	case $1 in
 	--line) set_line "${2:?--line needs 6.1 or 6.12}"; shift ;;
@@ -59,6 +62,7 @@ while (($#)); do
 	--force) FORCE=1 ;;
 	--clean) CLEAN=1 FORCE=1 ;;
 	--print-key) PRINT_KEY=1 ;;
+	--config-only) CONFIG_ONLY=1 FORCE=1 ;;
 	-h | --help) usage; exit 0 ;;
 	*) usage >&2; die "unknown argument '$1'" ;;
 	esac
@@ -338,6 +342,10 @@ if ((${#bad[@]})); then
 	die "${#bad[@]} config option(s) from the fragments did not take effect on $LINE (dependencies missing? renamed on this line? then override it in module/configs/upm-$LINE.config); .config: $BUILD/.config"
 fi
 log "config verified for $LINE ($(grep -c '=y' "$BUILD/.config") options =y; UPM in tree: $TREE_HAS_UPM)"
+if ((CONFIG_ONLY)); then
+	echo "$BUILD/.config"
+	exit 0
+fi
 
 # --- build -------------------------------------------------------------------
 JOBS=${UPM_KERNEL_JOBS:-$(nproc)}
