@@ -149,7 +149,7 @@ case $UPM_LINE in
 	ksft_cc ksm_functional_tests "$MMT/ksm_functional_tests.c" "$MMT/vm_util.c" "$MMT/thp_settings.c"
 	;;
 esac
-log "built the $UPM_LINE KSM selftests: $(cd "$ROOT/tests" && ls -d ksm_* | tr '\n' ' ')"
+log "built the $UPM_LINE KSM selftests: $(cd "$ROOT/tests" && echo ksm_*)"
 
 (cd "$ROOT" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --owner 0:0 --quiet) |
 	gzip -1 >"$WORK/initramfs.cpio.gz"
