@@ -22,6 +22,7 @@ help:
 	@echo "make kernel-check   boot the test kernel in QEMU and run the kernel tests"
 	@echo "make kernel-stress  stress run on the debug kernel"
 	@echo "make kernel-bench   MADV_UPM vs ksmd benchmark in one guest boot"
+	@echo "                    kernel*: KERNEL=6.1 (default) or KERNEL=6.12 (no MADV_UPM engine yet)"
 
 # `make build` and `make install` install the build group only: on a
 # production node they must not bring a container engine or torch.  The
@@ -99,17 +100,24 @@ install: build
 clean:
 	rm -rf $(BUILD)
 
+# The kernel line of the kernel-* targets: `make kernel KERNEL=6.12`
+# (test/kernel/README.md, "Kernel lines").  Only from the make command line
+# (or UPM_KERNEL_LINE): an unrelated KERNEL in the environment is ignored.
+ifneq ($(origin KERNEL),command line)
+KERNEL := $(or $(UPM_KERNEL_LINE),6.1)
+endif
+
 kernel: deps-kernel
-	test/kernel/build.sh
+	test/kernel/build.sh --line $(KERNEL)
 
 kernel-debug: deps-kernel
-	test/kernel/build.sh --debug
+	test/kernel/build.sh --line $(KERNEL) --debug
 
 kernel-check:
-	test/kernel/run.sh
+	test/kernel/run.sh --line $(KERNEL)
 
 kernel-stress:
-	test/kernel/run.sh --debug --stress 180
+	test/kernel/run.sh --line $(KERNEL) --debug --stress 180
 
 kernel-bench:
-	test/kernel/run.sh --bench
+	test/kernel/run.sh --line $(KERNEL) --bench

@@ -16,7 +16,7 @@ usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
 declare -A GROUPS_PKGS=(
   [build]="build-essential cmake pkg-config git nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev catch2 libseccomp-dev libssl-dev libxxhash-dev libtoml11-dev help2man ccache"
   [test]="python3 python3-pytest python3-jsonschema python3-yaml nodejs coreutils procps util-linux runc crun busybox-static jq podman strace clang libclang-rt-dev containerd libcap2-bin debootstrap python3-kubernetes docker.io"
-  [kernel]="linux-source-6.1 ccache bc bison flex libelf-dev libssl-dev cpio xz-utils rsync kmod libnuma-dev qemu-system-x86 busybox-static"
+  [kernel]="linux-source-6.1 linux-source-6.12 ccache bc bison flex libelf-dev libssl-dev cpio xz-utils rsync kmod libnuma-dev qemu-system-x86 busybox-static"
   [workloads]="python3-numpy python3-torch python3-torchvision python3-igraph python3-pil python3-jinja2 python3-matplotlib"
 )
 
