@@ -82,22 +82,12 @@ Status mount_onto(int tree, int target) {
     return Ok{};
 }
 
-Status write_all(int fd, std::string_view data) {
-    while (!data.empty()) {
-        ssize_t w = ::write(fd, data.data(), data.size());
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return Error::sys(w < 0 ? errno : EIO, "write");
-        data.remove_prefix(static_cast<std::size_t>(w));
-    }
-    return Ok{};
-}
-
 // A new file `name` in `dir` (no file of that name may exist), read-only
 // mode, holding `content`; returns an O_PATH fd of it.
 Result<Fd> new_file(int dir, const char* name, std::string_view content) {
     Fd f(::openat(dir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0444));
     if (f.fd < 0) return Error::sys(errno, std::string("create `") + name + "`");
-    if (auto w = write_all(f.fd, content); !w) return w.error().wrap(std::string("`") + name + "`");
+    if (int e = detail::write_all(f.fd, content)) return Error::sys(e, std::string("write `") + name + "`");
     Fd path(::openat(dir, name, O_PATH | O_NOFOLLOW | O_CLOEXEC));
     if (path.fd < 0) return Error::sys(errno, std::string("open `") + name + "`");
     if (!same_file(f.fd, path.fd)) return Error::msg(std::string("`") + name + "` was replaced");
@@ -232,7 +222,7 @@ Result<std::string> in_child(const char* what, Fn&& fn) {
         } catch (...) {
             msg = std::string("E") + what + ": unknown exception";
         }
-        (void)write_all(wr.fd, msg);
+        (void)detail::write_all(wr.fd, msg);
         ::_exit(0);
     }
     ::close(wr.fd);
