@@ -159,6 +159,55 @@ def test_socket_is_root_only(agent, procs, upmd_bin, tmp_path):
     assert r.returncode == 1 and "no such group" in r.stderr, r.stderr
 
 
+# A client run as another user (setpriv): sends each request given, prints each reply.
+_CLIENT = """
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+for req in sys.argv[2:]:
+    f.write(req + "\\n"); f.flush()
+    print(f.readline().strip(), flush=True)
+"""
+
+
+def test_peers_that_are_not_root_touch_only_their_own(procs, upmd_bin):
+    """Issue #18, finding 9: SO_PEERCRED is checked on every request, not only at connect."""
+    import grp
+    nobody, nogroup = 65534, grp.getgrgid(65534).gr_name
+    d = Path(f"/run/upm-test-authz-{os.getpid()}")
+    d.mkdir(mode=0o755)
+    try:
+        a = Agent(procs, upmd_bin, d, "--socket-group", nogroup, metrics=False).start()
+        os.chmod(a.socket.parent, 0o755)  # let the test user reach the socket (0660 root:nogroup)
+        theirs = sleeper(procs)  # root's
+        assert a.call({"op": "register", "id": "root-c", "pid": theirs.pid})["ok"]
+        mine = procs.start(["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups",
+                            "/bin/sleep", "300"])
+        wait_until(lambda: Path(f"/proc/{mine.pid}").stat().st_uid == nobody, 5, what="the user's sleeper")
+        reqs = [{"op": "ping"}, {"op": "list"},
+                {"op": "register", "id": "stolen", "pid": theirs.pid},
+                {"op": "unregister", "id": "root-c"},
+                {"op": "advised", "id": "root-c", "bytes": 1 << 30, "calls": 1, "seconds": 0.1},
+                {"op": "advised", "pid": 1, "bytes": 1 << 30, "calls": 1, "seconds": 0.1},
+                {"op": "register", "id": "mine", "pid": mine.pid},
+                {"op": "advised", "id": "mine", "bytes": 4096, "calls": 1, "seconds": 0.1},
+                {"op": "unregister", "id": "mine"}]
+        r = procs.run(["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups", "/usr/bin/python3",
+                       "-c", _CLIENT, a.socket, *[json.dumps(q) for q in reqs]], timeout=30)
+        assert r.returncode == 0, r.stderr
+        replies = [json.loads(line) for line in r.stdout.splitlines()]
+        ok = [rep.get("ok") for rep in replies]
+        assert ok == [True, True, False, False, False, False, True, True, True], replies
+        assert "not yours" in replies[2]["error"], replies[2]
+        containers = {c["id"]: c for c in a.call({"op": "list"})["containers"]}
+        assert list(containers) == ["root-c"]
+        assert containers["root-c"]["advised_bytes"] == 0
+        assert a.stop() == 0
+    finally:
+        subprocess.run(["rm", "-rf", str(d)])
+
+
 # ---------------------------------------------------------------------------
 # Protocol and registry
 

@@ -60,7 +60,7 @@ struct Conn {
     unsigned events = EPOLLIN | EPOLLRDHUP;   // what epoll watches
     bool read_closed = false;    // peer shut down its side
     pid_t peer_pid = 0;
-    uid_t peer_uid = 0;
+    uid_t peer_uid = static_cast<uid_t>(-1);  // SO_PEERCRED; unknown counts as not root
     std::uint64_t serial = 0;
     unsigned bad_requests = 0;
 };
@@ -114,6 +114,7 @@ private:
     void handle_line(Conn& c, std::string_view line);
     void reject_bad_request(Conn& c, const std::string& why);
     std::optional<json> answer(Conn& c, const AgentRequest& req);
+    std::optional<std::string> refusal(const Conn& c, const AgentRequest& req);
     json ping_reply();
     std::optional<json> register_container(Conn& c, const AgentRequest& req);
     json unregister_container(const AgentRequest& req);

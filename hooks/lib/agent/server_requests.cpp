@@ -2,12 +2,58 @@
 // line; the registry changes it asks for.
 #include "server.hpp"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "upm/agent_client.hpp"
 #include "upm/stats.hpp"
 
 namespace upm::agent::internal {
+
+namespace {
+
+// The owner of a process (the uid of /proc/PID), or -1 when it is gone.
+uid_t process_owner(long pid) {
+    struct stat st {};
+    if (pid <= 0 || ::stat(("/proc/" + std::to_string(pid)).c_str(), &st) != 0) return static_cast<uid_t>(-1);
+    return st.st_uid;
+}
+
+}  // namespace
+
+// Who may ask what (docs/agent.md, "Who may ask what"), checked on every
+// request with the peer's SO_PEERCRED: the socket is root's (0600) unless
+// --socket-group opens it to a group.  A peer that is not root may read
+// (ping, list, status), register and unregister only processes it owns,
+// and report advice only for a registered container whose process it owns.
+std::optional<std::string> Server::refusal(const Conn& c, const AgentRequest& req) {
+    if (c.peer_uid == 0) return std::nullopt;
+    auto not_yours = [&](long pid) {
+        return "not allowed: process " + std::to_string(pid) + " is not yours (uid " + std::to_string(c.peer_uid) +
+               "); only root may act for other users' processes";
+    };
+    switch (req.op) {
+    case AgentOp::ping:
+    case AgentOp::list:
+    case AgentOp::status:
+        return std::nullopt;
+    case AgentOp::register_container:
+        if (process_owner(req.pid) != c.peer_uid) return not_yours(req.pid);
+        return std::nullopt;
+    case AgentOp::unregister_container: {
+        const Container* ct = registry_.find(req.id);
+        if (ct && process_owner(ct->pid) != c.peer_uid) return not_yours(ct->pid);
+        return std::nullopt;
+    }
+    case AgentOp::advised: {
+        const Container* ct = !req.id.empty() ? registry_.find(req.id) : registry_.find_pid(req.pid);
+        if (!ct) return "not allowed: advice without a registered container of yours is root's to report";
+        if (process_owner(ct->pid) != c.peer_uid) return not_yours(ct->pid);
+        return std::nullopt;
+    }
+    }
+    return "not allowed";
+}
 
 json Server::status_reply(bool with_usage) {
     json r;
@@ -63,6 +109,10 @@ void Server::reject_bad_request(Conn& c, const std::string& why) {
 // The reply to a well-formed request; none when an error reply is queued
 // already.
 std::optional<json> Server::answer(Conn& c, const AgentRequest& req) {
+    if (auto why = refusal(c, req)) {
+        reject_bad_request(c, std::string(to_string(req.op)) + ": " + *why);  // logged 3 times a connection at most
+        return std::nullopt;
+    }
     switch (req.op) {
     case AgentOp::ping:
         return ping_reply();
