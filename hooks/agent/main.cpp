@@ -94,9 +94,14 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(1.0, 3600.0))->capture_default_str();
     app.add_option("--max-containers", o.max_containers, "registry size limit")
         ->check(CLI::Range(1, 65536))->capture_default_str();
-    app.add_option("--max-connections", o.max_connections, "open client connections limit")
+    app.add_option("--max-connections", o.max_connections, "open protocol (socket) connections limit")
         ->check(CLI::Range(1, 65536))->capture_default_str();
-    app.add_option("--client-timeout", client_timeout, "seconds after which an idle client connection is closed")
+    app.add_option("--max-metrics-connections", o.max_http_connections,
+                   "open /metrics connections limit (a budget of its own: slow scrapers never lock the socket out)")
+        ->check(CLI::Range(1, 4096))->capture_default_str();
+    app.add_option("--client-timeout", client_timeout,
+                   "seconds after which a client connection that is idle, or whose request has not arrived whole, is "
+                   "closed")
         ->check(CLI::Range(0.1, 3600.0))->capture_default_str();
     app.add_option("--poll-interval", poll_interval, "seconds between checks for exited containers")
         ->check(CLI::Range(0.05, 60.0))->capture_default_str();

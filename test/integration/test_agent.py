@@ -434,6 +434,48 @@ def test_stalled_client_does_not_block_others(procs, upmd_bin, tmp_path, report)
     assert a.stop() == 0
 
 
+def test_slow_clients_neither_hold_on_nor_lock_the_socket_out(procs, upmd_bin, tmp_path, report):
+    """Issue #18, finding 7: /metrics has a connection budget of its own, and a request must
+    arrive whole within --client-timeout however steadily its bytes trickle in."""
+    a = Agent(procs, upmd_bin, tmp_path, "--max-connections", "8", "--max-metrics-connections", "4",
+              "--client-timeout", "1.5").start()
+    scrapers = []
+    for _ in range(12):                      # more slow scrapers than the protocol's whole budget
+        s = socket.create_connection(("127.0.0.1", a.port), timeout=5)
+        s.sendall(b"G")
+        scrapers.append(s)
+    trickler = Conn(a.socket)
+    start = time.monotonic()
+    closed_after = None
+    while time.monotonic() - start < 6:
+        for s in scrapers:
+            try:
+                s.send(b"E")
+            except OSError:
+                pass
+        try:
+            trickler.send_raw(b" ")           # a byte every 0.2 s, never a newline
+        except OSError:
+            closed_after = time.monotonic() - start
+            break
+        assert a.call({"op": "ping"})["ok"], "the socket is locked out by slow /metrics clients"
+        trickler.sock.settimeout(0.2)
+        try:
+            if trickler.sock.recv(1) == b"":
+                closed_after = time.monotonic() - start
+                break
+        except (socket.timeout, TimeoutError):
+            pass
+    assert closed_after is not None and closed_after < 4, \
+        f"a client trickling one request was not closed ({closed_after})"
+    assert "request not complete for 1500 ms" in a.proc.stderr
+    assert "refused a metrics connection: 4 open, the limit is 4" in a.proc.stderr
+    report(f"trickling client closed after {closed_after:.1f} s; pings answered beside 12 slow scrapers")
+    for s in scrapers:
+        s.close()
+    assert a.stop() == 0
+
+
 def test_connection_limit(procs, upmd_bin, tmp_path):
     a = Agent(procs, upmd_bin, tmp_path, "--max-connections", "4").start()
     # start()'s pings count until the agent has seen them close.

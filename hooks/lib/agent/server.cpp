@@ -210,19 +210,25 @@ Clock::time_point Server::next_timer() const {
     return next;
 }
 
-// Closes the connections idle for longer than their timeout; `next` becomes
-// the earliest deadline of the others when that is sooner.
+// Closes the connections idle for longer than their timeout, and those
+// whose pending request took longer than that to arrive however steadily
+// its bytes trickled in (a client sending a byte a second must not hold a
+// connection forever); `next` becomes the earliest deadline of the others
+// when that is sooner.
 void Server::close_idle(Clock::time_point now, Clock::time_point& next) {
-    std::vector<int> idle;
+    std::vector<std::pair<int, const char*>> expired;
     for (auto& [fd, c] : conns_) {
         auto limit = c.kind == Kind::http ? kHttpTimeout : o_.client_timeout;
-        if (now - c.last_activity >= limit) idle.push_back(fd);
-        else next = std::min(next, c.last_activity + limit);
+        bool pending = c.request_started != Clock::time_point{};
+        if (now - c.last_activity >= limit) expired.emplace_back(fd, "idle");
+        else if (pending && now - c.request_started >= limit) expired.emplace_back(fd, "request not complete");
+        else next = std::min(next, pending ? std::min(c.last_activity, c.request_started) + limit
+                                           : c.last_activity + limit);
     }
-    for (int fd : idle) {
+    for (auto [fd, why] : expired) {
         info_.dropped_connections++;
         auto& c = conns_.at(fd);
-        logger()->info("connection {} (pid {}): idle for {} ms, closed", c.serial, c.peer_pid,
+        logger()->info("connection {} (pid {}): {} for {} ms, closed", c.serial, c.peer_pid, why,
                        (c.kind == Kind::http ? kHttpTimeout : o_.client_timeout).count());
         close_conn(fd, nullptr);
     }

@@ -61,6 +61,10 @@ struct Conn {
     bool read_closed = false;    // peer shut down its side
     pid_t peer_pid = 0;
     uid_t peer_uid = static_cast<uid_t>(-1);  // SO_PEERCRED; unknown counts as not root
+    // When the request now being received began (the HTTP head: at
+    // connect); a request must be complete within the connection's timeout
+    // however steadily its bytes trickle in.  {} = none pending.
+    Clock::time_point request_started{};
     std::uint64_t serial = 0;
     unsigned bad_requests = 0;
 };
@@ -143,6 +147,7 @@ private:
     Fd ep_, lfd_, hfd_, sfd_;
     ino_t socket_ino_ = 0;
     std::map<int, Conn> conns_;
+    std::size_t http_conns_ = 0;              // of conns_, those of /metrics
     std::set<int> to_flush_;
     bool dirty_ = false, save_failing_ = false, stop_ = false;
     std::uint64_t serial_ = 0;

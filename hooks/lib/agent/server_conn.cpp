@@ -72,6 +72,7 @@ void Server::close_conn(int fd, const char* why) {
     ::epoll_ctl(ep_.fd, EPOLL_CTL_DEL, fd, nullptr);
     ::close(fd);
     to_flush_.erase(fd);
+    if (it->second.kind == Kind::http) --http_conns_;
     conns_.erase(it);
 }
 
@@ -130,6 +131,10 @@ void Server::process_lines(Conn& c) {
         ++handled;
     }
     c.in.erase(0, start);
+    // What is left is the start of the next request: it began no earlier
+    // than this pass if a request ended in it.
+    if (c.in.empty()) c.request_started = {};
+    else if (start > 0 || c.request_started == Clock::time_point{}) c.request_started = Clock::now();
     if (c.close_after_flush) {
         c.in.clear();
         return;

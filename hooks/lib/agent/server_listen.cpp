@@ -129,10 +129,13 @@ void Server::accept_all(int lfd, Kind kind) {
             }
             return;  // EAGAIN or an error of one connection
         }
-        if (conns_.size() >= o_.max_connections) {
+        // Separate budgets: slow /metrics clients never lock the protocol out.
+        std::size_t open = kind == Kind::http ? http_conns_ : conns_.size() - http_conns_;
+        std::size_t limit = kind == Kind::http ? o_.max_http_connections : o_.max_connections;
+        if (open >= limit) {
             info_.dropped_connections++;
             if (kind == Kind::agent) {
-                std::string msg = agent_error_reply("too many connections (" + std::to_string(o_.max_connections) +
+                std::string msg = agent_error_reply("too many connections (" + std::to_string(limit) +
                                                     "); retry later");
                 [[maybe_unused]] auto n = ::send(fd, msg.data(), msg.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
             } else {
@@ -140,13 +143,18 @@ void Server::accept_all(int lfd, Kind kind) {
                 [[maybe_unused]] auto n = ::send(fd, msg, sizeof msg - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
             }
             ::close(fd);
-            logger()->warn("refused a connection: {} open, the limit is {}", conns_.size(), o_.max_connections);
+            logger()->warn("refused a {} connection: {} open, the limit is {}",
+                           kind == Kind::http ? "metrics" : "protocol", open, limit);
             continue;
         }
         Conn c;
         c.fd = fd;
         c.kind = kind;
         c.last_activity = Clock::now();
+        if (kind == Kind::http) {
+            c.request_started = c.last_activity;  // the head is due within kHttpTimeout of connect
+            ++http_conns_;
+        }
         c.serial = ++serial_;
         if (kind == Kind::agent) {
             struct ucred cred {};

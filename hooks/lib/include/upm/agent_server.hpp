@@ -35,7 +35,8 @@ struct ServerOptions {
     std::string textfile_dir;                   // "" = no textfile
     std::chrono::milliseconds textfile_interval{15000};
     std::size_t max_containers = kDefaultMaxContainers;
-    std::size_t max_connections = 256;
+    std::size_t max_connections = 256;          // protocol (socket) connections
+    std::size_t max_http_connections = 16;      // /metrics connections: a budget of their own
     std::chrono::milliseconds client_timeout{10000};
     std::chrono::milliseconds poll_interval{1000};
     bool tune = true;                           // KSM burst tuning on the KSM backend
