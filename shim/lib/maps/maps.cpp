@@ -99,22 +99,31 @@ std::string parse_line(std::string_view line, Region& r) {
     return {};
 }
 
+// Calls fn(line) on each line of `text` (without its newline); the first
+// error fn returns stops the walk and comes back as "line N: ERROR".
+template <typename Fn>
+std::string for_each_line(std::string_view text, Fn fn) {
+    for (std::size_t lineno = 1; !text.empty(); ++lineno) {
+        auto nl = text.find('\n');
+        auto line = text.substr(0, nl);
+        text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
+        if (std::string err = fn(line); !err.empty()) return "line " + std::to_string(lineno) + ": " + err;
+    }
+    return {};
+}
+
 }  // namespace
 
 Result<std::vector<Region>> parse_maps(std::string_view text) {
     try {
         std::vector<Region> out;
-        std::size_t lineno = 0;
-        while (!text.empty()) {
-            ++lineno;
-            auto nl = text.find('\n');
-            auto line = text.substr(0, nl);
-            text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
+        auto err = for_each_line(text, [&](std::string_view line) {
             Region r;
-            auto err = parse_line(line, r);
-            if (!err.empty()) return Error{EINVAL, "line " + std::to_string(lineno) + ": " + err};
-            out.push_back(std::move(r));
-        }
+            auto e = parse_line(line, r);
+            if (e.empty()) out.push_back(std::move(r));
+            return e;
+        });
+        if (!err.empty()) return Error{EINVAL, err};
         return out;
     } catch (const std::exception& e) {
         return Error::msg(std::string("parsing maps: ") + e.what());
@@ -135,28 +144,25 @@ Result<VmFlagsMap> parse_smaps_vmflags(std::string_view text) {
         VmFlagsMap out;
         std::uintptr_t current = 0;
         bool have = false;
-        std::size_t lineno = 0;
-        while (!text.empty()) {
-            ++lineno;
-            auto nl = text.find('\n');
-            auto line = text.substr(0, nl);
-            text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
+        auto err = for_each_line(text, [&](std::string_view line) -> std::string {
             // A VMA header starts with the address range; field lines with "Name:".
             auto first = line.substr(0, line.find(' '));
             if (first.find('-') != std::string_view::npos && first.back() != ':') {
                 Region r;
-                auto err = parse_line(line, r);
-                if (!err.empty()) return Error{EINVAL, "line " + std::to_string(lineno) + ": " + err};
+                auto e = parse_line(line, r);
+                if (!e.empty()) return e;
                 current = r.start;
                 have = true;
                 out[current];
             } else if (line.starts_with("VmFlags:")) {
-                if (!have) return Error{EINVAL, "line " + std::to_string(lineno) + ": `VmFlags` before any mapping"};
+                if (!have) return "`VmFlags` before any mapping";
                 std::string_view rest = line.substr(8);
                 auto& flags = out[current];
                 for (auto f = next_field(rest); !f.empty(); f = next_field(rest)) flags.emplace_back(f);
             }
-        }
+            return {};
+        });
+        if (!err.empty()) return Error{EINVAL, err};
         return out;
     } catch (const std::exception& e) {
         return Error::msg(std::string("parsing smaps: ") + e.what());
