@@ -62,3 +62,13 @@ export DEBIAN_FRONTEND=noninteractive
 # An old or empty package list makes apt-get fail to find packages.
 apt-get update -q >&2 || echo "install-deps: apt-get update failed; trying with the current lists" >&2
 apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+
+# docker.io starts a node-wide dockerd (a bridge, iptables rules) when it is
+# installed on a systemd machine; the tests run a private dockerd of their
+# own, so a dockerd that this script brought stays off (enable it by hand if
+# this machine should run Docker).
+if printf '%s\n' "${missing[@]}" | grep -qx docker.io && [ -d /run/systemd/system ]; then
+  systemctl disable --now docker.service docker.socket >&2 2>/dev/null || true
+  echo "install-deps: installed docker.io for the tests; its system service is left disabled" \
+       "(systemctl enable --now docker to use Docker here)" >&2
+fi
