@@ -1,6 +1,8 @@
 // One policy run, and the logging gate of the preload.
 //
-// A run reads /proc/self/maps, classifies the regions, applies the policy
+// A run reads /proc/self/maps, classifies the regions (told by the loader
+// where each object's .bss is, so that an unrelated mapping that lands
+// right above a library is not taken for the library's data), applies the policy
 // (upm::decide) and advises every selected region with the chosen backend,
 // on the calling thread: the worker for automatic triggers, the program's
 // own thread for upm_advise_all().  Runs may overlap (madvise is idempotent
@@ -10,6 +12,7 @@
 // spdlog: it is skipped unless a level was asked for, and it holds g_log_lock
 // (read side) so that the fork prepare handler can make sure no thread is
 // inside the logger (and its mutex) when the process forks.
+#include <link.h>
 #include <pthread.h>
 #include <time.h>
 #include <unistd.h>
@@ -18,6 +21,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
+#include <vector>
 
 #include <spdlog/spdlog.h>
 
@@ -48,6 +53,44 @@ void on_exit_quiesce() {
         struct timespec ts = {0, 1000 * 1000};
         ::nanosleep(&ts, nullptr);
     }
+}
+
+// The .bss of every loaded object (main program, interpreter, libraries):
+// where the loader (or the kernel, for the first two) mapped the zero-fill
+// tail of each writable PT_LOAD segment, page-aligned as they map it.
+// Nothing may be thrown through dl_iterate_phdr(), which holds the loader's
+// lock: an allocation failure ends the walk and is reported.
+struct BssWalk {
+    std::vector<BssRange> ranges;
+    bool failed = false;
+};
+
+int add_bss(struct dl_phdr_info* info, std::size_t, void* data) {
+    auto* walk = static_cast<BssWalk*>(data);
+    const std::uintptr_t page = page_size();
+    auto page_up = [page](std::uintptr_t a) { return (a + page - 1) & ~(page - 1); };
+    try {
+        for (int i = 0; i < info->dlpi_phnum; i++) {
+            const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+            if (ph.p_type != PT_LOAD || !(ph.p_flags & PF_W) || ph.p_memsz <= ph.p_filesz) continue;
+            const std::uintptr_t seg = info->dlpi_addr + ph.p_vaddr;
+            BssRange b{page_up(seg + ph.p_filesz), page_up(seg + ph.p_memsz)};
+            if (b.end > b.start) walk->ranges.push_back(b);
+        }
+    } catch (...) {
+        walk->failed = true;
+        return 1;
+    }
+    return 0;
+}
+
+// Without a complete list (out of memory), nullopt: the classifier then
+// falls back to its neighbour rule.
+std::optional<std::vector<BssRange>> loaded_bss() {
+    BssWalk walk;
+    ::dl_iterate_phdr(add_bss, &walk);
+    if (walk.failed) return std::nullopt;
+    return std::move(walk.ranges);
 }
 
 }  // namespace
@@ -118,7 +161,8 @@ int run_policy(const char* trigger) {
         log_msg(kError, fmt::format("trigger `{}`: reading /proc/self/maps: {}", trigger, maps.error().message));
         return err;
     }
-    std::vector<Decision> decisions = decide(c.policy, classify(*maps));
+    const std::optional<std::vector<BssRange>> bss = loaded_bss();
+    std::vector<Decision> decisions = decide(c.policy, classify(*maps, bss ? &*bss : nullptr));
 
     const bool debug = c.log_debug && log_enabled();
     int first_err = 0;

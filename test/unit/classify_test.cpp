@@ -236,3 +236,47 @@ TEST_CASE("classify: synthetic corner cases", "[classify]") {
     CHECK(all[13].cls == RegionClass::never);
     CHECK(all[14].cls == RegionClass::heap);
 }
+
+// An anonymous mapping right above a library's .data is the library's .bss
+// only as far as the loader says.  Seen for real: a 16 MiB mmap() of Python
+// landed right above the .data of a library dlopen()ed later (which had no
+// .bss page of its own), and was skipped as libdata by a heap-only policy.
+TEST_CASE("classify: .bss bounded by what the loader mapped", "[classify]") {
+    const std::string text =
+        "7f0000000000-7f0000002000 r--p 00000000 fe:00 21   /usr/lib/libone.so\n"
+        "7f0000002000-7f0000003000 rw-p 00002000 fe:00 21   /usr/lib/libone.so\n"
+        "7f0000003000-7f0001003000 rw-p 00000000 00:00 0 \n"                  // 16 MiB above libone
+        "7f0002000000-7f0002001000 rw-p 00001000 fe:00 22   /usr/lib/libtwo.so\n"
+        "7f0002001000-7f0002103000 rw-p 00000000 00:00 0 \n";                 // libtwo .bss (8 KiB) + 1 MiB
+    auto regions = parse_maps(text);
+    REQUIRE(regions);
+
+    SECTION("without the loader's view every such region is a .bss") {
+        auto all = classify(*regions);
+        REQUIRE(all.size() == 5);
+        CHECK(all[2].cls == RegionClass::libdata);
+        CHECK(all[4].cls == RegionClass::libdata);
+    }
+    SECTION("with it, only the .bss is libdata") {
+        std::vector<BssRange> bss{{0x7f0002001000, 0x7f0002003000}};
+        auto all = classify(*regions, &bss);
+        REQUIRE(all.size() == 6);
+        CHECK(all[2].cls == RegionClass::heap);     // libone has no .bss mapping
+        CHECK(all[2].region.size() == 16u << 20);
+        CHECK(all[4].cls == RegionClass::libdata);
+        CHECK(all[4].region.start == 0x7f0002001000);
+        CHECK(all[4].region.end == 0x7f0002003000);
+        CHECK_THAT(all[4].why, Catch::Contains(".bss of `libtwo.so`"));
+        CHECK(all[5].cls == RegionClass::heap);     // merged into the .bss VMA
+        CHECK(all[5].region.start == 0x7f0002003000);
+        CHECK(all[5].region.end == 0x7f0002103000);
+        CHECK_THAT(all[5].why, Catch::Contains("merged into the VMA of the .bss"));
+    }
+    SECTION("a .bss that is the whole region stays one entry") {
+        std::vector<BssRange> bss{{0x7f0002001000, 0x7f0002103000}};
+        auto all = classify(*regions, &bss);
+        REQUIRE(all.size() == 5);
+        CHECK(all[4].cls == RegionClass::libdata);
+        CHECK(all[4].region.end == 0x7f0002103000);
+    }
+}

@@ -13,7 +13,13 @@
 //      a. rw, not x, right above (adjacent) a private anonymous PROT_NONE
 //         guard of at most 64 KiB                     -> stack (thread stack)
 //      b. rw, right above a private writable mapping of a file -> libdata
-//         (the .bss, which the loader maps anonymous after .data)
+//         (the .bss, which the loader maps anonymous after .data).  When
+//         the caller knows where the loader put each object's .bss (the
+//         preload does, from dl_iterate_phdr), only that much is libdata:
+//         the kernel merges a later anonymous mapping placed right above
+//         the .bss into its VMA, and a mapping that merely lands above a
+//         library's .data (no .bss there) is not the library's; such a
+//         region is split, or falls through to c/d.
 //      c. named ([anon:NAME]), read-only or executable -> anonymous
 //      d. rw, not x                                   -> heap
 //   7. file-backed, private:
@@ -28,6 +34,7 @@
 // (V8) stays anonymous.
 #include "upm/classify.hpp"
 
+#include <algorithm>
 #include <array>
 
 namespace upm {
@@ -68,10 +75,18 @@ Classified make(const Region& r, RegionClass c, std::string why) {
     return Classified{r, c, std::move(why)};
 }
 
-Classified classify_one(const std::vector<Region>& regions, std::size_t i) {
-    const Region& r = regions[i];
-    const Region* prev = i > 0 ? &regions[i - 1] : nullptr;
-    const Region* next = i + 1 < regions.size() ? &regions[i + 1] : nullptr;
+// Rule 6b: the end of the .bss that starts at r.start, if r is one: r.end
+// without hints, the hint's end (possibly before r.end) with them, 0 if r is
+// not a .bss.
+std::uintptr_t bss_end(const Region& r, const Region* prev, const std::vector<BssRange>* bss) {
+    if (!(r.write && prev && adjacent(*prev, r) && prev->inode != 0 && prev->write && !prev->shared)) return 0;
+    if (!bss) return r.end;
+    for (const BssRange& b : *bss)
+        if (b.start == r.start && b.end > b.start) return std::min(b.end, r.end);
+    return 0;
+}
+
+Classified classify_one(const Region& r, const Region* prev, const Region* next, const std::vector<BssRange>* bss) {
     bool named_anon = r.path.starts_with("[anon:");
 
     if (r.shared) return make(r, RegionClass::never, "shared mapping");
@@ -91,7 +106,7 @@ Classified classify_one(const std::vector<Region>& regions, std::size_t i) {
         if (rw_data && prev && adjacent(*prev, r) && prev->anonymous() && !prev->shared && prev->prot_none() &&
             prev->size() <= kMaxGuard)
             return make(r, RegionClass::stack, "thread stack (above a PROT_NONE guard)");
-        if (r.write && prev && adjacent(*prev, r) && prev->inode != 0 && prev->write && !prev->shared)
+        if (bss_end(r, prev, bss) != 0)
             return make(r, RegionClass::libdata, ".bss of `" + base_name(prev->path) + "`");
         if (named_anon) return make(r, RegionClass::anonymous, "named anonymous mapping");
         if (rw_data) return make(r, RegionClass::heap, "anonymous read-write (allocator or interpreter heap)");
@@ -127,11 +142,30 @@ bool parse_region_class(std::string_view name, RegionClass& out) {
     return false;
 }
 
-std::vector<Classified> classify(const std::vector<Region>& regions) {
+std::vector<Classified> classify(const std::vector<Region>& regions, const std::vector<BssRange>* bss) {
     std::vector<Classified> out;
     try {
         out.reserve(regions.size());
-        for (std::size_t i = 0; i < regions.size(); ++i) out.push_back(classify_one(regions, i));
+        for (std::size_t i = 0; i < regions.size(); ++i) {
+            const Region* prev = i > 0 ? &regions[i - 1] : nullptr;
+            const Region* next = i + 1 < regions.size() ? &regions[i + 1] : nullptr;
+            Classified c = classify_one(regions[i], prev, next, bss);
+            std::uintptr_t end = c.cls == RegionClass::libdata && regions[i].inode == 0
+                                     ? bss_end(regions[i], prev, bss)
+                                     : 0;
+            if (end == 0 || end >= regions[i].end) {
+                out.push_back(std::move(c));
+                continue;
+            }
+            // The .bss and, merged into its VMA, memory mapped later.
+            Region tail = regions[i];
+            tail.start = end;
+            c.region.end = end;
+            out.push_back(std::move(c));
+            Classified rest = classify_one(tail, &out.back().region, next, bss);
+            rest.why += " (merged into the VMA of the .bss below it)";
+            out.push_back(std::move(rest));
+        }
     } catch (...) {
         // Out of memory: classify what we could; unclassified regions are
         // simply not advised.

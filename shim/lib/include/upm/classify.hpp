@@ -41,7 +41,20 @@ struct Classified {
     std::string why;        // short reason for the class, e.g. "shared mapping"
 };
 
+// Where the loader mapped the anonymous zero-fill part (.bss) of a loaded
+// object's writable segment: [start, end), page-aligned.
+struct BssRange {
+    std::uintptr_t start = 0;
+    std::uintptr_t end = 0;
+};
+
 // Classifies every region; uses neighbours (guard pages, RELRO, .bss).
-std::vector<Classified> classify(const std::vector<Region>& regions);
+// `bss`, when given, is every .bss of the process (the preload's
+// loaded_bss()): an anonymous region right above a library's .data is then
+// libdata only as far as a .bss starts there and reaches; a region that is a
+// .bss plus later memory merged into its VMA comes back as two entries.
+// Without it (another process, read from outside) every such region is
+// taken for a .bss whole.
+std::vector<Classified> classify(const std::vector<Region>& regions, const std::vector<BssRange>* bss = nullptr);
 
 }  // namespace upm
