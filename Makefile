@@ -4,7 +4,7 @@ PREFIX  ?= /usr/local
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build package check fuzz soak demo demo-synthetic install clean kernel kernel-debug kernel-check kernel-stress kernel-bench help
+.PHONY: all deps build package check fuzz soak demo demo-synthetic install clean kernel kernel-debug kernel-check kernel-stress kernel-bench kernel-deb help
 
 all: build
 
@@ -23,6 +23,7 @@ help:
 	@echo "make kernel-stress  stress run on the debug kernel"
 	@echo "make kernel-bench   MADV_UPM vs ksmd benchmark in one guest boot"
 	@echo "                    kernel*: KERNEL=6.1 (default) or KERNEL=6.12 (no MADV_UPM engine yet)"
+	@echo "make kernel-deb     a Debian kernel package with MADV_UPM (Debian's config + CONFIG_UPM; hours)"
 
 # `make build` and `make install` install the build group only: on a
 # production node they must not bring a container engine or torch.  The
@@ -121,3 +122,9 @@ kernel-stress:
 
 kernel-bench:
 	test/kernel/run.sh --line $(KERNEL) --bench
+
+# Not the test kernel: Debian's amd64 configuration plus CONFIG_UPM, as
+# linux-image/-headers .debs for nodes (packaging/kernel-deb.sh; the newest
+# line with the engine unless KERNEL= is given).
+kernel-deb: deps-kernel-deb
+	packaging/kernel-deb.sh $(if $(filter command line,$(origin KERNEL)),--line $(KERNEL))

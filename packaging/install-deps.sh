@@ -7,8 +7,9 @@
 # python3-pytest, node, runc, crun, ...), kernel (the test kernel and its
 # QEMU harness), workloads (python3-torch, torchvision, igraph, PIL, jinja2,
 # matplotlib, numpy: the functions of `upm bench` and the demos),
-# all (every group; the default).  --check only reports what is missing and
-# exits 1 if anything is.
+# all (every group above; the default), kernel-deb (`make kernel-deb`:
+# Debian's kernel configuration and packaging tools; not in all).
+# --check only reports what is missing and exits 1 if anything is.
 set -euo pipefail
 
 usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -17,6 +18,7 @@ declare -A GROUPS_PKGS=(
   [build]="build-essential cmake pkg-config git nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev catch2 libseccomp-dev libssl-dev libxxhash-dev libtoml11-dev help2man ccache"
   [test]="python3 python3-pytest python3-jsonschema python3-yaml nodejs coreutils procps util-linux runc crun busybox-static jq podman strace clang libclang-rt-dev containerd libcap2-bin debootstrap python3-kubernetes docker.io"
   [kernel]="linux-source-6.1 linux-source-6.12 ccache bc bison flex libelf-dev libssl-dev cpio xz-utils rsync kmod libnuma-dev qemu-system-x86 busybox-static"
+  [kernel-deb]="linux-source-6.1 linux-source-6.12 linux-config-6.1 linux-config-6.12 dpkg-dev fakeroot bc bison flex libelf-dev libssl-dev cpio xz-utils rsync kmod"
   [workloads]="python3-numpy python3-torch python3-torchvision python3-igraph python3-pil python3-jinja2 python3-matplotlib"
 )
 
@@ -27,8 +29,8 @@ for arg in "$@"; do
     -h|--help) usage; exit 0 ;;
     --check) check_only=1 ;;
     all) groups+=(build test kernel workloads) ;;
-    build|test|kernel|workloads) groups+=("$arg") ;;
-    *) echo "install-deps: unknown group \`$arg\` (want build, test, kernel, workloads or all)" >&2; exit 2 ;;
+    build|test|kernel|kernel-deb|workloads) groups+=("$arg") ;;
+    *) echo "install-deps: unknown group \`$arg\` (want build, test, kernel, kernel-deb, workloads or all)" >&2; exit 2 ;;
   esac
 done
 [ ${#groups[@]} -eq 0 ] && groups=(build test kernel workloads)
