@@ -35,6 +35,9 @@ CONFIG_UPM=y; print the linux-image .deb path as the last stdout line.
                    configuration and stop: minutes instead of hours
   --help           this text
 
+Environment: UPM_CACHE_DIR (default /var/cache/upm), UPM_NO_CCACHE=1 (no
+ccache; by default it uses its own, \$UPM_CACHE_DIR/kernel-deb/ccache, 12G).
+
 Needs: packaging/install-deps.sh kernel kernel-deb.  Takes hours on a
 small machine (the time of the last build is in docs/install.md).
 EOF
@@ -105,11 +108,21 @@ for opt in CONFIG_UPM=y CONFIG_KSM=y CONFIG_MEMCG=y; do
 	grep -qx "$opt" .config || die "$opt did not survive olddefconfig in $TREE/.config"
 done
 
+# ccache of its own (the distribution configuration would evict the test
+# kernels' objects from the shared one): a tree recreated after a change
+# of module/ recompiles from it, and an interrupted build resumes.
+KMAKE=(make -j"$JOBS")
+if [[ ${UPM_NO_CCACHE:-0} != 1 ]] && command -v ccache >/dev/null; then
+	export CCACHE_DIR="$ROOT/ccache" CCACHE_BASEDIR="$TREE" CCACHE_NOHASHDIR=1
+	export CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-12G}"
+	KMAKE+=(CC="ccache gcc")
+fi
+
 T0=$(date +%s)
 if ((CHECK_ONLY)); then
 	log "compiling the UPM objects only (-j$JOBS)"
-	make -j"$JOBS" prepare >&2
-	make -j"$JOBS" mm/ksm.o mm/upm.o mm/madvise.o mm/rmap.o >&2
+	"${KMAKE[@]}" prepare >&2
+	"${KMAKE[@]}" mm/ksm.o mm/upm.o mm/madvise.o mm/rmap.o >&2
 	log "compile check passed in $(($(date +%s) - T0)) s"
 	echo "$TREE/mm/upm.o"
 	exit 0
@@ -118,7 +131,7 @@ fi
 VER=$(make -s kernelversion)
 log "building linux-image-$VER-upm (-j$JOBS): this takes hours on a small machine"
 rm -f ../linux-*.deb ../linux-upload*.changes ../linux-*.buildinfo
-make -j"$JOBS" bindeb-pkg KDEB_PKGVERSION="$VER-upm1" >&2
+"${KMAKE[@]}" bindeb-pkg KDEB_PKGVERSION="$VER-upm1" >&2
 mv ../linux-*"$VER"-upm*.deb "$OUT"/
 rm -f ../linux-*.changes ../linux-*.buildinfo
 T=$(($(date +%s) - T0))
