@@ -11,6 +11,8 @@ import socket
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from .process import wait_until
 
 
@@ -94,6 +96,19 @@ class Agent:
                    what="upmd to answer ping", describe=lambda: self.proc.stderr[-2000:])
         assert self.proc.popen.poll() is None, f"upmd exited {self.proc.popen.poll()}: {self.proc.stderr}"
         return self
+
+    def require_tuner(self) -> None:
+        """Skips the test when upmd, by design, does not tune ksmd here (a
+        kernel with MADV_UPM or without KSM), saying why; fails when the
+        tuner should have started and did not.  Asks upmd (`status`), not its
+        stderr, which a reader thread may not have consumed yet."""
+        tuner = self.call({"op": "status"}).get("tuner") or {}
+        if tuner.get("mode") not in (None, "off"):
+            return
+        reason = tuner.get("reason", "")
+        assert not reason.startswith("failed to start"), f"ksm tuning {reason}: {self.proc.stderr[-2000:]}"
+        self.stop()
+        pytest.skip(f"upmd does not tune ksmd here: {reason}")
 
     def _pings(self) -> bool:
         try:
