@@ -28,6 +28,7 @@
 #include <string_view>
 
 #include "upm/maps.hpp"
+#include "upm/object_bss.hpp"
 
 namespace upm::ideal {
 
@@ -116,7 +117,8 @@ Status collect(pid_t pid, std::uint32_t pid_index, unsigned class_mask, std::uin
             if (!keep) v.resize(size);
         }
     } rollback{out, old_size};
-    for (const auto& c : classify(*regions)) {
+    const std::vector<BssRange> bss = object_bss(pid, *regions);
+    for (const auto& c : classify(*regions, &bss)) {
         if (!(class_mask & (1u << static_cast<unsigned>(c.cls)))) continue;
         std::uint64_t first = c.region.start / page_size, last = c.region.end / page_size;
         if (last > Mapping::kMaxVpn) return Error::msg("address beyond the supported range in `" + pm_path + "`");

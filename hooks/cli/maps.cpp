@@ -8,6 +8,7 @@
 #include "commands.hpp"
 #include "upm/classify.hpp"
 #include "upm/maps.hpp"
+#include "upm/object_bss.hpp"
 #include "upm/report.hpp"
 
 namespace upm::cli {
@@ -31,7 +32,8 @@ int do_maps(const MapsOptions& o) {
     }
     auto flags = read_smaps_vmflags(o.pid);
     std::vector<MapsRow> rows;
-    for (auto& d : decide(policy, classify(*regions))) {
+    const std::vector<BssRange> bss = object_bss(o.pid, *regions);
+    for (auto& d : decide(policy, classify(*regions, &bss))) {
         std::optional<bool> mg;
         if (flags) mg = has_vmflag(*flags, d.region.region.start, "mg");
         rows.push_back({std::move(d), mg});

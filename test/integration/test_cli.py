@@ -166,14 +166,26 @@ def test_maps_json_matches_kernel(procs, upm_bin, memhog):
     for row in rows:
         missing = MAPS_FIELDS - row.keys()
         assert not missing, f"row lacks {sorted(missing)}: {row}"
-    ranges = {(int(r["start"], 16), int(r["end"], 16)) for r in rows}
+    # Rows are the kernel's VMAs, except that a .bss and memory the kernel
+    # merged into its VMA come as two rows: rows joined per VMA = the VMAs.
+
+    def vma_of(start):
+        return next(((k.start, k.end) for k in kernel.values() if k.start <= start < k.end), (start, start))
+
+    joined = {vma_of(int(r["start"], 16)) for r in rows}
+    covered = sum(int(r["end"], 16) - int(r["start"], 16) for r in rows)
+    assert covered == sum(e - s for s, e in joined), "rows overlap or leave part of a VMA out"
+    assert all(int(r["end"], 16) <= vma_of(int(r["start"], 16))[1] for r in rows), "a row crosses a VMA boundary"
+    ranges = joined
     assert ranges == set(kernel), (f"regions differ from /proc/{hog.pid}/smaps: only upm "
                                    f"{sorted(ranges - set(kernel))}, only kernel {sorted(set(kernel) - ranges)}")
     for row in rows:
-        k = kernel[(int(row["start"], 16), int(row["end"], 16))]
-        assert row["size"] == k.size
+        start = int(row["start"], 16)
+        k = next(k for k in kernel.values() if k.start <= start < k.end)
         assert row["perms"] == k.perms
         assert row["mergeable"] == k.mergeable, f"mergeable disagrees with VmFlags: {row} vs {k}"
+        if (start, int(row["end"], 16)) in kernel:
+            assert row["size"] == k.size
     data = next(r for r in rows if int(r["start"], 16) <= hog.addr < int(r["end"], 16))
     assert data["class"] == "heap" and data["advise"] is True and data["mergeable"] is True, data
 
@@ -291,3 +303,43 @@ def test_status_missing_and_live_process(procs, upm_bin, memhog):
     assert r.returncode == 1, f"exit {r.returncode}"
     assert str(pid) in r.stderr
     assert [p["pid"] for p in json.loads(r.stdout)["processes"]] == [hog.pid]
+
+
+ABOVE_LIBRARY = r"""
+import ctypes, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+SIZE = 16 << 20
+rs = []
+for line in open("/proc/self/maps"):
+    f = line.split()
+    lo, hi = (int(x, 16) for x in f[0].split("-"))
+    rs.append((lo, hi, f[1], int(f[4]), f[5] if len(f) > 5 else ""))
+for (lo, hi, perms, inode, path), nxt in zip(rs, rs[1:]):
+    if perms == "rw-p" and inode and ".so" in path and nxt[0] >= hi + SIZE:
+        if libc.mmap(hi, SIZE, 3, 0x02 | 0x20 | 0x100000, -1, 0) == hi:
+            ctypes.memset(hi, 0x5a, SIZE)
+            print(f"at {hi:x} above {path}", flush=True)
+            break
+else:
+    print("no place", flush=True)
+time.sleep(60)
+"""
+
+
+def test_maps_tells_a_bss_from_a_mapping_above_a_library(procs, upm_bin):
+    """From outside, `upm maps` reads each library's ELF program headers to
+    know its .bss: 16 MiB mapped right above a library's .data (where that
+    library has no .bss mapping) is heap, not the library's .bss, while
+    libc's real .bss stays libdata.  Before, both were `.bss of ...`."""
+    p = procs.start(["/usr/bin/python3", "-c", ABOVE_LIBRARY])
+    m, _ = p.wait_line(r"^(at ([0-9a-f]+) above (\S+)|no place)$", 30)
+    if m[1] == "no place":
+        pytest.skip("no library here has free address space above its .data")
+    addr = int(m[2], 16)
+    rows = maps_json(procs, upm_bin, p.popen.pid)
+    data = next(r for r in rows if int(r["start"], 16) <= addr < int(r["end"], 16))
+    assert data["class"] == "heap" and int(data["start"], 16) == addr, (m[3], data)
+    libc_bss = [r for r in rows if r["class"] == "libdata" and r["path"] == "" and "`libc.so" in r["why"]]
+    assert libc_bss, [r for r in rows if r["class"] == "libdata"]

@@ -179,8 +179,11 @@ Result<VmFlagsMap> read_smaps_vmflags(pid_t pid) {
 }
 
 bool has_vmflag(const VmFlagsMap& flags, std::uintptr_t start, std::string_view flag) {
-    auto it = flags.find(start);
-    if (it == flags.end()) return false;
+    // The VMA that starts at `start` or, for a part of one (the classifier
+    // splits a .bss from memory merged into its VMA), the one before it.
+    auto it = flags.upper_bound(start);
+    if (it == flags.begin()) return false;
+    --it;
     for (const auto& f : it->second)
         if (f == flag) return true;
     return false;

@@ -48,6 +48,8 @@ Result<std::vector<Region>> read_maps(pid_t pid);
 using VmFlagsMap = std::map<std::uintptr_t, std::vector<std::string>>;
 Result<VmFlagsMap> parse_smaps_vmflags(std::string_view smaps_text);
 Result<VmFlagsMap> read_smaps_vmflags(pid_t pid);
+// Whether the VMA at or containing `start` (a region of maps, or a part of
+// one) has `flag`.
 bool has_vmflag(const VmFlagsMap& flags, std::uintptr_t start, std::string_view flag);
 
 }  // namespace upm
