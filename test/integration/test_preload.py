@@ -412,11 +412,9 @@ def test_c_api_enosys_when_disabled(preload_lib: Path, bins):
     assert r.returncode == 3 and "backend=none" in r.stdout and "= 38" in r.stdout
 
 
-PY_HELPER = r"""
-import ctypes, json, sys, upm
-buf = bytearray(b"u" * (16 << 20))
-addr = ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
-start = (addr + upm.PAGE_SIZE - 1) // upm.PAGE_SIZE * upm.PAGE_SIZE
+# Whether the kernel marks the VMA holding address `a` mergeable (VmFlags
+# `mg`), for the Python programs below.
+MG_PY = r"""
 def mg(a):
     cur = None
     for line in open("/proc/self/smaps"):
@@ -426,7 +424,14 @@ def mg(a):
             cur = lo <= a < hi
         elif f and f[0] == "VmFlags:" and cur:
             return "mg" in f[1:]
-before = mg(start)
+"""
+
+PY_HELPER = r"""
+import ctypes, json, sys, upm
+buf = bytearray(b"u" * (16 << 20))
+addr = ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
+start = (addr + upm.PAGE_SIZE - 1) // upm.PAGE_SIZE * upm.PAGE_SIZE
+""" + MG_PY + r"""before = mg(start)
 n = upm.advise(buf)
 errno = None
 try:
@@ -497,16 +502,7 @@ def test_python_helper_numpy(preload_lib: Path, tmp_path: Path):
 
 FORK_CHILD = r"""
 import mmap, os, sys, time
-def mg(addr):
-    cur = None
-    for line in open("/proc/self/smaps"):
-        f = line.split()
-        if len(f) >= 5 and "-" in f[0] and not f[0].endswith(":"):
-            lo, hi = (int(x, 16) for x in f[0].split("-"))
-            cur = lo <= addr < hi
-        elif f and f[0] == "VmFlags:" and cur:
-            return "mg" in f[1:]
-pid = os.fork()
+""" + MG_PY + r"""pid = os.fork()
 if pid == 0:
     m = mmap.mmap(-1, 16 << 20, flags=mmap.MAP_PRIVATE)   # after the fork: only the child's worker can advise it
     m.write(b"c" * (16 << 20))
@@ -560,19 +556,10 @@ if addr is None:
     print("no place")
     raise SystemExit(0)
 ctypes.memset(addr, 0x5a, SIZE)
-def mergeable():
-    cur = False
-    for line in open("/proc/self/smaps"):
-        f = line.split()
-        if len(f) >= 5 and "-" in f[0] and not f[0].endswith(":"):
-            lo, hi = (int(x, 16) for x in f[0].split("-"))
-            cur = lo <= addr < hi
-        elif f and f[0] == "VmFlags:" and cur:
-            return "mg" in f[1:]
-deadline = time.monotonic() + 5
-while time.monotonic() < deadline and not mergeable():
+""" + MG_PY + r"""deadline = time.monotonic() + 5
+while time.monotonic() < deadline and not mg(addr):
     time.sleep(0.05)
-print("mergeable" if mergeable() else "not advised")
+print("mergeable" if mg(addr) else "not advised")
 """
 
 
