@@ -10,6 +10,7 @@
 //   server_registry.cpp  the registry: state file, exit watch (pidfds,
 //                        polling), growth watch, the KSM tuner
 //   server_metrics.cpp   GET /metrics and the node-exporter textfile
+//   server_claims.cpp    `ksm-claim`: one namespace at a time on the KSM backend
 #pragma once
 
 #include <sys/epoll.h>
@@ -25,6 +26,8 @@
 #include <spdlog/spdlog.h>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "upm/agent_proto.hpp"
 #include "upm/agent_server.hpp"
@@ -123,6 +126,11 @@ private:
     std::optional<json> register_container(Conn& c, const AgentRequest& req);
     json unregister_container(const AgentRequest& req);
     json record_advice(const AgentRequest& req);
+    json claim_ksm(const AgentRequest& req);
+
+    json ksm_namespace_json();
+    void take_claim(Container& ct, const AgentRequest& req);
+    std::vector<std::pair<std::string, std::string>> ksm_holders(const std::string& ns, const std::string& id);
     void handle_http(Conn& c);
     void queue(Conn& c, std::string text);
     void flush(Conn& c);
@@ -146,6 +154,11 @@ private:
     std::uint64_t growth_kicks_ = 0;
     Fd ep_, lfd_, hfd_, sfd_;
     ino_t socket_ino_ = 0;
+    struct KsmClaim {
+        std::string ns;
+        Clock::time_point at;
+    };
+    std::map<std::string, KsmClaim> ksm_claims_;  // granted, not registered yet: id -> claim
     std::map<int, Conn> conns_;
     std::size_t http_conns_ = 0;              // of conns_, those of /metrics
     std::set<int> to_flush_;
