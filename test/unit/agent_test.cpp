@@ -72,6 +72,11 @@ TEST_CASE("agent proto: valid requests", "[agent]") {
     REQUIRE(r.ok());
     CHECK(r->op == AgentOp::ksm_claim);
     CHECK(r->ksm_namespace == "team-a");
+    r = parse_agent_request(R"({"op":"advise","id":"c1","policy":"python-ml"})");
+    REQUIRE(r.ok());
+    CHECK(r->op == AgentOp::advise);
+    CHECK(r->policy == "python-ml");
+    CHECK(parse_agent_request(R"({"op":"advise","pid":7})")->pid == 7);
     r = parse_agent_request(R"({"op":"register","id":"a","pid":1,"ksm_namespace":"shop"})");
     REQUIRE(r.ok());
     CHECK(r->ksm_namespace == "shop");
@@ -106,6 +111,8 @@ TEST_CASE("agent proto: every error names what is wrong", "[agent]") {
     CHECK_THAT(error_of(R"({"op":"advised","id":"a","bytes":1,"seconds":-1})"), Catch::Contains("`seconds`"));
     CHECK_THAT(error_of(R"({"op":"advised","id":"a","bytes":1,"seconds":"x"})"), Catch::Contains("`seconds`"));
     CHECK_THAT(error_of(R"({"op":"ksm-claim","id":"a"})"), Catch::Contains("missing `namespace`"));
+    CHECK_THAT(error_of(R"({"op":"advise"})"), Catch::Contains("`id` or `pid`"));
+    CHECK_THAT(error_of(R"({"op":"advise","id":"a","policy":"../x"})"), Catch::Contains("policy NAME"));
     CHECK_THAT(error_of(R"({"op":"ksm-claim","namespace":"x"})"), Catch::Contains("missing `id`"));
     CHECK_THAT(error_of(R"({"op":"ksm-claim","id":"a","namespace":"Team_A"})"), Catch::Contains("DNS label"));
     CHECK_THAT(error_of(R"({"op":"register","id":"a","pid":1,"ksm_namespace":"a.b"})"), Catch::Contains("DNS label"));

@@ -84,7 +84,7 @@ Result<json> parse_line(std::string_view line) {
 Result<AgentOp> parse_op(const json& doc) {
     auto op_it = doc.find("op");
     if (op_it == doc.end() || !op_it->is_string())
-        return Error::msg("no string `op` (ping, register, unregister, advised, list, status, ksm-claim)");
+        return Error::msg("no string `op` (ping, register, unregister, advised, list, status, ksm-claim, advise)");
     const auto& op = op_it->get_ref<const std::string&>();
     if (op == "ping") return AgentOp::ping;
     if (op == "register") return AgentOp::register_container;
@@ -93,8 +93,9 @@ Result<AgentOp> parse_op(const json& doc) {
     if (op == "list") return AgentOp::list;
     if (op == "status") return AgentOp::status;
     if (op == "ksm-claim") return AgentOp::ksm_claim;
+    if (op == "advise") return AgentOp::advise;
     std::string shown = op.size() > 32 || has_control(op) ? std::string("(invalid)") : op;
-    return Error::msg("unknown `op` `" + shown + "` (ping, register, unregister, advised, list, status, ksm-claim)");
+    return Error::msg("unknown `op` `" + shown + "` (ping, register, unregister, advised, list, status, ksm-claim, advise)");
 }
 
 // `id` (required to register and unregister) and `pid`, for every op.
@@ -162,6 +163,17 @@ Status parse_advised(const json& doc, AgentRequest& r) {
     return Ok{};
 }
 
+// advise: `id` or `pid`, an optional policy NAME.
+Status parse_advise(const json& doc, AgentRequest& r) {
+    if (r.id.empty() && r.pid == 0) return Error::msg("`advise` needs `id` or `pid`");
+    auto policy = string_field(doc, "policy", kMaxAgentLabel, false);
+    if (!policy) return policy.error();
+    if (!policy->empty() && !valid_policy_name(*policy))
+        return Error::msg("`policy` is not a policy NAME ([A-Za-z0-9][A-Za-z0-9._-]{0,63})");
+    r.policy = std::move(*policy);
+    return Ok{};
+}
+
 Result<AgentRequest> parse(std::string_view line) {
     auto doc = parse_line(line);
     if (!doc) return doc.error();
@@ -176,6 +188,8 @@ Result<AgentRequest> parse(std::string_view line) {
         if (auto st = parse_advised(*doc, r); !st) return st.error();
     } else if (r.op == AgentOp::ksm_claim) {
         if (auto st = parse_namespace(*doc, r, true); !st) return st.error();
+    } else if (r.op == AgentOp::advise) {
+        if (auto st = parse_advise(*doc, r); !st) return st.error();
     }
     return r;
 }
@@ -191,6 +205,7 @@ std::string_view to_string(AgentOp op) {
     case AgentOp::list: return "list";
     case AgentOp::status: return "status";
     case AgentOp::ksm_claim: return "ksm-claim";
+    case AgentOp::advise: return "advise";
     }
     return "?";
 }
@@ -226,6 +241,7 @@ std::string format_agent_request(const AgentRequest& r) {
         if (!r.ksm_namespace.empty()) j["ksm_namespace"] = r.ksm_namespace;
     }
     if (r.op == AgentOp::ksm_claim) j["namespace"] = r.ksm_namespace;
+    if (r.op == AgentOp::advise && !r.policy.empty()) j["policy"] = r.policy;
     if (r.op == AgentOp::advised) {
         j["bytes"] = r.bytes;
         j["calls"] = r.calls;

@@ -11,6 +11,7 @@
 //                        polling), growth watch, the KSM tuner
 //   server_metrics.cpp   GET /metrics and the node-exporter textfile
 //   server_claims.cpp    `ksm-claim`: one namespace at a time on the KSM backend
+//   server_remote.cpp    `advise`: remote advice through the adviser thread
 #pragma once
 
 #include <sys/epoll.h>
@@ -35,6 +36,7 @@
 #include "upm/ksmtune.hpp"
 #include "upm/log.hpp"
 #include "upm/metrics.hpp"
+#include "upm/remote_adviser.hpp"
 
 namespace upm::agent::internal {
 
@@ -127,7 +129,11 @@ private:
     json unregister_container(const AgentRequest& req);
     json record_advice(const AgentRequest& req);
     json claim_ksm(const AgentRequest& req);
-
+    void start_remote();
+    Result<Policy> remote_policy(const std::string& name);
+    std::optional<json> remote_advise(Conn& c, const AgentRequest& req);
+    void log_remote_results();
+    json remote_json();
     json ksm_namespace_json();
     void take_claim(Container& ct, const AgentRequest& req);
     std::vector<std::pair<std::string, std::string>> ksm_holders(const std::string& ns, const std::string& id);
@@ -149,6 +155,8 @@ private:
     Registry registry_;
     AgentInfo info_;
     std::optional<KsmTuner> tuner_;
+    remote::Availability remote_;
+    std::optional<remote::Adviser> adviser_;  // only where remote advice is available
     std::string tuner_note_;
     GrowthWatch growth_;                      // advice seen from outside: containers' anonymous memory grows
     std::uint64_t growth_kicks_ = 0;

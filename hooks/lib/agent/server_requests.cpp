@@ -53,6 +53,8 @@ std::optional<std::string> Server::refusal(const Conn& c, const AgentRequest& re
     }
     case AgentOp::ksm_claim:
         return "not allowed: only root (upm-runtime, upm-hook) may claim the KSM backend for a namespace";
+    case AgentOp::advise:
+        return "not allowed: only root may ask for remote advice";
     }
     return "not allowed";
 }
@@ -76,6 +78,7 @@ json Server::status_reply(bool with_usage) {
         r["containers"] = containers_json(registry_, nullptr);
     }
     r["ksm_namespace"] = ksm_namespace_json();
+    r["remote"] = remote_json();
     if (tuner_) {
         json t = json::parse(to_json(tuner_->status()), nullptr, false);
         r["tuner"] = t.is_discarded() ? json(nullptr) : t;
@@ -131,6 +134,8 @@ std::optional<json> Server::answer(Conn& c, const AgentRequest& req) {
         return record_advice(req);
     case AgentOp::ksm_claim:
         return claim_ksm(req);
+    case AgentOp::advise:
+        return remote_advise(c, req);
     }
     return json();
 }

@@ -12,6 +12,8 @@
 //   {"op":"ksm-claim","id":"abc","namespace":"shop"}   may this container of this
 //                      Kubernetes namespace be advised on the KSM backend
 //                      (node setting ksm_single_namespace)? -> "granted", "holder"
+//   {"op":"advise","id":"abc"}  (or "pid"; "policy":NAME optional)  remote advice by
+//                      upmd through pidfds and process_madvise(MADV_UPM), queued
 //
 //   -> {"ok":true,...}   or   {"ok":false,"error":"what was wrong"}
 //
@@ -41,7 +43,7 @@ inline constexpr std::size_t kMaxAgentLabel = 256;                    // policy,
 inline constexpr std::size_t kMaxAgentCgroup = 4096;                  // cgroup path (PATH_MAX)
 inline constexpr long kMaxAgentPid = 4194304;                         // PID_MAX_LIMIT
 
-enum class AgentOp { ping, register_container, unregister_container, advised, list, status, ksm_claim };
+enum class AgentOp { ping, register_container, unregister_container, advised, list, status, ksm_claim, advise };
 
 std::string_view to_string(AgentOp op);   // "ping", "register", ...
 
@@ -50,7 +52,7 @@ struct AgentRequest {
     std::string id;                  // register, unregister; advised (or pid)
     long pid = 0;                    // register (required), advised (or id)
     std::string cgroup;              // register: cgroup v2 path ("/..."), "" = use the process tree of pid
-    std::string policy, domain;      // register: labels, "" when unknown
+    std::string policy, domain;      // register: labels, "" when unknown; advise: policy NAME, "" = the container's
     std::optional<std::uint64_t> start_time;  // register: field 22 of /proc/PID/stat (ticks since boot), checked
     std::string ksm_namespace;       // ksm-claim (required), register (optional): a Kubernetes namespace
     std::uint64_t bytes = 0;         // advised: bytes newly advised
