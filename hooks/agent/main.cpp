@@ -106,6 +106,8 @@ int main(int argc, char** argv) {
     app.add_option("--poll-interval", poll_interval, "seconds between checks for exited containers")
         ->check(CLI::Range(0.05, 60.0))->capture_default_str();
     app.add_flag("--no-tune", no_tune, "never change ksmd's settings");
+    app.add_option("--remote-rate", o.remote_rate_mib, "MiB/s at most of remote advice (`advise`, upm kernels)")
+        ->check(CLI::Range(1.0, 1e6))->capture_default_str();
     app.add_option("--tuner-state-file", o.tuner_state_file,
                    "where the tuner keeps the host's original KSM settings (default /run/upm/ksm-original.json)");
     app.add_option("--upm-kernel", upm_kernel,

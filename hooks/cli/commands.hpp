@@ -19,6 +19,8 @@ using Action = std::function<int()>;
 // before CLI11 parses, so that CMD's options are never taken for upm's).
 void add_run(CLI::App& app, Action& action, std::vector<std::string> command);
 void add_maps(CLI::App& app, Action& action);
+// `upm advise PID|--container ID`: remote advice (docs/remote-advice.md).
+void add_advise(CLI::App& app, Action& action);
 void add_status(CLI::App& app, Action& action);
 void add_policy(CLI::App& app, Action& action);
 void add_ideal(CLI::App& app, Action& action);

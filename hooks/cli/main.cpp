@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
     upm::cli::Action action;
     upm::cli::add_run(app, action, std::move(command));
     upm::cli::add_maps(app, action);
+    upm::cli::add_advise(app, action);
     upm::cli::add_status(app, action);
     upm::cli::add_policy(app, action);
     upm::cli::add_ideal(app, action);

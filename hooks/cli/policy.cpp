@@ -35,7 +35,8 @@ void note_merging_scope(const std::string& file, const Policy& p) {
                                 p.hash_seed == HashSeed::per_domain;
     if (p.backend == BackendChoice::upm || !domain_matters || kernel_has_madv_upm()) return;
     std::printf("%s: note: this kernel has no MADV_UPM, so merging uses stock KSM, and ksmd merges across sharing "
-                "domains: the domain keeps layouts and hash seeds apart, not merged pages (docs/threat-model.md)\n",
+                "domains: the domain keeps layouts and hash seeds apart, not merged pages; the node setting "
+                "ksm_single_namespace advises one Kubernetes namespace at a time (docs/threat-model.md)\n",
                 file.c_str());
 }
 

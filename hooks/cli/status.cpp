@@ -15,6 +15,7 @@
 
 #include "commands.hpp"
 #include "upm/agent_client.hpp"
+#include "upm/nodeconfig.hpp"
 #include "upm/report.hpp"
 #include "upm/spec.hpp"
 #include "upm/stats.hpp"
@@ -106,6 +107,34 @@ std::string render_containers(const AgentView& a) {
     return out;
 }
 
+// The node setting ksm_single_namespace and who holds the KSM backend
+// (docs/runtime.md); only where merging is node-wide (stock KSM).
+json ksm_namespace_json(const AgentView& agent) {
+    const NodeConfigLoad load = load_node_config("");
+    json j;
+    j["ksm_single_namespace"] = load.config.ksm_single_namespace;
+    j["config"] = load.config.source.empty() ? std::string("(defaults)") : load.config.source;
+    j["holder"] = nullptr;
+    j["containers"] = 0;
+    if (agent.running && agent.reply.contains("ksm_namespace") && agent.reply["ksm_namespace"].is_object()) {
+        const json& k = agent.reply["ksm_namespace"];
+        j["holder"] = k.value("holder", json(nullptr));
+        j["containers"] = k.value("containers", 0);
+    }
+    return j;
+}
+
+std::string render_ksm_namespace(const json& k) {
+    if (!k.value("ksm_single_namespace", true))
+        return "ksm_single_namespace: off (" + k.value("config", std::string()) +
+               "): containers of every Kubernetes namespace are advised and merge with each other\n";
+    std::string holder = k["holder"].is_string() ? "namespace `" + k["holder"].get<std::string>() + "` (" +
+                                                       std::to_string(k.value("containers", 0)) + " containers)"
+                                                 : std::string("no namespace yet");
+    return "ksm_single_namespace: on: one Kubernetes namespace at a time is advised on KSM; holder: " + holder +
+           "; containers of other namespaces start without merging\n";
+}
+
 int status_once(const StatusOptions& o) {
     StatusReport report;
     int rc = 0;
@@ -139,15 +168,18 @@ int status_once(const StatusOptions& o) {
             a["pid"] = agent.reply.value("agent", json::object()).value("pid", 0);
             a["node"] = agent.reply.value("node", json::object());
             a["tuner"] = agent.reply.value("tuner", json(nullptr));
+            a["ksm_namespace"] = agent.reply.value("ksm_namespace", json(nullptr));
             doc["containers"] = agent.reply.value("containers", json::array());
         } else {
             a["error"] = agent.error;
             doc["containers"] = json::array();
         }
         doc["agent"] = std::move(a);
+        if (doc.contains("node") && doc["node"].is_object()) doc["node"]["ksm_namespace"] = ksm_namespace_json(agent);
         out = doc.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
     } else {
         out = render_containers(agent) + render_status_table(report);
+        if (report.node.ksm_available && !report.node.upm_available) out += render_ksm_namespace(ksm_namespace_json(agent));
     }
     std::fwrite(out.data(), 1, out.size(), stdout);
     std::fflush(stdout);

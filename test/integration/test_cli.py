@@ -19,7 +19,7 @@ from upmtest.merge import upm_run, wait_merged
 from upmtest.process import wait_until
 from upmtest.procfs import ksm_counters, ksm_merging_pages, smaps
 
-COMMANDS = [["run"], ["maps"], ["status"], ["policy"], ["policy", "check"], ["ideal"], ["bench"]]
+COMMANDS = [["run"], ["maps"], ["advise"], ["status"], ["policy"], ["policy", "check"], ["ideal"], ["bench"]]
 
 
 def project_version(source_dir: Path) -> str:

@@ -400,6 +400,9 @@ def test_containers_domain_scoped_by_namespace(hnode):
     "namespace", the default): one upm.domain in two namespaces is two domains
     (other UPM_DOMAIN, other PYTHONHASHSEED), in one namespace it is one."""
     (hnode.policy_dir / "seeded.json").write_text(json.dumps({"hash_seed": "per-domain", **QUIET}))
+    # Two namespaces on a stock kernel without upmd: the KSM-backend check
+    # (ksm_single_namespace, test_ksm_namespace.py) would leave them out.
+    hnode.write_config(ksm_single_namespace=False)
 
     def probe(namespace: str) -> tuple[dict, list[str]]:
         ann = {"upm.enabled": "true", "upm.policy": "seeded", "upm.domain": "web",

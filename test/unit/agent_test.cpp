@@ -67,6 +67,19 @@ TEST_CASE("agent proto: valid requests", "[agent]") {
 
     CHECK(parse_agent_request(R"({"op":"list"})")->op == AgentOp::list);
     CHECK(parse_agent_request(R"({"op":"status"})")->op == AgentOp::status);
+
+    r = parse_agent_request(R"({"op":"ksm-claim","id":"c1","namespace":"team-a"})");
+    REQUIRE(r.ok());
+    CHECK(r->op == AgentOp::ksm_claim);
+    CHECK(r->ksm_namespace == "team-a");
+    r = parse_agent_request(R"({"op":"advise","id":"c1","policy":"python-ml"})");
+    REQUIRE(r.ok());
+    CHECK(r->op == AgentOp::advise);
+    CHECK(r->policy == "python-ml");
+    CHECK(parse_agent_request(R"({"op":"advise","pid":7})")->pid == 7);
+    r = parse_agent_request(R"({"op":"register","id":"a","pid":1,"ksm_namespace":"shop"})");
+    REQUIRE(r.ok());
+    CHECK(r->ksm_namespace == "shop");
 }
 
 TEST_CASE("agent proto: every error names what is wrong", "[agent]") {
@@ -97,6 +110,12 @@ TEST_CASE("agent proto: every error names what is wrong", "[agent]") {
     CHECK_THAT(error_of(R"({"op":"advised","id":"a"})"), Catch::Contains("missing `bytes`"));
     CHECK_THAT(error_of(R"({"op":"advised","id":"a","bytes":1,"seconds":-1})"), Catch::Contains("`seconds`"));
     CHECK_THAT(error_of(R"({"op":"advised","id":"a","bytes":1,"seconds":"x"})"), Catch::Contains("`seconds`"));
+    CHECK_THAT(error_of(R"({"op":"ksm-claim","id":"a"})"), Catch::Contains("missing `namespace`"));
+    CHECK_THAT(error_of(R"({"op":"advise"})"), Catch::Contains("`id` or `pid`"));
+    CHECK_THAT(error_of(R"({"op":"advise","id":"a","policy":"../x"})"), Catch::Contains("policy NAME"));
+    CHECK_THAT(error_of(R"({"op":"ksm-claim","namespace":"x"})"), Catch::Contains("missing `id`"));
+    CHECK_THAT(error_of(R"({"op":"ksm-claim","id":"a","namespace":"Team_A"})"), Catch::Contains("DNS label"));
+    CHECK_THAT(error_of(R"({"op":"register","id":"a","pid":1,"ksm_namespace":"a.b"})"), Catch::Contains("DNS label"));
     // Nesting, size, binary.
     CHECK_THAT(error_of(R"({"op":"ping","x":[[[[[1]]]]]})"), Catch::Contains("nested deeper"));
     CHECK_THAT(error_of(std::string(100000, '[')), Catch::Contains("longer than 65536"));
@@ -126,6 +145,18 @@ TEST_CASE("agent proto: format and parse agree; error replies are JSON", "[agent
     CHECK(back->pid == 42);
     CHECK(back->cgroup == r.cgroup);
     CHECK(*back->start_time == 99);
+    r.ksm_namespace = "shop";
+    line = format_agent_request(r);
+    CHECK(parse_agent_request(std::string_view(line).substr(0, line.size() - 1))->ksm_namespace == "shop");
+    AgentRequest claim;
+    claim.op = AgentOp::ksm_claim;
+    claim.id = "c";
+    claim.ksm_namespace = "team-a";
+    line = format_agent_request(claim);
+    auto claim_back = parse_agent_request(std::string_view(line).substr(0, line.size() - 1));
+    REQUIRE(claim_back.ok());
+    CHECK(claim_back->op == AgentOp::ksm_claim);
+    CHECK(claim_back->ksm_namespace == "team-a");
 
     std::string err = agent_error_reply("bad \xff byte \"here\"\n");
     REQUIRE(err.back() == '\n');

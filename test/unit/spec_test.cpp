@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "helpers.hpp"
+#include "upm/backend.hpp"
 #include "upm/nodeconfig.hpp"
 #include "upm/policy.hpp"
 #include "upm/spec.hpp"
@@ -49,6 +50,7 @@ NodeConfig node_config() {
     c.default_policy = "default";
     c.hook = "";
     c.log_file = "";
+    c.ksm_single_namespace = false;   // its own test case; never ask the host's upmd
     return c;
 }
 
@@ -552,6 +554,15 @@ TEST_CASE("spec: node configuration", "[spec]") {
     CHECK(example.config.log_file == NodeConfig{}.log_file);
     CHECK(example.config.fsync == NodeConfig{}.fsync);
     CHECK(example.config.domain_scope == NodeConfig{}.domain_scope);
+    CHECK(example.config.ksm_single_namespace == NodeConfig{}.ksm_single_namespace);
+    CHECK(NodeConfig{}.ksm_single_namespace);
+
+    // ksm_single_namespace: a boolean; anything else keeps the default
+    CHECK_FALSE(parse_node_config(R"({"ksm_single_namespace": false})", defaults).config.ksm_single_namespace);
+    auto ksm_bad = parse_node_config(R"({"ksm_single_namespace": "no"})", defaults);
+    REQUIRE(ksm_bad.problems.size() == 1);
+    CHECK(ksm_bad.config.ksm_single_namespace);
+    CHECK(ksm_bad.problems[0].where == "/ksm_single_namespace");
 
     // UPM_CONFIG: a missing file named there is a problem
     ::setenv(kEnvNodeConfig, "/nonexistent/config.json", 1);
@@ -677,6 +688,80 @@ TEST_CASE("spec: the domain is scoped by the Kubernetes namespace", "[spec]") {
         CHECK(upm_domain_after(config, {{"io.kubernetes.cri.sandbox-namespace", "team-a"},
                                         {"io.kubernetes.pod.namespace", "team-b"}}) == "tenant-a");
         CHECK(upm_domain_after(config, {{"upm.domain", "k8s.team-b.x"}}) == "k8s.team-b.x");
+    }
+}
+
+// ---- one namespace at a time on the KSM backend (docs/runtime.md) -------------
+
+TEST_CASE("spec: ksm_single_namespace asks the agent for namespaced containers", "[spec]") {
+    if (kernel_has_madv_upm()) {
+        WARN("skipped: this kernel has MADV_UPM, the policy `default` does not use KSM");
+        return;
+    }
+    auto config = node_config();
+    config.ksm_single_namespace = true;
+    std::vector<std::pair<std::string, std::string>> asked;
+    Result<KsmClaimAnswer> answer = KsmClaimAnswer{.granted = true};
+    PrepareOptions options;
+    options.ksm_claim = [&](const std::string& id, const std::string& ns) -> Result<KsmClaimAnswer> {
+        asked.emplace_back(id, ns);
+        return answer;
+    };
+    auto run = [&](const ojson& set, const std::string& policy = "") {
+        TempBundle b("annotated");
+        auto doc = ojson::parse(b.config());
+        for (const auto& [k, v] : set.items()) doc["annotations"][k] = v;
+        if (!policy.empty()) doc["annotations"]["upm.policy"] = policy;
+        std::ofstream(b.path(), std::ios::trunc) << doc.dump();
+        return prepare_bundle(config, b.dir, "k1", options);
+    };
+    const ojson team_b = {{"io.kubernetes.cri.sandbox-namespace", "team-b"}};
+
+    SECTION("granted: injected, the agent asked with the id and the namespace") {
+        CHECK(run(team_b).verdict == Verdict::edited);
+        REQUIRE(asked.size() == 1);
+        CHECK(asked[0] == std::pair<std::string, std::string>{"k1", "team-b"});
+    }
+    SECTION("no namespace annotation: not asked, injected") {
+        CHECK(run(ojson::object()).verdict == Verdict::edited);
+        CHECK(asked.empty());
+    }
+    SECTION("refused: not deduplicated, the holder and both ways out named") {
+        answer = KsmClaimAnswer{.granted = false, .holder = "team-a", .holders = 2};
+        auto p = run(team_b);
+        CHECK(p.verdict == Verdict::untouched);
+        CHECK(has_message(p, "not deduplicated: namespace `team-b` may not use the KSM backend: namespace `team-a` "
+                             "holds it (2 containers)"));
+        CHECK(has_message(p, "use the upm kernel"));
+        CHECK(has_message(p, "\"ksm_single_namespace\": false"));
+    }
+    SECTION("refused with a fail-closed policy: the container is refused") {
+        answer = KsmClaimAnswer{.granted = false, .holder = "team-a", .holders = 1};
+        char tmpl[] = "/tmp/upm-spec-pol.XXXXXX";
+        std::string dir = ::mkdtemp(tmpl);
+        { std::ofstream(dir + "/closed.json") << "{\"on_error\": \"closed\"}"; }
+        config.policy_dir = dir;
+        auto p = run(team_b, "closed");
+        fs::remove_all(dir);
+        CHECK(p.verdict == Verdict::refused);
+        CHECK(has_message(p, "refused: namespace `team-b` may not use the KSM backend"));
+    }
+    SECTION("no answer from the agent: not deduplicated") {
+        answer = Error{ENOENT, "no node agent (upmd) at `/x.sock`"};
+        auto p = run(team_b);
+        CHECK(p.verdict == Verdict::untouched);
+        CHECK(has_message(p, "cannot check that it is the only namespace on the KSM backend"));
+        CHECK(has_message(p, "start upmd"));
+    }
+    SECTION("conflicting namespace annotations: not deduplicated, not asked") {
+        auto p = run({{"io.kubernetes.cri.sandbox-namespace", "team-a"}, {"io.kubernetes.pod.namespace", "team-b"}});
+        CHECK(p.verdict == Verdict::untouched);
+        CHECK(asked.empty());
+    }
+    SECTION("setting off: not asked") {
+        config.ksm_single_namespace = false;
+        CHECK(run(team_b).verdict == Verdict::edited);
+        CHECK(asked.empty());
     }
 }
 

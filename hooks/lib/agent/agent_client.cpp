@@ -226,4 +226,28 @@ Problem hook_notify_agent(std::string_view event, const std::string& id, long pi
     }
 }
 
+Result<KsmClaimAnswer> claim_ksm_namespace(const std::string& id, const std::string& ns,
+                                           std::chrono::milliseconds timeout) {
+    try {
+        KsmClaimAnswer a;
+        a.socket = agent_socket_path();
+        if (!agent_socket_present(a.socket)) return Error{ENOENT, "no node agent (upmd) at `" + a.socket + "`"};
+        AgentRequest r;
+        r.op = AgentOp::ksm_claim;
+        r.id = id;
+        r.ksm_namespace = ns;
+        auto reply = call_agent(r, timeout, a.socket);
+        if (!reply) return reply.error().wrap("node agent (upmd) at `" + a.socket + "`");
+        auto granted = reply->find("granted");
+        if (granted == reply->end() || !granted->is_boolean())
+            return Error::msg("node agent (upmd) at `" + a.socket + "` does not know `ksm-claim` (an older upmd?)");
+        a.granted = granted->get<bool>();
+        if (auto h = reply->find("holder"); h != reply->end() && h->is_string()) a.holder = h->get<std::string>();
+        if (auto n = reply->find("holders"); n != reply->end() && n->is_number_unsigned()) a.holders = n->get<std::size_t>();
+        return a;
+    } catch (const std::exception& e) {
+        return Error::msg(std::string("asking the node agent: ") + e.what());
+    }
+}
+
 }  // namespace upm::agent

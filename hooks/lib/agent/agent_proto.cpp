@@ -2,6 +2,8 @@
 // Format: upm/agent_proto.hpp and docs/agent.md.
 #include "upm/agent_proto.hpp"
 #include "upm/io.hpp"
+#include "upm/policy.hpp"
+#include "upm/spec.hpp"
 
 #include <cmath>
 #include <cstdlib>
@@ -82,7 +84,7 @@ Result<json> parse_line(std::string_view line) {
 Result<AgentOp> parse_op(const json& doc) {
     auto op_it = doc.find("op");
     if (op_it == doc.end() || !op_it->is_string())
-        return Error::msg("no string `op` (ping, register, unregister, advised, list, status)");
+        return Error::msg("no string `op` (ping, register, unregister, advised, list, status, ksm-claim, advise)");
     const auto& op = op_it->get_ref<const std::string&>();
     if (op == "ping") return AgentOp::ping;
     if (op == "register") return AgentOp::register_container;
@@ -90,13 +92,16 @@ Result<AgentOp> parse_op(const json& doc) {
     if (op == "advised") return AgentOp::advised;
     if (op == "list") return AgentOp::list;
     if (op == "status") return AgentOp::status;
+    if (op == "ksm-claim") return AgentOp::ksm_claim;
+    if (op == "advise") return AgentOp::advise;
     std::string shown = op.size() > 32 || has_control(op) ? std::string("(invalid)") : op;
-    return Error::msg("unknown `op` `" + shown + "` (ping, register, unregister, advised, list, status)");
+    return Error::msg("unknown `op` `" + shown + "` (ping, register, unregister, advised, list, status, ksm-claim, advise)");
 }
 
 // `id` (required to register and unregister) and `pid`, for every op.
 Status parse_id_and_pid(const json& doc, AgentRequest& r) {
-    auto id_needed = r.op == AgentOp::register_container || r.op == AgentOp::unregister_container;
+    auto id_needed = r.op == AgentOp::register_container || r.op == AgentOp::unregister_container ||
+                     r.op == AgentOp::ksm_claim;
     auto id = string_field(doc, "id", kMaxAgentId, id_needed);
     if (!id) return id.error();
     r.id = std::move(*id);
@@ -107,6 +112,17 @@ Status parse_id_and_pid(const json& doc, AgentRequest& r) {
     auto pid = uint_field(doc, "pid", 1, kMaxAgentPid);
     if (!pid) return pid.error();
     if (*pid) r.pid = static_cast<long>(**pid);
+    return Ok{};
+}
+
+// `namespace` (ksm-claim) or `ksm_namespace` (register): a Kubernetes namespace.
+Status parse_namespace(const json& doc, AgentRequest& r, bool claim) {
+    const char* key = claim ? "namespace" : "ksm_namespace";
+    auto ns = string_field(doc, key, kMaxAgentLabel, claim);
+    if (!ns) return ns.error();
+    if (!ns->empty() && !valid_namespace(*ns))
+        return Error::msg(std::string("`") + key + "` is not a Kubernetes namespace (a DNS label)");
+    r.ksm_namespace = std::move(*ns);
     return Ok{};
 }
 
@@ -125,7 +141,7 @@ Status parse_register(const json& doc, AgentRequest& r) {
     auto st = uint_field(doc, "start_time", 0, UINT64_MAX);
     if (!st) return st.error();
     r.start_time = *st;
-    return Ok{};
+    return parse_namespace(doc, r, false);
 }
 
 Status parse_advised(const json& doc, AgentRequest& r) {
@@ -147,6 +163,17 @@ Status parse_advised(const json& doc, AgentRequest& r) {
     return Ok{};
 }
 
+// advise: `id` or `pid`, an optional policy NAME.
+Status parse_advise(const json& doc, AgentRequest& r) {
+    if (r.id.empty() && r.pid == 0) return Error::msg("`advise` needs `id` or `pid`");
+    auto policy = string_field(doc, "policy", kMaxAgentLabel, false);
+    if (!policy) return policy.error();
+    if (!policy->empty() && !valid_policy_name(*policy))
+        return Error::msg("`policy` is not a policy NAME ([A-Za-z0-9][A-Za-z0-9._-]{0,63})");
+    r.policy = std::move(*policy);
+    return Ok{};
+}
+
 Result<AgentRequest> parse(std::string_view line) {
     auto doc = parse_line(line);
     if (!doc) return doc.error();
@@ -159,6 +186,10 @@ Result<AgentRequest> parse(std::string_view line) {
         if (auto st = parse_register(*doc, r); !st) return st.error();
     } else if (r.op == AgentOp::advised) {
         if (auto st = parse_advised(*doc, r); !st) return st.error();
+    } else if (r.op == AgentOp::ksm_claim) {
+        if (auto st = parse_namespace(*doc, r, true); !st) return st.error();
+    } else if (r.op == AgentOp::advise) {
+        if (auto st = parse_advise(*doc, r); !st) return st.error();
     }
     return r;
 }
@@ -173,6 +204,8 @@ std::string_view to_string(AgentOp op) {
     case AgentOp::advised: return "advised";
     case AgentOp::list: return "list";
     case AgentOp::status: return "status";
+    case AgentOp::ksm_claim: return "ksm-claim";
+    case AgentOp::advise: return "advise";
     }
     return "?";
 }
@@ -205,7 +238,10 @@ std::string format_agent_request(const AgentRequest& r) {
         j["policy"] = r.policy;
         j["domain"] = r.domain;
         if (r.start_time) j["start_time"] = *r.start_time;
+        if (!r.ksm_namespace.empty()) j["ksm_namespace"] = r.ksm_namespace;
     }
+    if (r.op == AgentOp::ksm_claim) j["namespace"] = r.ksm_namespace;
+    if (r.op == AgentOp::advise && !r.policy.empty()) j["policy"] = r.policy;
     if (r.op == AgentOp::advised) {
         j["bytes"] = r.bytes;
         j["calls"] = r.calls;

@@ -87,6 +87,7 @@ json Registry::container_json(const Container& c) {
     j["cgroup"] = c.cgroup;
     j["policy"] = c.policy;
     j["domain"] = c.domain;
+    if (!c.ksm_namespace.empty()) j["ksm_namespace"] = c.ksm_namespace;
     j["registered_at"] = c.registered_at;
     j["advised_bytes"] = c.advised.bytes;
     j["advise_calls"] = c.advised.calls;
@@ -155,6 +156,7 @@ Result<Registry> Registry::load(const std::string& path, std::size_t capacity, s
             c.cgroup = parsed->cgroup;
             c.policy = parsed->policy;
             c.domain = parsed->domain;
+            c.ksm_namespace = parsed->ksm_namespace;
             c.registered_at = e.value("registered_at", 0.0);
             c.advised.bytes = e.value("advised_bytes", std::uint64_t(0));
             c.advised.calls = e.value("advise_calls", std::uint64_t(0));

@@ -48,6 +48,11 @@ void Server::cleanup() {
         it = conns_.erase(it);
     }
     save_if_dirty();
+    if (adviser_) {
+        adviser_->stop();   // ends after the current step of at most --remote-rate's step
+        log_remote_results();
+        adviser_.reset();
+    }
     if (tuner_) {
         auto st = tuner_->stop();
         if (st) logger()->info("ksm tuning: stopped, original ksmd settings restored");
@@ -115,6 +120,7 @@ bool Server::start() {
     }
     load_state();
     start_tuner();
+    start_remote();
     open_epoll();
     save_if_dirty();
     announce_ready();
@@ -189,6 +195,7 @@ void Server::run_timers(Clock::time_point now) {
     if (now >= next_prune_) {
         prune();
         watch_growth();
+        log_remote_results();
         next_prune_ = now + o_.poll_interval;
     }
     if (tuner_ && now >= next_tune_) next_tune_ = now + std::max(milliseconds(10), tuner_->tick());

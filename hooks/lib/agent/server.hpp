@@ -10,6 +10,8 @@
 //   server_registry.cpp  the registry: state file, exit watch (pidfds,
 //                        polling), growth watch, the KSM tuner
 //   server_metrics.cpp   GET /metrics and the node-exporter textfile
+//   server_claims.cpp    `ksm-claim`: one namespace at a time on the KSM backend
+//   server_remote.cpp    `advise`: remote advice through the adviser thread
 #pragma once
 
 #include <sys/epoll.h>
@@ -25,6 +27,8 @@
 #include <spdlog/spdlog.h>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "upm/agent_proto.hpp"
 #include "upm/agent_server.hpp"
@@ -32,6 +36,7 @@
 #include "upm/ksmtune.hpp"
 #include "upm/log.hpp"
 #include "upm/metrics.hpp"
+#include "upm/remote_adviser.hpp"
 
 namespace upm::agent::internal {
 
@@ -123,6 +128,15 @@ private:
     std::optional<json> register_container(Conn& c, const AgentRequest& req);
     json unregister_container(const AgentRequest& req);
     json record_advice(const AgentRequest& req);
+    json claim_ksm(const AgentRequest& req);
+    void start_remote();
+    Result<Policy> remote_policy(const std::string& name);
+    std::optional<json> remote_advise(Conn& c, const AgentRequest& req);
+    void log_remote_results();
+    json remote_json();
+    json ksm_namespace_json();
+    void take_claim(Container& ct, const AgentRequest& req);
+    std::vector<std::pair<std::string, std::string>> ksm_holders(const std::string& ns, const std::string& id);
     void handle_http(Conn& c);
     void queue(Conn& c, std::string text);
     void flush(Conn& c);
@@ -141,11 +155,18 @@ private:
     Registry registry_;
     AgentInfo info_;
     std::optional<KsmTuner> tuner_;
+    remote::Availability remote_;
+    std::optional<remote::Adviser> adviser_;  // only where remote advice is available
     std::string tuner_note_;
     GrowthWatch growth_;                      // advice seen from outside: containers' anonymous memory grows
     std::uint64_t growth_kicks_ = 0;
     Fd ep_, lfd_, hfd_, sfd_;
     ino_t socket_ino_ = 0;
+    struct KsmClaim {
+        std::string ns;
+        Clock::time_point at;
+    };
+    std::map<std::string, KsmClaim> ksm_claims_;  // granted, not registered yet: id -> claim
     std::map<int, Conn> conns_;
     std::size_t http_conns_ = 0;              // of conns_, those of /metrics
     std::set<int> to_flush_;

@@ -51,6 +51,10 @@ std::optional<std::string> Server::refusal(const Conn& c, const AgentRequest& re
         if (process_owner(ct->pid) != c.peer_uid) return not_yours(ct->pid);
         return std::nullopt;
     }
+    case AgentOp::ksm_claim:
+        return "not allowed: only root (upm-runtime, upm-hook) may claim the KSM backend for a namespace";
+    case AgentOp::advise:
+        return "not allowed: only root may ask for remote advice";
     }
     return "not allowed";
 }
@@ -73,6 +77,8 @@ json Server::status_reply(bool with_usage) {
     } else {
         r["containers"] = containers_json(registry_, nullptr);
     }
+    r["ksm_namespace"] = ksm_namespace_json();
+    r["remote"] = remote_json();
     if (tuner_) {
         json t = json::parse(to_json(tuner_->status()), nullptr, false);
         r["tuner"] = t.is_discarded() ? json(nullptr) : t;
@@ -126,6 +132,10 @@ std::optional<json> Server::answer(Conn& c, const AgentRequest& req) {
         return unregister_container(req);
     case AgentOp::advised:
         return record_advice(req);
+    case AgentOp::ksm_claim:
+        return claim_ksm(req);
+    case AgentOp::advise:
+        return remote_advise(c, req);
     }
     return json();
 }
@@ -156,6 +166,8 @@ std::optional<json> Server::register_container(Conn& c, const AgentRequest& req)
     ct.policy = req.policy;
     ct.domain = req.domain;
     ct.registered_at = unix_now();
+    take_claim(ct, req);
+    const std::string ns = ct.ksm_namespace;
     auto added = registry_.add(std::move(ct));
     if (!added) {
         logger()->error("container `{}`: not registered: {}", log_id(req.id), added.error().message);
@@ -165,11 +177,12 @@ std::optional<json> Server::register_container(Conn& c, const AgentRequest& req)
     changed();
     unwatch(req.id);
     if (auto* added_c = registry_.find(req.id)) watch(*added_c);
-    logger()->info("container `{}`: {}, pid {}, policy `{}`, domain `{}`, {}", log_id(req.id),
+    logger()->info("container `{}`: {}, pid {}, policy `{}`, domain `{}`, {}{}", log_id(req.id),
                    *added ? "registered" : "registered again", req.pid,
                    req.policy.empty() ? "(default)" : printable(req.policy),
                    req.domain.empty() ? "(none)" : printable(req.domain),
-                   req.cgroup.empty() ? std::string("process tree") : "cgroup `" + printable(req.cgroup) + "`");
+                   req.cgroup.empty() ? std::string("process tree") : "cgroup `" + printable(req.cgroup) + "`",
+                   ns.empty() ? std::string() : ", KSM namespace `" + ns + "`");
     if (tuner_) tuner_->kick("register " + printable(req.id));
     return json{{"ok", true}, {"id", req.id}, {"new", *added}, {"containers", registry_.size()}};
 }

@@ -116,9 +116,10 @@ void apply_key(const std::string& key, const json& value, NodeConfigLoad& out) {
             error("`domain_scope` must be \"namespace\" or \"none\"; the default is used");
         return;
     }
-    if (key == "fsync") {
-        if (value.is_boolean()) out.config.fsync = value.get<bool>();
-        else error("`fsync` must be true or false; the default is used");
+    if (key == "fsync" || key == "ksm_single_namespace") {
+        bool& target = key == "fsync" ? out.config.fsync : out.config.ksm_single_namespace;
+        if (value.is_boolean()) target = value.get<bool>();
+        else error("`" + key + "` must be true or false; the default is used");
         return;
     }
     auto k = string_key(key, out.config);

@@ -13,6 +13,14 @@ bool valid_namespace(std::string_view ns) {
     return std::all_of(ns.begin(), ns.end(), [&](char c) { return alnum(c) || c == '-'; });
 }
 
+std::optional<std::string> pod_namespace(const UpmAnnotations& ann) {
+    const bool cri = ann.cri_namespace_present, crio = ann.crio_namespace_present;
+    if (!cri && !crio) return std::nullopt;
+    if (cri && crio && ann.cri_namespace != ann.crio_namespace) return std::string();
+    const std::string& ns = cri ? ann.cri_namespace : ann.crio_namespace;
+    return valid_namespace(ns) ? ns : std::string();
+}
+
 ScopedDomain scope_domain(DomainScope scope, std::string_view domain, const UpmAnnotations& ann) {
     ScopedDomain out;
     try {

@@ -7,6 +7,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "upm/agent_client.hpp"
+#include "upm/backend.hpp"
 #include "upm/policy.hpp"
 #include "upm/spec.hpp"
 
@@ -61,9 +63,9 @@ std::string policy_problems(const PolicyCheck& check, const std::string& file) {
 class Preparer {
 public:
     Preparer(const NodeConfig& config, const std::string& bundle_dir, std::string_view container_id, Preparation& p,
-             bool enabled_by_runtime)
-        : config_(config), bundle_dir_(bundle_dir), p_(p), notes_(p, container_id),
-          enabled_by_runtime_(enabled_by_runtime) {}
+             const PrepareOptions& options)
+        : config_(config), bundle_dir_(bundle_dir), p_(p), notes_(p, container_id), id_(container_id),
+          enabled_by_runtime_(options.enabled_by_runtime), ksm_claim_(options.ksm_claim) {}
 
     void run(const std::string* given, bool write) {
         if (!read_annotated_spec(given)) return;
@@ -71,6 +73,7 @@ public:
         choose_asked_domain();
         if (!load_policy()) return;
         scope_the_domain();
+        if (!check_ksm_namespace()) return;
         plan_the_hardening();
         if (!find_preload()) return;
         find_hook();
@@ -85,6 +88,8 @@ private:
     bool resolve_policy();
     bool load_policy();
     void scope_the_domain();
+    bool check_ksm_namespace();
+    bool ksm_backend() const;
     void plan_the_hardening();
     bool find_preload();
     void find_hook();
@@ -98,7 +103,9 @@ private:
     const std::string& bundle_dir_;
     Preparation& p_;
     Notes notes_;
+    std::string id_;
     bool enabled_by_runtime_;
+    const std::function<Result<KsmClaimAnswer>(const std::string&, const std::string&)>& ksm_claim_;
     Result<BundleConfig> bundle_ = BundleConfig{};
     UpmAnnotations ann_;
     std::string policy_name_;
@@ -233,6 +240,40 @@ void Preparer::scope_the_domain() {
     if (!from_policy || domain_ != policy_.domain) edit_.domain = domain_;
 }
 
+// Whether the preload will advise with MADV_MERGEABLE (ksmd merges node-wide).
+bool Preparer::ksm_backend() const {
+    const BackendKind kind = select_backend(have_policy_ ? policy_.backend : BackendChoice::automatic, false).kind;
+    return kind == BackendKind::ksm || kind == BackendKind::ksm_process;
+}
+
+// Node setting ksm_single_namespace (docs/runtime.md): on the KSM backend,
+// ksmd merges across namespaces, so only one Kubernetes namespace at a time
+// is advised; upmd, which knows every registered container, decides.  A
+// container it refuses (or cannot answer for) starts without the preload,
+// or is refused when its policy fails closed.
+bool Preparer::check_ksm_namespace() {
+    if (!config_.ksm_single_namespace) return true;
+    const std::optional<std::string> ns = pod_namespace(ann_);
+    if (!ns || !ksm_backend()) return true;
+    const std::string fix = "; use the upm kernel (MADV_UPM merges only within a domain) or, if the namespaces of "
+                            "this node trust each other, set `\"ksm_single_namespace\": false` in the node "
+                            "configuration (" + (config_.source.empty() ? std::string(kNodeConfigPath) : config_.source) + ")";
+    if (ns->empty())
+        return fail("the namespace annotations are not one valid namespace, and the node allows one namespace at a "
+                    "time on the KSM backend (ksm_single_namespace)" + fix);
+    auto answer = ksm_claim_ ? ksm_claim_(id_, *ns) : agent::claim_ksm_namespace(id_, *ns);
+    if (!answer)
+        return fail("namespace `" + *ns + "`: cannot check that it is the only namespace on the KSM backend "
+                    "(node setting ksm_single_namespace): " + answer.error().message + "; start upmd" + fix);
+    if (!answer->granted)
+        return fail("namespace `" + *ns + "` may not use the KSM backend: namespace `" + printable(answer->holder, 80) +
+                    "` holds it (" + std::to_string(answer->holders) + " container" + (answer->holders == 1 ? "" : "s") +
+                    "), ksmd merges across namespaces, and the node setting ksm_single_namespace allows one namespace "
+                    "at a time" + fix);
+    notes_.add(Level::debug, "namespace `" + *ns + "` holds the KSM backend (ksm_single_namespace)");
+    return true;
+}
+
 // Layout and hash seeds (docs/hardening.md): fail open, the hardening stays.
 void Preparer::plan_the_hardening() {
     if (!have_policy_) return;
@@ -318,7 +359,7 @@ Preparation prepare(const NodeConfig& config, const std::string& bundle_dir, std
                     const std::string* given, PrepareOptions options) {
     Preparation p;
     try {
-        Preparer(config, bundle_dir, container_id, p, options.enabled_by_runtime).run(given, options.write);
+        Preparer(config, bundle_dir, container_id, p, options).run(given, options.write);
     } catch (const std::exception& e) {
         p.notes.push_back({Level::error, std::string("not deduplicated: ") + e.what()});
     }

@@ -67,6 +67,7 @@ class Node:
         self.policy_dir.mkdir(exist_ok=True)
         for p in policies_dir.glob("*.json"):
             shutil.copy(p, self.policy_dir / p.name)
+        self.agent_socket: Path | None = None
         self.hook_log = tmp / "hook.log"
         self.hook = tmp / "upm-hook"
         self.hook.write_text(f"#!/bin/sh\ncat >/dev/null\necho \"$1\" >> {self.hook_log}\nexit 0\n")
@@ -92,6 +93,7 @@ class Node:
         hooks get no environment from upm-runtime); `config`: more settings
         of the node configuration.  Returns the wrapper."""
         wrapper = self.tmp / "upm-hook-wrapper"
+        self.agent_socket = agent_socket
         agent = f" UPM_AGENT_SOCKET={agent_socket}" if agent_socket is not None else ""
         wrapper.write_text(f"#!/bin/sh\nUPM_CONFIG={self.config}{agent} exec {hook_bin} \"$@\"\n")
         wrapper.chmod(0o755)
@@ -99,7 +101,12 @@ class Node:
         return wrapper
 
     def env(self) -> dict[str, str]:
-        return {"UPM_CONFIG": str(self.config)}
+        """upm-runtime's environment: its node configuration and, after
+        use_hook() with a socket, the node agent it asks (ksm-claim)."""
+        env = {"UPM_CONFIG": str(self.config)}
+        if self.agent_socket is not None:
+            env["UPM_AGENT_SOCKET"] = str(self.agent_socket)
+        return env
 
     # -- bundles ------------------------------------------------------------------
 

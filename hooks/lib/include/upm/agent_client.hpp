@@ -69,4 +69,11 @@ Problem hook_notify_agent(std::string_view event, const std::string& id, long pi
                            const std::string& domain,
                            std::chrono::milliseconds timeout = std::chrono::milliseconds(800));
 
+// ksm-claim (node setting ksm_single_namespace, docs/runtime.md): may the
+// container `id` of Kubernetes namespace `ns` be advised on the KSM backend?
+// An Error when the agent cannot be asked (no socket, no reply within
+// `timeout`): the caller cannot tell and must not advise.
+Result<KsmClaimAnswer> claim_ksm_namespace(const std::string& id, const std::string& ns,
+                                           std::chrono::milliseconds timeout = std::chrono::milliseconds(800));
+
 }  // namespace upm::agent

@@ -9,6 +9,11 @@
 //   {"op":"advised","id":"abc","bytes":1048576,"calls":1,"seconds":0.002}   (or "pid" instead of "id")
 //   {"op":"list"}      the registry
 //   {"op":"status"}    the registry with per-container savings and node totals
+//   {"op":"ksm-claim","id":"abc","namespace":"shop"}   may this container of this
+//                      Kubernetes namespace be advised on the KSM backend
+//                      (node setting ksm_single_namespace)? -> "granted", "holder"
+//   {"op":"advise","id":"abc"}  (or "pid"; "policy":NAME optional)  remote advice by
+//                      upmd through pidfds and process_madvise(MADV_UPM), queued
 //
 //   -> {"ok":true,...}   or   {"ok":false,"error":"what was wrong"}
 //
@@ -23,6 +28,7 @@
 #include <string>
 #include <string_view>
 
+#include "upm/ksm_claim.hpp"
 #include "upm/result.hpp"
 
 namespace upm {
@@ -37,7 +43,7 @@ inline constexpr std::size_t kMaxAgentLabel = 256;                    // policy,
 inline constexpr std::size_t kMaxAgentCgroup = 4096;                  // cgroup path (PATH_MAX)
 inline constexpr long kMaxAgentPid = 4194304;                         // PID_MAX_LIMIT
 
-enum class AgentOp { ping, register_container, unregister_container, advised, list, status };
+enum class AgentOp { ping, register_container, unregister_container, advised, list, status, ksm_claim, advise };
 
 std::string_view to_string(AgentOp op);   // "ping", "register", ...
 
@@ -46,8 +52,9 @@ struct AgentRequest {
     std::string id;                  // register, unregister; advised (or pid)
     long pid = 0;                    // register (required), advised (or id)
     std::string cgroup;              // register: cgroup v2 path ("/..."), "" = use the process tree of pid
-    std::string policy, domain;      // register: labels, "" when unknown
+    std::string policy, domain;      // register: labels, "" when unknown; advise: policy NAME, "" = the container's
     std::optional<std::uint64_t> start_time;  // register: field 22 of /proc/PID/stat (ticks since boot), checked
+    std::string ksm_namespace;       // ksm-claim (required), register (optional): a Kubernetes namespace
     std::uint64_t bytes = 0;         // advised: bytes newly advised
     std::uint64_t calls = 1;         // advised: madvise calls they took
     double seconds = 0;              // advised: time the calls took

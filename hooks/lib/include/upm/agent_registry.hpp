@@ -46,6 +46,7 @@ struct Container {
     std::uint64_t start_ticks = 0;   // field 22 of /proc/PID/stat
     std::string cgroup;              // cgroup v2 path, "" = the process tree of pid
     std::string policy, domain;
+    std::string ksm_namespace;       // the namespace it holds the KSM backend for ("ksm-claim"), "" = none
     double registered_at = 0;        // unix time, seconds
     AdviseCounters advised;
 };

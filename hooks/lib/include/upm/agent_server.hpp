@@ -40,6 +40,7 @@ struct ServerOptions {
     std::chrono::milliseconds client_timeout{10000};
     std::chrono::milliseconds poll_interval{1000};
     bool tune = true;                           // KSM burst tuning on the KSM backend
+    double remote_rate_mib = 1024;              // remote advice (`advise`): MiB per second at most
     std::string tuner_state_file;               // "" = the tuner's default (/run/upm/ksm-original.json)
     std::string cgroup_root = "/sys/fs/cgroup";
     std::string version;

@@ -41,6 +41,13 @@ struct NodeConfig {
     std::string log_level = "info";                     // off|error|warn|info|debug
     bool fsync = false;          // fsync the new config.json before the rename (see docs/runtime.md)
     DomainScope domain_scope = DomainScope::kubernetes_namespace;  // "domain_scope"
+    // "ksm_single_namespace": on the KSM backend (stock kernel), where ksmd
+    // merges node-wide whatever the domain, advise containers of one
+    // Kubernetes namespace at a time: a container of a second namespace is
+    // not deduplicated while upmd has a container of another namespace
+    // (docs/threat-model.md, docs/runtime.md).  Containers without a
+    // namespace annotation are not restricted.
+    bool ksm_single_namespace = true;
     std::string source;          // the file read, "" when none existed
 };
 

@@ -24,9 +24,13 @@
 // [A-Za-z0-9][A-Za-z0-9._-]{0,63}).  Unannotated bundles are never written.
 #pragma once
 
+#include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "upm/ksm_claim.hpp"
 
 #include "upm/hardening.hpp"
 #include "upm/log.hpp"
@@ -210,6 +214,11 @@ ScopedDomain scope_domain(DomainScope scope, std::string_view domain, const UpmA
 // RFC 1123 label: [a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?
 bool valid_namespace(std::string_view ns);
 
+// The pod's namespace from the engine's annotations, whatever the domain
+// scope: nullopt = no namespace annotation (not a Kubernetes container);
+// "" = present but not a valid namespace, or the two annotations differ.
+std::optional<std::string> pod_namespace(const UpmAnnotations& ann);
+
 enum class Verdict {
     untouched,                   // config.json not written (not annotated, or failed open)
     edited,                      // injected
@@ -243,6 +252,10 @@ struct PrepareOptions {
     // without `upm.enabled` counts as upm.enabled=true; an explicit value
     // other than "true" still opts out.
     bool enabled_by_runtime = false;
+    // Asks whether the container (id, namespace) may take the KSM backend
+    // (node setting ksm_single_namespace); empty = the node agent
+    // (agent::claim_ksm_namespace).  Tests give their own.
+    std::function<Result<KsmClaimAnswer>(const std::string& id, const std::string& ns)> ksm_claim;
 };
 Preparation prepare_bundle(const NodeConfig& config, const std::string& bundle_dir, std::string_view container_id,
                            PrepareOptions options = {});
