@@ -10,6 +10,14 @@
  * write_protect_page() refuses pages with such extra references; MADV_UPM
  * must keep that.
  *
+ * First, deterministically (userfaultfd holds the read): a direct preadv
+ * into A's first 64 pages (pattern C) plus one userfaultfd-registered
+ * missing page blocks in GUP on that page while the bio already holds
+ * references on the 64 pages.  With the read blocked A advises them, then
+ * B rewrites and advises its pages (the same 64 contents): none of A's 64
+ * pages may become a KSM page or change PFN.  The fault is then resolved:
+ * A must read D in all 65 pages, B keep C.
+ *
  * Device: a zram device of its own (hot_add through
  * /sys/class/zram-control, removed at the end; upm_swap keeps zram0),
  * opened O_DIRECT, 4 KiB blocks; blocks 0..N-1 hold pattern D.
@@ -34,7 +42,11 @@
  * Usage: upm_pin_odirect [SECONDS]
  */
 #include "upmtest.h"
+#include <linux/userfaultfd.h>
+#include <poll.h>
 #include <pthread.h>
+#include <sys/ioctl.h>
+#include <sys/uio.h>
 
 #define NPAGES 1024
 #define ZCTL "/sys/class/zram-control/"
@@ -185,6 +197,113 @@ static size_t bad_pages(const char *p, uint64_t seed, size_t *first)
 	return bad;
 }
 
+#define HELD 64
+
+static char *held;	/* HELD pages of A + 1 userfaultfd page */
+
+static void *held_reader(void *arg)
+{
+	struct iovec iov[2] = {
+		{ held, HELD * PG },
+		{ held + HELD * PG, PG },
+	};
+	ssize_t r = preadv(zfd, iov, 2, 0);
+
+	return (void *)(intptr_t)(r == (HELD + 1) * (ssize_t)PG ? 0 : r < 0 ? errno : -1);
+}
+
+/*
+ * A direct read held in GUP by a userfaultfd page: its references on the
+ * HELD pages before that page must keep them from being merged.
+ */
+static void held_read(void)
+{
+	struct uffdio_api api = { .api = UFFD_API };
+	struct uffdio_register reg;
+	struct uffdio_copy cp;
+	struct uffd_msg msg;
+	struct pollfd pfd;
+	static uint64_t pfn[HELD];
+	size_t moved = 0, first = 0;
+	char *src;
+	pthread_t th;
+	void *ret;
+	int uffd, e;
+
+	uffd = syscall(__NR_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (uffd < 0) {
+		ut_note("held read: userfaultfd: %s: part skipped", strerror(errno));
+		return;
+	}
+	if (ioctl(uffd, UFFDIO_API, &api))
+		ut_fail("UFFDIO_API: %s", strerror(errno));
+	held = ut_map_anon((HELD + 1) * PG);
+	src = ut_map_anon(PG);
+	for (size_t i = 0; i < HELD; i++)
+		page_fill(held + i * PG, seed_c, i);
+	memset(&reg, 0, sizeof(reg));
+	reg.range.start = (uintptr_t)(held + HELD * PG);
+	reg.range.len = PG;
+	reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+	if (ioctl(uffd, UFFDIO_REGISTER, &reg))
+		ut_fail("UFFDIO_REGISTER: %s", strerror(errno));
+	for (size_t i = 0; i < HELD; i++)
+		pfn[i] = ut_pfn(held + i * PG);
+	if (pthread_create(&th, NULL, held_reader, NULL))
+		ut_fail("pthread_create failed");
+	pfd.fd = uffd;
+	pfd.events = POLLIN;
+	if (poll(&pfd, 1, (int)(30000 * ut_scale())) != 1)
+		ut_fail("held read: the read never faulted on the userfaultfd page (%.0fs)",
+			30 * ut_scale());
+	if (read(uffd, &msg, sizeof(msg)) != sizeof(msg) || msg.event != UFFD_EVENT_PAGEFAULT)
+		ut_fail("held read: no page-fault message from userfaultfd");
+
+	/* the bio holds references on the HELD pages now */
+	e = upm_advise(held, HELD * PG);
+	UT_CHECK(!e, "held read: advise A: %s", strerror(e));
+	b_send('r');
+	e = b_answer();
+	UT_CHECK(!e, "held read: advise B: %s", strerror(e));
+	e = upm_advise(held, HELD * PG);
+	UT_CHECK(!e, "held read: advise A again: %s", strerror(e));
+	for (size_t i = 0; i < HELD; i++) {
+		uint64_t now = ut_pfn(held + i * PG);
+
+		if (now != pfn[i] || ut_kpageflag(now, KPF_KSM) == 1) {
+			if (!moved)
+				first = i;
+			moved++;
+		}
+	}
+
+	/* let the read finish */
+	page_fill(src, 0x5ca1ab1e, 0);
+	memset(&cp, 0, sizeof(cp));
+	cp.dst = (uintptr_t)(held + HELD * PG);
+	cp.src = (uintptr_t)src;
+	cp.len = PG;
+	if (ioctl(uffd, UFFDIO_COPY, &cp))
+		ut_fail("UFFDIO_COPY: %s", strerror(errno));
+	pthread_join(th, &ret);
+	UT_CHECK(!ret, "held read: preadv failed (%ld)", (long)(intptr_t)ret);
+	UT_CHECK(moved == 0,
+		 "held read: %zu of the %d pages an in-flight O_DIRECT read referenced were merged (first: page %zu)",
+		 moved, HELD, first);
+	for (size_t i = 0; i <= HELD; i++)
+		UT_CHECK(page_check(held + i * PG, seed_d, i),
+			 "held read: page %zu of A lacks the read's data (holds %s)", i,
+			 page_check(held + i * PG, seed_c, i) ? "C" : "something else");
+	b_send('v');
+	e = b_answer();
+	UT_CHECK(e == 0, "held read: %d pages of B changed: A's O_DIRECT read landed in B", e);
+	ut_note("held read: %d pages referenced by a blocked O_DIRECT read stayed unmerged",
+		HELD);
+	munmap(held, (HELD + 1) * PG);
+	munmap(src, PG);
+	close(uffd);
+}
+
 static const char *which(const char *p, size_t i)
 {
 	if (page_check(p + i * PG, seed_c, i))
@@ -227,6 +346,8 @@ int main(int argc, char **argv)
 	dio(1, scratch, NPAGES * PG, 0);
 	b_send('a');
 	UT_CHECK(b_answer() == 0, "advise B failed");
+
+	held_read();
 
 	pthread_barrier_init(&go, NULL, 2);
 	pthread_barrier_init(&done, NULL, 2);
