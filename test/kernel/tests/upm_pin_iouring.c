@@ -16,7 +16,10 @@
  *     page or change PFN.
  *  2. READ_FIXED of a tmpfs file (pattern D) into the buffer: A must see D,
  *     B still C.  A writes C back; WRITE_FIXED to the file: the file gets C.
- *  3. Unregistered, A merges with B (>= 99%); registering again pins with
+ *  3. Unregistered, A and B advise again: A merges with B (>= 99%; B's
+ *     pages met A's pinned candidates in step 1 and were not indexed, as
+ *     ksmd does not insert a page whose merge with the tree's page
+ *     failed); registering again pins with
  *     FOLL_WRITE, which must unshare every merged page (no KSM page left,
  *     new PFNs); READ_FIXED D: A sees D, B C.
  *  4. Unregistered, A rewrites C and merges >= 99%.
@@ -200,6 +203,7 @@ int main(void)
 	/* 3. registering merged pages unshares them */
 	unreg(&r);
 	UT_CHECK(upm_advise(a, len) == 0, "advise A: %s", strerror(errno));
+	UT_CHECK(ut_sharer_send(&b, SH_ADVISE) == 0, "advise B failed");
 	k = count_ksm(a);
 	UT_CHECK(k * 100 >= NPAGES * 99, "unpinned, only %zu of A's %d pages merged", k, NPAGES);
 	for (size_t i = 0; i < NPAGES; i++)
