@@ -4,7 +4,7 @@ PREFIX  ?= /usr/local
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build package check fuzz soak demo demo-synthetic install clean kernel kernel-debug kernel-check kernel-stress kernel-bench kernel-deb help
+.PHONY: all deps build package check fuzz soak demo demo-synthetic install clean kernel kernel-debug kernel-debug-extra kernel-check kernel-stress kernel-stress-extra kernel-bench kernel-deb help
 
 all: build
 
@@ -21,6 +21,8 @@ help:
 	@echo "make kernel-debug   the same with KASAN, lockdep and DEBUG_VM"
 	@echo "make kernel-check   boot the test kernel in QEMU and run the kernel tests"
 	@echo "make kernel-stress  stress run on the debug kernel"
+	@echo "make kernel-stress-extra  check suite + stress (plain and with fault injection) + kmemleak scan on"
+	@echo "                    the debug-extra kernel (no preemption, KCSAN, kmemleak); a cold build takes an hour"
 	@echo "make kernel-bench   MADV_UPM vs ksmd benchmark in one guest boot"
 	@echo "                    kernel*: KERNEL=6.1 (default) or KERNEL=6.12 (no MADV_UPM engine yet)"
 	@echo "make kernel-deb     a Debian kernel package with MADV_UPM (Debian's config + CONFIG_UPM; hours)"
@@ -119,6 +121,12 @@ kernel-check:
 
 kernel-stress:
 	test/kernel/run.sh --line $(KERNEL) --debug --stress 180
+
+kernel-debug-extra: deps-kernel
+	test/kernel/build.sh --line $(KERNEL) --debug-extra
+
+kernel-stress-extra: deps-kernel
+	test/kernel/run.sh --line $(KERNEL) --debug-extra --stress 180
 
 kernel-bench:
 	test/kernel/run.sh --line $(KERNEL) --bench

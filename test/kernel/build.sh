@@ -26,7 +26,7 @@ set -euo pipefail
 
 usage() {
 	cat <<EOF
-usage: test/kernel/build.sh [--line 6.1|6.12] [--debug] [--force] [--clean] [--print-key] [--config-only] [--help]
+usage: test/kernel/build.sh [--line 6.1|6.12] [--debug|--debug-extra] [--force] [--clean] [--print-key] [--config-only] [--help]
 
 Build (or reuse from cache) the upm test kernel; print its bzImage path as
 the last line on stdout.
@@ -34,6 +34,11 @@ the last line on stdout.
   --line LINE  kernel line: 6.1 (default; \$UPM_KERNEL_LINE overrides the
                default) or 6.12 (linux-source-6.12; no upm patches yet)
   --debug      add module/configs/debug.config (KASAN, lockdep, DEBUG_VM, ...)
+  --debug-extra  the stress-only flavour: debug.config, then
+               module/configs/debug-extra.config (no KASAN, no preemption,
+               KCSAN, kmemleak, fault injection, io_uring); own build tree
+               build-debug-extra and own lock, so it never blocks the
+               normal/debug trees
   --force      rebuild even if the cache has this key
   --clean      rebuild in a fresh build tree (implies --force)
   --print-key  print the cache key and exit
@@ -45,20 +50,21 @@ the last line on stdout.
 Environment:
   UPM_CACHE_DIR     cache root (default /var/cache/upm); images go to
                     \$UPM_CACHE_DIR/kernel/<key>/, build trees to
-                    \$UPM_CACHE_DIR/kernel/build-{normal,debug}/ (6.1) and
-                    \$UPM_CACHE_DIR/kernel/build-6.12-{normal,debug}/
+                    \$UPM_CACHE_DIR/kernel/build-{normal,debug,debug-extra}/
+                    (6.1) and \$UPM_CACHE_DIR/kernel/build-6.12-FLAVOUR/
   UPM_KERNEL_LINE   default for --line
   UPM_KERNEL_JOBS   make -j value (default: nproc)
   UPM_NO_CCACHE=1   do not use ccache even if installed
 EOF
 }
 
-DEBUG=0 FORCE=0 PRINT_KEY=0 CLEAN=0 CONFIG_ONLY=0
+DEBUG=0 EXTRA=0 FORCE=0 PRINT_KEY=0 CLEAN=0 CONFIG_ONLY=0
 while (($#)); do
 	case $1 in
 	--line) set_line "${2:?--line needs 6.1 or 6.12}"; shift ;;
 	--line=*) set_line "${1#*=}" ;;
 	--debug) DEBUG=1 ;;
+	--debug-extra) DEBUG=1 EXTRA=1 ;;
 	--force) FORCE=1 ;;
 	--clean) CLEAN=1 FORCE=1 ;;
 	--print-key) PRINT_KEY=1 ;;
@@ -82,20 +88,30 @@ if ((DEBUG)); then
 	FRAGS+=("$CONF/debug.config")
 	[[ -f $CONF/debug-$LINE.config ]] && FRAGS+=("$CONF/debug-$LINE.config")
 fi
+if ((EXTRA)); then
+	FRAGS+=("$CONF/debug-extra.config")
+	[[ -f $CONF/debug-extra-$LINE.config ]] && FRAGS+=("$CONF/debug-extra-$LINE.config")
+fi
 FLAVOUR=normal
 ((DEBUG)) && FLAVOUR=debug
+((EXTRA)) && FLAVOUR=debug-extra
 for f in "${FRAGS[@]}"; do [[ -f $f ]] || die "config fragment $f is missing"; done
 VERSION=$(src_version)
 [[ -n $VERSION ]] || die "$UPM_SRC_PKG is not installed (packaging/install-deps.sh kernel)"
 
 # 6.1 keeps the tree names it always had (build-normal, build-debug, lock
 # .build.lock); other lines get their own trees and lock, so a 6.12 build
-# never waits for a 6.1 build (or holds its lock).
+# never waits for a 6.1 build (or holds its lock).  The debug-extra flavour
+# (a cold build of an hour) has its own tree and its own lock on every line
+# (.build-debug-extra.lock, .build-LINE-debug-extra.lock): it neither waits
+# for nor blocks the normal/debug builds, which keep the line's lock (older
+# copies of this script, in other worktrees, take that same lock).
 tree_name() { # FLAVOUR
 	if [[ $LINE == 6.1 ]]; then echo "build-$1"; else echo "build-$LINE-$1"; fi
 }
 LOCKNAME=.build.lock
 [[ $LINE == 6.1 ]] || LOCKNAME=.build-$LINE.lock
+((EXTRA)) && LOCKNAME=.$(tree_name debug-extra).lock
 
 # The line's patch series.  Patches live in $UPM_PATCH_DIR (lib.sh):
 # module/patches/LINE/, or for 6.1 module/patches/ until its series moves.
@@ -135,12 +151,20 @@ compute_key() {
 		echo "line $LINE"
 		echo "source-version $VERSION"
 		echo "debug $DEBUG"
+		# only the extra flavour hashes its fragments (an edit of
+		# debug-extra.config does not change the other keys)
+		((EXTRA)) && echo "flavour debug-extra"
 		echo "build.sh $(sha256sum <"$UPM_KDIR/build.sh" | cut -d' ' -f1)"
 		echo "lib.sh $(sha256sum <"$UPM_KDIR/lib.sh" | cut -d' ' -f1)"
 		local f
 		for f in "$CONF/upm.config" "$CONF/upm-$LINE.config" "$CONF/debug.config" "$CONF/debug-$LINE.config"; do
 			[[ -f $f ]] && echo "${f#"$UPM_REPO"/} $(sha256sum <"$f" | cut -d' ' -f1)"
 		done
+		if ((EXTRA)); then
+			for f in "$CONF/debug-extra.config" "$CONF/debug-extra-$LINE.config"; do
+				[[ -f $f ]] && echo "${f#"$UPM_REPO"/} $(sha256sum <"$f" | cut -d' ' -f1)"
+			done
+		fi
 		while IFS= read -r f; do
 			echo "$f $(sha256sum <"$UPM_REPO/$f" | cut -d' ' -f1)"
 		done < <(module_files)
@@ -185,7 +209,7 @@ PSRC=$(pristine_src)
 # mtime, so make recompiles only what really changed.  --clean starts afresh.
 BUILD="$UPM_CACHE/$(tree_name "$FLAVOUR")"
 TOUCHED="$BUILD/.upm-touched"
-for old in "$UPM_CACHE/$(tree_name normal)".old.* "$UPM_CACHE/$(tree_name debug)".old.*; do # leftovers of an interrupted --clean
+for old in "$BUILD".old.*; do # leftovers of an interrupted --clean of this tree (other trees may be in use)
 	[[ -d $old ]] && (rm -rf "$old" 9>&- &)
 done
 if ((CLEAN)) || [[ ! -f $BUILD/.upm-tree-ok ]]; then
@@ -363,6 +387,22 @@ mkdir -p "$TMP"
 cp "$BUILD/arch/x86/boot/bzImage" "$TMP/bzImage"
 cp "$BUILD/.config" "$TMP/config"
 cp "$BUILD/System.map" "$TMP/System.map"
+# The functions of mm/ksm.c and of the overlay's mm/*.c (static ones too),
+# one per line: run.sh tells console reports (KCSAN, kmemleak) that involve
+# KSM/UPM code from the rest by them (there is no DEBUG_INFO for file:line).
+{
+	objs=("$BUILD/mm/ksm.o")
+	if ((OVERLAY)); then
+		for f in "$MOD"/mm/*.c; do
+			[[ -f $f ]] || continue
+			o="$BUILD/mm/$(basename "$f" .c).o"
+			[[ -f $o ]] && objs+=("$o")
+		done
+	fi
+	for o in "${objs[@]}"; do
+		[[ -f $o ]] && nm "$o" | awk '$2 ~ /^[tT]$/ { print $3 }'
+	done
+} | LC_ALL=C sort -u >"$TMP/ksm-upm.syms" || true
 {
 	echo "key=$KEY"
 	echo "line=$LINE"

@@ -18,8 +18,8 @@ set -euo pipefail
 
 usage() {
 	cat <<EOF
-usage: test/kernel/run.sh [--line 6.1|6.12] [--debug [--keep-going]] [--kernel BZIMAGE] [--stress SECONDS]
-                          [--bench] [--timeout SECONDS] [--kvm] [TEST...]
+usage: test/kernel/run.sh [--line 6.1|6.12] [--debug [--keep-going] | --debug-extra] [--kernel BZIMAGE]
+                          [--stress SECONDS] [--bench] [--timeout SECONDS] [--kvm] [TEST...]
 
 Boot the upm test kernel under QEMU and run the in-guest tests.
 
@@ -33,6 +33,17 @@ Boot the upm test kernel under QEMU and run the in-guest tests.
                      panic_on_warn=1; time limits x4 (UPM_DEBUG_TIME_SCALE)
   --keep-going       with --debug: no panic_on_warn (run every test even
                      after a kernel warning; console-clean still fails)
+  --debug-extra      the stress-only flavour (build.sh --debug-extra: no
+                     preemption, KCSAN, kmemleak, fault injection,
+                     io_uring; not in make check): runs the check suite,
+                     upm_stress SECONDS (--stress, default 120), the same
+                     stress with fault injection for its workers
+                     (upm_stress_faults) and a kmemleak scan (upm_kmemleak);
+                     time limits x4, no panic_on_warn.  Adds the
+                     pseudo-tests kcsan-ksm-upm and kmemleak-ksm-upm (a
+                     KCSAN or kmemleak report with a function of mm/ksm.c
+                     or mm/upm.c fails them; other reports are listed, and
+                     KCSAN reports do not fail console-clean)
   --kernel BZIMAGE   boot this bzImage instead of building/reusing one
   --stress SECONDS   also run upm_stress for SECONDS (after the check suite)
   --bench            run only the benchmark (upm_bench); its JSON is saved
@@ -51,13 +62,14 @@ UPM_CACHE_DIR=/var/cache/upm).
 EOF
 }
 
-DEBUG=0 KEEP_GOING=0 KERNEL='' STRESS='' BENCH=0 TIMEOUT='' ACCEL=${UPM_QEMU_ACCEL:-tcg} BENCH_ARGS=''
+DEBUG=0 EXTRA=0 KEEP_GOING=0 KERNEL='' STRESS='' BENCH=0 TIMEOUT='' ACCEL=${UPM_QEMU_ACCEL:-tcg} BENCH_ARGS=''
 TESTS=()
 while (($#)); do
 	case $1 in
 	--line) set_line "${2:?--line needs 6.1 or 6.12}"; shift ;;
 	--line=*) set_line "${1#*=}" ;;
 	--debug) DEBUG=1 ;;
+	--debug-extra) DEBUG=1 EXTRA=1 ;;
 	--keep-going) KEEP_GOING=1 ;;
 	--kernel) KERNEL=${2:?--kernel needs a path}; shift ;;
 	--stress) STRESS=${2:?--stress needs SECONDS}; shift ;;
@@ -81,11 +93,17 @@ ensure_deps run
 
 MODE=check
 [[ -n $STRESS ]] && MODE=stress
+if ((EXTRA)); then
+	((BENCH)) && die "--bench and --debug-extra do not go together"
+	MODE=extra
+	STRESS=${STRESS:-120}
+fi
 ((BENCH)) && MODE=bench
 if [[ -z $TIMEOUT ]]; then
 	case $MODE in
 	check) TIMEOUT=1100 ;;
 	stress) TIMEOUT=$((STRESS + 1500)) ;;
+	extra) TIMEOUT=$((2 * STRESS + 2400)) ;;
 	bench) TIMEOUT=2700 ;;
 	esac
 	((DEBUG)) && TIMEOUT=$((TIMEOUT * 2))
@@ -98,6 +116,7 @@ if [[ -n $KERNEL ]]; then
 else
 	bargs=(--line "$UPM_LINE")
 	((DEBUG)) && bargs+=(--debug)
+	((EXTRA)) && bargs=(--line "$UPM_LINE" --debug-extra)
 	KERNEL=$("$UPM_KDIR/build.sh" "${bargs[@]}" | tail -n 1)
 	[[ -f $KERNEL ]] || die "build.sh did not produce a bzImage"
 fi
@@ -109,13 +128,16 @@ mkdir -p "$LOGDIR"
 STAMP=$(date +%Y%m%d-%H%M%S)
 FLAV=normal
 ((DEBUG)) && FLAV=debug
+((EXTRA)) && FLAV=debug-extra
 LOG="$LOGDIR/console-$STAMP-$UPM_LINE-$FLAV-$MODE.log"
 
 # no_timer_check: on a loaded host the TCG guest can fail the IO-APIC timer
 # check and panic at boot ("IO-APIC + timer doesn't work!")
 APPEND="console=ttyS0 panic=-1 no_timer_check upm.mode=$MODE"
 ((DEBUG)) && APPEND+=" upm.scale=${UPM_DEBUG_TIME_SCALE:-4}"
-((DEBUG && !KEEP_GOING)) && APPEND+=" panic_on_warn=1"
+# debug-extra: no panic_on_warn -- under fault injection a warning far from
+# KSM/UPM must not end the run; console-clean still reports every one
+((DEBUG && !KEEP_GOING && !EXTRA)) && APPEND+=" panic_on_warn=1"
 [[ -n $STRESS ]] && APPEND+=" upm.stress=$STRESS"
 [[ -n $BENCH_ARGS ]] && APPEND+=" upm.bench=$BENCH_ARGS"
 if ((${#TESTS[@]})); then
@@ -184,6 +206,78 @@ else
 	grep -aq 'Kernel panic' "$CLEAN" && why="kernel panic"
 	echo "upm-test: guest-finished FAIL ($why; see $LOG)"
 	fail=$((fail + 1))
+fi
+
+# debug-extra: KCSAN and kmemleak reports, sorted by whether they involve
+# KSM/UPM code (the functions of mm/ksm.o and the overlay's objects, saved by
+# build.sh as ksm-upm.syms next to the bzImage)
+if ((EXTRA)); then
+	SYMS="$(dirname "$KERNEL")/ksm-upm.syms"
+	if [[ ! -s $SYMS ]]; then
+		log "no $SYMS: KSM/UPM reports are recognised by the names ksm/upm only"
+		SYMS=/dev/null
+	fi
+	# report_blocks KIND: one line per report, "INVOLVED<TAB>HEADLINE<TAB>FUNCS"
+	report_blocks() {
+		awk -v kind="$1" -v symfile="$SYMS" '
+		BEGIN { while ((getline s < symfile) > 0) sym[s] = 1 }
+		function flush() {
+			if (inb) print (hit ? "KSM/UPM" : "other") "	" head "	" funcs
+			inb = 0; hit = 0; funcs = ""
+		}
+		function scan(line,   n, i, t, f, a) {
+			n = split(line, a, /[^A-Za-z0-9_.+\/]+/)
+			for (i = 1; i <= n; i++) {
+				t = a[i]
+				if (t !~ /\+0x/) continue
+				f = t; sub(/\+0x.*/, "", f); sub(/\.(constprop|isra|part|cold)\..*$/, "", f)
+				if (f == "") continue
+				if (!(f in seen)) { seen[f] = 1; funcs = funcs (funcs == "" ? "" : ",") f }
+				if ((f in sym) || f ~ /(^|_)(ksm|upm)(_|$)/) hit = 1
+			}
+		}
+		kind == "kcsan" {
+			if ($0 ~ /BUG: KCSAN:/) { flush(); inb = 1; delete seen; head = $0; sub(/.*BUG: /, "", head)
+				if (head ~ /(^|[ _])(ksm|upm)(_|$)/) hit = 1
+				n = split(head, h, /[ \/]+/); for (i = 1; i <= n; i++) if (h[i] in sym) hit = 1
+				next }
+			if (inb && $0 ~ /====================/) { flush(); next }
+			if (inb) scan($0)
+		}
+		kind == "kmemleak" {
+			if ($0 ~ /upm-kmemleak: BEGIN/) { on = 1; next }
+			if ($0 ~ /upm-kmemleak: END/) { flush(); on = 0; next }
+			if (!on) next
+			if ($0 ~ /unreferenced object/) { flush(); inb = 1; delete seen; head = $0; sub(/^[ 	]+/, "", head); next }
+			if (inb) scan($0)
+		}
+		END { flush() }' "$CLEAN"
+	}
+	for kind in kcsan kmemleak; do
+		name=$kind-ksm-upm
+		rep=$(report_blocks "$kind")
+		nall=0 nhit=0
+		[[ -n $rep ]] && nall=$(wc -l <<<"$rep") && nhit=$(grep -c '^KSM/UPM' <<<"$rep" || true)
+		if [[ -n $rep ]]; then
+			echo "$kind: $nall report(s), $nhit involving KSM/UPM code:"
+			awk -F'\t' '{ printf "  [%s] %s (%s)\n", $1, $2, substr($3, 1, 200) }' <<<"$rep" | sort | uniq -c | sort -rn | head -40
+		fi
+		if [[ $kind == kmemleak ]] && ! grep -aq 'upm-kmemleak: BEGIN' "$CLEAN"; then
+			echo "upm-test: $name SKIP (no kmemleak scan in this run: upm_kmemleak did not run or skipped)"
+			skip=$((skip + 1))
+		elif ((nhit)); then
+			echo "upm-test: $name FAIL ($nhit of $nall $kind report(s) involve KSM/UPM functions; see above and $LOG)"
+			fail=$((fail + 1))
+		else
+			echo "upm-test: $name PASS ($nall $kind report(s), none in KSM/UPM code)"
+			pass=$((pass + 1))
+		fi
+	done
+	nfi=$(grep -ac 'FAULT_INJECTION: forcing a failure' "$CLEAN" || true)
+	echo "fault injection: $nfi 'forcing a failure' console line(s) (rate-limited); counters: $(grep -aoE 'fault injection: [a-z_]+ injected -?[0-9]+ failures' "$CLEAN" | sed 's/fault injection: //' | paste -sd';' || true)"
+	# KCSAN reports are judged above, not as console splats
+	awk '/BUG: KCSAN:/ { k = 1 } k && /====================/ { k = 0; next } !k' "$CLEAN" >"$CLEAN.nokcsan"
+	mv "$CLEAN.nokcsan" "$CLEAN"
 fi
 
 # pseudo-test: console clean of kernel splats

@@ -15,6 +15,18 @@
  * when the kernel has no MADV_UPM), verifies everything, forks children that
  * check/write/advise/exit, munmaps and remaps chunks, mprotects, mremaps,
  * unmerges ranges, and finally retires after 5-20 s.
+ *
+ * With UPM_FAULTS=1 in the environment (the debug-extra flavour's
+ * upm_stress_faults, `run.sh --debug-extra`), the supervisor sets up the
+ * kernel's fault injection (failslab and fail_page_alloc in debugfs,
+ * task-filter on, sleeping and highmem allocations included, 1/100 resp.
+ * 1/200 of the eligible allocations fail, a stack dump for the first
+ * failures of every 5 s) and each worker marks itself
+ * /proc/self/make-it-fail, so only the workers, their threads and children
+ * see injected failures: ENOMEM/EAGAIN from fork, mmap, munmap,
+ * mprotect and mremap are then counted and retried (the region must stay
+ * whole), never failures.  The supervisor prints how many failures each
+ * capability injected (its `times` counter) and switches injection off.
  * Usage: upm_stress [SECONDS [NPROC [MiB]]]
  */
 #include "upmtest.h"
@@ -28,8 +40,78 @@ static char *base;
 static unsigned char *ver;
 static pthread_rwlock_t lk = PTHREAD_RWLOCK_INITIALIZER; /* write = structural change */
 static volatile int stop;
-static int use_upm, advice;
-static long nwrites;
+static int use_upm, advice, faults;
+static long nwrites, ninjected;
+
+/*
+ * Under fault injection a system call of a worker may fail with ENOMEM or
+ * EAGAIN; count it and let the caller retry or skip.  Anything else, or
+ * any error without fault injection, is a failure.
+ */
+static int injected(int e)
+{
+	if (faults && (e == ENOMEM || e == EAGAIN)) {
+		ninjected++;
+		usleep(1000);
+		return 1;
+	}
+	return 0;
+}
+
+#define FI_DIR "/sys/kernel/debug/"
+#define FI_TIMES 100000000L
+static const char *const fi_caps[] = { "failslab", "fail_page_alloc" };
+
+static void fi_set(const char *cap, const char *knob, const char *v)
+{
+	char p[128];
+
+	snprintf(p, sizeof(p), FI_DIR "%s/%s", cap, knob);
+	ut_must_write(p, v);
+}
+
+/* Fault injection for tasks with make-it-fail (the workers) only. */
+static void fi_setup(void)
+{
+	char t[32];
+
+	for (size_t i = 0; i < 2; i++) {
+		char p[128];
+
+		snprintf(p, sizeof(p), FI_DIR "%s/probability", fi_caps[i]);
+		if (access(p, W_OK))
+			ut_skip("UPM_FAULTS=1 but no %s: not a debug-extra kernel (build.sh --debug-extra)",
+				p);
+	}
+	snprintf(t, sizeof(t), "%ld", FI_TIMES);
+	for (size_t i = 0; i < 2; i++) {
+		fi_set(fi_caps[i], "task-filter", "Y");
+		fi_set(fi_caps[i], "ignore-gfp-wait", "N");
+		fi_set(fi_caps[i], "times", t);
+		fi_set(fi_caps[i], "space", "0");
+		fi_set(fi_caps[i], "verbose", "2");
+		fi_set(fi_caps[i], "probability", "10");
+	}
+	fi_set("failslab", "interval", "10");
+	fi_set("fail_page_alloc", "interval", "20");
+	fi_set("fail_page_alloc", "ignore-gfp-highmem", "N");
+	fi_set("fail_page_alloc", "min-order", "0");
+}
+
+static void fi_report(void)
+{
+	char p[128];
+
+	for (size_t i = 0; i < 2; i++) {
+		long left;
+
+		fi_set(fi_caps[i], "probability", "0");
+		snprintf(p, sizeof(p), FI_DIR "%s/times", fi_caps[i]);
+		left = ut_read_long(p);
+		ut_note("fault injection: %s injected %ld failures", fi_caps[i],
+			left >= 0 ? FI_TIMES - left : -1);
+	}
+}
 
 static void die_page(const char *what, size_t i)
 {
@@ -80,6 +162,14 @@ static int adv(char *p, size_t len)
 	return e;
 }
 
+/* mremap one page to @to; an injected failure is retried */
+static void move_page(char *from, char *to)
+{
+	while (mremap(from, PG, PG, MREMAP_MAYMOVE | MREMAP_FIXED, to) == MAP_FAILED)
+		if (!injected(errno))
+			ut_fail("mremap page: %s", strerror(errno));
+}
+
 static void refill(size_t first, size_t count)
 {
 	for (size_t i = first; i < first + count; i++)
@@ -95,10 +185,16 @@ static int worker(double until, unsigned int r)
 
 	base = ut_map_anon(npg * PG);
 	ver = calloc(npg, 1);
+	if (!ver)
+		ut_fail("calloc");
 	for (size_t i = 0; i < npg; i++)
 		ver[i] = rand_r(&r) % NVER;
 	refill(0, npg);
-	pthread_create(&t, NULL, writer, (void *)(uintptr_t)(r * 7 + 1));
+	if (faults)
+		ut_must_write("/proc/self/make-it-fail", "1");
+	while ((errno = pthread_create(&t, NULL, writer, (void *)(uintptr_t)(r * 7 + 1))))
+		if (!injected(errno))
+			ut_fail("pthread_create: %s", strerror(errno));
 	while (ut_now() < until) {
 		int op = rand_r(&r) % 16;
 		size_t c, cnt;
@@ -136,6 +232,8 @@ static int worker(double until, unsigned int r)
 				_exit(0);
 			}
 			pthread_rwlock_unlock(&lk);
+			if (k < 0 && injected(errno))
+				continue;
 			if (k < 0)
 				ut_fail("fork: %s", strerror(errno));
 			kids[nkids++] = k;
@@ -145,27 +243,34 @@ static int worker(double until, unsigned int r)
 
 			c = (rand_r(&r) % (npg / chunk)) * chunk;
 			pthread_rwlock_wrlock(&lk);
-			if (munmap(base + c * PG, chunk * PG) ||
-			    mmap(base + c * PG, chunk * PG, PROT_READ | PROT_WRITE,
-				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != base + c * PG)
-				ut_fail("munmap/mmap chunk: %s", strerror(errno));
+			while (munmap(base + c * PG, chunk * PG))
+				if (!injected(errno))
+					ut_fail("munmap chunk: %s", strerror(errno));
+			while (mmap(base + c * PG, chunk * PG, PROT_READ | PROT_WRITE,
+				    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
+				if (!injected(errno))
+					ut_fail("mmap chunk: %s", strerror(errno));
 			refill(c, chunk);
 			pthread_rwlock_unlock(&lk);
 			ops[4]++;
 		} else if (op == 11) { /* read-only while advising */
 			pthread_rwlock_wrlock(&lk);
-			if (mprotect(base, npg * PG, PROT_READ))
-				ut_fail("mprotect RO: %s", strerror(errno));
+			while (mprotect(base, npg * PG, PROT_READ))
+				if (!injected(errno))
+					ut_fail("mprotect RO: %s", strerror(errno));
 			adv(base, npg * PG);
 			verify_all("read-only after advise");
-			if (mprotect(base, npg * PG, PROT_READ | PROT_WRITE))
-				ut_fail("mprotect RW: %s", strerror(errno));
+			while (mprotect(base, npg * PG, PROT_READ | PROT_WRITE))
+				if (!injected(errno))
+					ut_fail("mprotect RW: %s", strerror(errno));
 			pthread_rwlock_unlock(&lk);
 			ops[5]++;
 		} else if (op == 12) { /* move the region (chunk by chunk: it may span VMAs) */
 			size_t chunk = MiB / PG;
 			char *n = mmap(NULL, npg * PG, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
+			if (n == MAP_FAILED && injected(errno))
+				continue;
 			if (n == MAP_FAILED)
 				ut_fail("mmap for mremap: %s", strerror(errno));
 			pthread_rwlock_wrlock(&lk);
@@ -173,12 +278,14 @@ static int worker(double until, unsigned int r)
 				if (mremap(base + c * PG, chunk * PG, chunk * PG, MREMAP_MAYMOVE | MREMAP_FIXED,
 					   n + c * PG) != MAP_FAILED)
 					continue;
+				if (injected(errno)) {
+					c -= chunk;	/* again */
+					continue;
+				}
 				if (errno != EFAULT)
 					ut_fail("mremap chunk: %s", strerror(errno));
 				for (size_t i = c; i < c + chunk; i++) /* chunk spans VMAs: page by page */
-					if (mremap(base + i * PG, PG, PG, MREMAP_MAYMOVE | MREMAP_FIXED,
-						   n + i * PG) == MAP_FAILED)
-						ut_fail("mremap page: %s", strerror(errno));
+					move_page(base + i * PG, n + i * PG);
 			}
 			base = n;
 			verify_all("after mremap");
@@ -209,9 +316,9 @@ static int worker(double until, unsigned int r)
 			ut_fail("forked child of worker %d failed", (int)getpid());
 	}
 	verify_all("final");
-	printf("worker %d: advise %ld sub %ld verify %ld fork %ld remap %ld ro %ld mremap %ld unmerge %ld writes %ld merging %ld\n",
+	printf("worker %d: advise %ld sub %ld verify %ld fork %ld remap %ld ro %ld mremap %ld unmerge %ld writes %ld merging %ld injected %ld\n",
 	       (int)getpid(), ops[0], ops[1], ops[2], ops[3], ops[4], ops[5], ops[6], ops[7], nwrites,
-	       ut_merging_pages(0));
+	       ut_merging_pages(0), ninjected);
 	fflush(stdout);
 	return 0;
 }
@@ -234,7 +341,10 @@ int main(int argc, char **argv)
 	npg = (size_t)mib * MiB / PG;
 	use_upm = upm_supported(&why);
 	advice = use_upm ? MADV_UPM : MADV_MERGEABLE;
+	faults = getenv("UPM_FAULTS") && atoi(getenv("UPM_FAULTS")) > 0;
 	ksm_quiesce();
+	if (faults)
+		fi_setup();
 	ksm_set("pages_to_scan", 1000);
 	ksm_set("sleep_millisecs", 0);
 	if (!use_upm) {
@@ -289,6 +399,8 @@ int main(int argc, char **argv)
 		if (pids[i] > 0 && ut_reap(pids[i]))
 			ut_fail("worker %d failed at the end", (int)pids[i]);
 	ut_note("%ld workers run, %ld run toggles, peak pages_sharing %ld", spawned, toggles, peak_sharing);
+	if (faults)
+		fi_report();
 	ksm_unmerge_all();
 	ksm_set("run", 0);
 	ksm_set("pages_to_scan", 100);
