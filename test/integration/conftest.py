@@ -42,6 +42,7 @@ from pathlib import Path
 import pytest
 
 from upmtest import paths
+from upmtest.agent import Agent
 from upmtest.ksm import KSM_FAST_SETTINGS, install_restore_handlers, ksm_session
 from upmtest.paths import find_built
 from upmtest.policy import load_policy
@@ -232,3 +233,13 @@ def write_policy(tmp_path: Path, policies_dir: Path):
         return path
 
     return _write
+
+
+@pytest.fixture
+def agent(procs, upmd_bin, tmp_path):
+    """A private upmd (its socket and state under tmp_path), stopped after
+    the test; a test that stops it itself is fine."""
+    a = Agent(procs, upmd_bin, tmp_path).start()
+    yield a
+    if a.proc.popen.poll() is None:
+        assert a.stop() == 0, a.proc.stderr

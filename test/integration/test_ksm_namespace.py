@@ -38,14 +38,6 @@ def upm_kernel() -> bool:
 
 
 @pytest.fixture
-def agent(procs, upmd_bin, tmp_path):
-    a = Agent(procs, upmd_bin, tmp_path).start()
-    yield a
-    if a.proc.popen.poll() is None:
-        assert a.stop() == 0, a.proc.stderr
-
-
-@pytest.fixture
 def node(procs, agent, tmp_path, hook_bin, runtime_bin, preload_lib, policies_dir, memhog, base_spec):
     if upm_kernel():
         pytest.skip("this kernel has MADV_UPM (/sys/kernel/mm/upm): the KSM-backend setting does not apply")

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <optional>
@@ -19,7 +20,7 @@ namespace upm {
 
 namespace {
 
-constexpr std::uint64_t kPage = 4096;
+constexpr std::uint64_t kPage = 4096;     // x86_64, the only architecture upm builds for
 constexpr int kMaxPhdrs = 64;
 
 std::uint64_t page_down(std::uint64_t a) { return a & ~(kPage - 1); }
@@ -29,9 +30,9 @@ bool same_file(const Region& a, const Region& b) {
     return a.inode != 0 && a.inode == b.inode && a.dev_major == b.dev_major && a.dev_minor == b.dev_minor;
 }
 
-// The writable PT_LOAD segments with a zero-fill tail, of the file mapped
-// at `r` in process `pid`; nullopt if it cannot be read as a 64-bit ELF.
-std::optional<std::vector<Elf64_Phdr>> writable_loads(pid_t pid, const Region& r) {
+// The PT_LOAD segments of the file mapped at `r` in process `pid`, in file
+// order; nullopt if it cannot be read as a 64-bit ELF.
+std::optional<std::vector<Elf64_Phdr>> loads_of(pid_t pid, const Region& r) {
     char link[96];
     std::snprintf(link, sizeof link, "/proc/%d/map_files/%lx-%lx", static_cast<int>(pid),
                   static_cast<unsigned long>(r.start), static_cast<unsigned long>(r.end));
@@ -51,21 +52,25 @@ std::optional<std::vector<Elf64_Phdr>> writable_loads(pid_t pid, const Region& r
     if (::pread(f.fd, ph.data(), bytes, static_cast<off_t>(eh.e_phoff)) != bytes) return std::nullopt;
     std::vector<Elf64_Phdr> out;
     for (const auto& p : ph)
-        if (p.p_type == PT_LOAD && (p.p_flags & PF_W) && p.p_memsz > p.p_filesz) out.push_back(p);
+        if (p.p_type == PT_LOAD) out.push_back(p);
+    if (out.empty()) return std::nullopt;
     return out;
 }
 
-// Where segment `p` of the object of `regions[obj]` is mapped: the load
-// bias, from a mapping of the same file that covers the segment's first
-// file page; nullopt if none does.
+// The load bias of the object: where its first PT_LOAD is mapped.  Only
+// the first segment's first file page is mapped once (later segments may
+// map the same file page twice, at the end of one and the start of the
+// next), so the lowest mapping of the file at that offset is the one.
 std::optional<std::uint64_t> load_bias(const std::vector<Region>& regions, const Region& obj,
-                                       const Elf64_Phdr& p) {
-    const std::uint64_t file_page = page_down(p.p_offset);
-    for (const Region& m : regions) {
-        if (!same_file(m, obj) || m.shared || file_page < m.offset || file_page >= m.offset + m.size()) continue;
-        return m.start + (file_page - m.offset) - page_down(p.p_vaddr);
-    }
-    return std::nullopt;
+                                       const Elf64_Phdr& first) {
+    const std::uint64_t file_page = page_down(first.p_offset);
+    std::optional<std::uint64_t> bias;
+    for (const Region& m : regions)
+        if (same_file(m, obj) && !m.shared && m.offset == file_page) {
+            const std::uint64_t b = m.start - page_down(first.p_vaddr);
+            if (!bias || b < *bias) bias = b;
+        }
+    return bias;
 }
 
 // Rule 6b's question for regions[i]: a writable anonymous region right
@@ -87,15 +92,15 @@ std::vector<BssRange> object_bss(pid_t pid, const std::vector<Region>& regions) 
         const Region& obj = regions[i - 1];
         const auto key = std::make_pair((std::uint64_t{obj.dev_major} << 32) | obj.dev_minor, obj.inode);
         if (done.contains(key)) continue;
-        auto loads = writable_loads(pid, obj);
-        if (!loads) {
+        auto loads = loads_of(pid, obj);
+        auto bias = loads ? load_bias(regions, obj, loads->front()) : std::nullopt;
+        if (!bias) {
             out.push_back({regions[i].start, regions[i].end});     // unreadable: the old rule
             continue;
         }
         done[key] = true;
         for (const auto& p : *loads) {
-            auto bias = load_bias(regions, obj, p);
-            if (!bias) continue;
+            if (!(p.p_flags & PF_W) || p.p_memsz <= p.p_filesz) continue;
             BssRange b{page_up(*bias + p.p_vaddr + p.p_filesz), page_up(*bias + p.p_vaddr + p.p_memsz)};
             if (b.end > b.start) out.push_back(b);
         }

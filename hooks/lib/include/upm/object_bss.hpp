@@ -3,8 +3,9 @@
 // The preload asks its own loader where each .bss is (dl_iterate_phdr);
 // from outside (`upm maps PID`, the ideal scan, remote advice) the same
 // answer comes from each object's ELF program headers and where maps shows
-// the object's writable segment: for every writable PT_LOAD whose memory
-// size exceeds its file size, the anonymous zero-fill the loader mapped is
+// its first segment (the load bias: the lowest mapping of the file at the
+// first PT_LOAD's offset): for every writable PT_LOAD whose memory size
+// exceeds its file size, the anonymous zero-fill the loader mapped is
 // [page_up(bias + p_vaddr + p_filesz), page_up(bias + p_vaddr + p_memsz)).
 //
 // Only objects that rule 6b of the classifier would consult are read (a
