@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <utility>
 
 #include "commands.hpp"
 #include "upm/classify.hpp"
@@ -62,15 +63,16 @@ int do_maps(const MapsOptions& o) {
     auto flags = read_smaps_vmflags(o.pid);
     std::vector<MapsRow> rows;
     const std::vector<BssRange> bss = object_bss(o.pid, *regions);
-    for (auto& d : decide(policy, classify(*regions, &bss))) {
+    std::vector<Decision> decisions = decide(policy, classify(*regions, &bss));
+    for (const auto& d : decisions) {
         std::optional<bool> mg;
         if (flags) mg = has_vmflag(*flags, d.region.region.start, "mg");
-        rows.push_back({std::move(d), mg});
+        rows.push_back({d, mg});
     }
     std::string out = o.json ? render_maps_json(rows) : render_maps_table(rows);
     if (o.remote) {
         const std::string table = out;
-        out = render_remote(remote::plan(policy, *regions, o.pid), o.json, table);
+        out = render_remote(remote::plan(std::move(decisions)), o.json, table);
         if (!o.json) out = table + out;
     }
     std::fwrite(out.data(), 1, out.size(), stdout);

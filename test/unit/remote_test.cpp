@@ -11,6 +11,7 @@
 
 #include <catch2/catch.hpp>
 #include <cstring>
+#include <utility>
 
 #include "upm/classify.hpp"
 #include "upm/remote.hpp"
@@ -54,6 +55,18 @@ struct Child {
     }
 };
 
+// The child pinned as a target, and the default policy's plan for it.
+struct Planned {
+    remote::Target target;
+    remote::Plan plan;
+};
+Planned planned(const Child& c) {
+    auto t = remote::open_target(c.pid);
+    REQUIRE(t.ok());
+    remote::Plan p = remote::plan(default_policy(), t->regions, t->pid);
+    return {std::move(*t), std::move(p)};
+}
+
 bool covers(const remote::Plan& p, const char* addr, std::size_t len) {
     auto a = reinterpret_cast<std::uintptr_t>(addr);
     for (const auto& r : p.ranges)
@@ -72,14 +85,16 @@ bool touches(const remote::Plan& p, const char* addr, std::size_t len) {
 
 TEST_CASE("remote: the plan is the preload's decision on the target's maps", "[remote]") {
     Child c;
-    auto t = remote::open_target(c.pid);
-    REQUIRE(t.ok());
-    remote::Plan p = remote::plan(default_policy(), t->regions, t->pid);
+    auto [t, p] = planned(c);
     CHECK(covers(p, c.anon, kAnon));
     CHECK_FALSE(touches(p, c.shared, kShared));
     std::size_t advised = 0;
-    for (const auto& d : decide(default_policy(), classify(t->regions))) advised += d.advise;
+    for (const auto& d : decide(default_policy(), classify(t.regions))) advised += d.advise;
     CHECK(p.regions == advised);
+    remote::Plan same = remote::plan(p.decisions);   // `upm maps --remote`: from the decisions made
+    CHECK(same.bytes == p.bytes);
+    CHECK(same.regions == p.regions);
+    CHECK(same.ranges.size() == p.ranges.size());
     std::uint64_t sum = 0;
     for (const auto& r : p.ranges) sum += r.size();
     CHECK(sum == p.bytes);
@@ -108,10 +123,8 @@ TEST_CASE("remote: availability says why on a kernel without MADV_UPM", "[remote
 
 TEST_CASE("remote: a job advises every planned byte of a live target", "[remote]") {
     Child c;
-    auto t = remote::open_target(c.pid);
-    REQUIRE(t.ok());
-    remote::Plan p = remote::plan(default_policy(), t->regions, t->pid);
-    remote::Job job(std::move(*t), p.ranges, MADV_COLD);
+    auto [t, p] = planned(c);
+    remote::Job job(std::move(t), p.ranges, MADV_COLD);
     int steps = 0;
     while (!job.step(1 << 20)) ++steps;
     const auto& o = job.outcome();
@@ -124,11 +137,9 @@ TEST_CASE("remote: a job advises every planned byte of a live target", "[remote]
 
 TEST_CASE("remote: a target that exits between the maps and the advice", "[remote]") {
     Child c;
-    auto t = remote::open_target(c.pid);
-    REQUIRE(t.ok());
-    remote::Plan p = remote::plan(default_policy(), t->regions, t->pid);
+    auto [t, p] = planned(c);
     c.kill_and_reap();   // exits and is reaped: its pid may be reused, the pidfd still names the dead process
-    remote::Job job(std::move(*t), p.ranges, MADV_COLD);
+    remote::Job job(std::move(t), p.ranges, MADV_COLD);
     CHECK(job.step(1 << 20));
     CHECK(job.outcome().target_exited);
     CHECK(job.outcome().bytes_advised == 0);
@@ -137,10 +148,8 @@ TEST_CASE("remote: a target that exits between the maps and the advice", "[remot
 
 TEST_CASE("remote: a target that exits during the advice", "[remote]") {
     Child c;
-    auto t = remote::open_target(c.pid);
-    REQUIRE(t.ok());
-    remote::Plan p = remote::plan(default_policy(), t->regions, t->pid);
-    remote::Job job(std::move(*t), p.ranges, MADV_COLD);
+    auto [t, p] = planned(c);
+    remote::Job job(std::move(t), p.ranges, MADV_COLD);
     REQUIRE_FALSE(job.step(4096));
     CHECK(job.outcome().bytes_advised == 4096);
     c.kill_and_reap();

@@ -26,10 +26,6 @@ constexpr int kMaxPhdrs = 64;
 std::uint64_t page_down(std::uint64_t a) { return a & ~(kPage - 1); }
 std::uint64_t page_up(std::uint64_t a) { return (a + kPage - 1) & ~(kPage - 1); }
 
-bool same_file(const Region& a, const Region& b) {
-    return a.inode != 0 && a.inode == b.inode && a.dev_major == b.dev_major && a.dev_minor == b.dev_minor;
-}
-
 // The PT_LOAD segments of the file mapped at `r` in process `pid`, in file
 // order; nullopt if it cannot be read as a 64-bit ELF.
 std::optional<std::vector<Elf64_Phdr>> loads_of(pid_t pid, const Region& r) {
@@ -66,7 +62,7 @@ std::optional<std::uint64_t> load_bias(const std::vector<Region>& regions, const
     const std::uint64_t file_page = page_down(first.p_offset);
     std::optional<std::uint64_t> bias;
     for (const Region& m : regions)
-        if (same_file(m, obj) && !m.shared && m.offset == file_page) {
+        if (m.same_file(obj) && !m.shared && m.offset == file_page) {
             const std::uint64_t b = m.start - page_down(first.p_vaddr);
             if (!bias || b < *bias) bias = b;
         }

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstring>
 #include <mutex>
+#include <utility>
 
 #include "upm/classify.hpp"
 #include "upm/object_bss.hpp"
@@ -88,9 +89,13 @@ Availability availability() {
 }
 
 Plan plan(const Policy& policy, const std::vector<Region>& regions, pid_t pid) {
-    Plan p;
     const std::vector<BssRange> bss = object_bss(pid, regions);
-    p.decisions = decide(policy, classify(regions, &bss));
+    return plan(decide(policy, classify(regions, &bss)));
+}
+
+Plan plan(std::vector<Decision> decisions) {
+    Plan p;
+    p.decisions = std::move(decisions);
     for (const auto& d : p.decisions) {
         if (!d.advise) continue;
         const Region& r = d.region.region;

@@ -57,11 +57,6 @@ constexpr std::array<Named, 7> kNames{{{RegionClass::heap, "heap"},
 
 bool adjacent(const Region& below, const Region& above) { return below.end == above.start; }
 
-bool same_file(const Region& a, const Region& b) {
-    return a.inode != 0 && a.inode == b.inode && a.dev_major == b.dev_major && a.dev_minor == b.dev_minor &&
-           a.path == b.path;
-}
-
 std::string base_name(const std::string& path) {
     auto slash = path.rfind('/');
     return slash == std::string::npos ? path : path.substr(slash + 1);
@@ -118,7 +113,7 @@ Classified classify_one(const Region& r, const Region* prev, const Region* next,
     std::string file = "`" + base_name(r.path) + "`";
     if (r.exec) return make(r, RegionClass::text, "code of " + file);
     if (r.write) return make(r, RegionClass::libdata, "writable private mapping of " + file + " (.data)");
-    if (next && adjacent(r, *next) && same_file(r, *next) && next->write && !next->shared)
+    if (next && adjacent(r, *next) && r.same_file(*next) && next->write && !next->shared)
         return make(r, RegionClass::libdata, "relocated read-only data (RELRO) of " + file);
     return make(r, RegionClass::rodata, "private read-only mapping of " + file);
 }

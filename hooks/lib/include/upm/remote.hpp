@@ -63,6 +63,8 @@ struct Plan {
 // libraries' .bss read from their ELF headers, upm/object_bss.hpp, as the
 // preload learns them from its loader).
 Plan plan(const Policy& policy, const std::vector<Region>& regions, pid_t pid);
+// The plan of decisions already made (`upm maps --remote` has them).
+Plan plan(std::vector<Decision> decisions);
 
 // The process calls the ranges take: at most kMaxIov ranges and
 // kMaxCallBytes bytes a call (a range larger than that is split).

@@ -32,6 +32,10 @@ struct Region {
     bool anonymous() const { return inode == 0 && (path.empty() || path.rfind("[anon", 0) == 0); }
     bool pseudo() const { return !path.empty() && path.front() == '['; }  // [heap], [stack], [vdso]...
     bool prot_none() const { return !read && !write && !exec; }
+    // Both map the same file (device and inode; never true for anonymous memory).
+    bool same_file(const Region& o) const {
+        return inode != 0 && inode == o.inode && dev_major == o.dev_major && dev_minor == o.dev_minor;
+    }
     std::string perms() const;      // "rw-p" as in maps
 };
 
