@@ -28,8 +28,16 @@
  * ratios ksmd-aggressive / method of t90 and of CPU-s per GiB at the same
  * DUP (> 1: better than ksmd).  Prints a table and a JSON document between
  * UPM-BENCH-JSON-BEGIN/END.  Without MADV_UPM only the ksmd rows.
- * Usage: upm_bench [SLICES [MiB [LIMIT_SECONDS [DUPS]]]]
- *   (default 8 128 300 90,50,10; DUPS: comma-separated multiples of 10)
+ * Rounds: the guest's clock runs on while QEMU waits for the host's CPU,
+ * so host load inflates whichever method runs while it lasts (one method
+ * measured 58 s in one boot and 90 s in another).  Every round runs all
+ * methods again, in an order rotated by one per round, and each ratio is
+ * taken against the ksmd-aggressive row of its own round; the summary gives
+ * the median and the range of each ratio over the rounds (ksmd-default
+ * runs in round 1 only).
+ * Usage: upm_bench [SLICES [MiB [LIMIT_SECONDS [DUPS [ROUNDS]]]]]
+ *   (default 8 128 300 90,50,10 2; DUPS: comma-separated multiples of 10;
+ *   ROUNDS 1-5)
  */
 #include "upmtest.h"
 #include <sys/resource.h>
@@ -38,6 +46,8 @@
 #define HOLD_PATH "/sys/kernel/debug/upm/mutex_hold"
 #define PHASE_PATH "/sys/kernel/debug/upm/pass_ns"
 #define MAX_DUPS 9
+#define MAX_ROUNDS 5
+#define NMETHODS 4	/* rotated per round: upm-1, upm-N, upm-1-2m, ksmd-aggressive */
 #define NPHASES 16
 
 struct hold {
@@ -47,7 +57,7 @@ struct hold {
 
 struct result {
 	const char *method;
-	int dup, procs, chunk_mib, ran, reached;
+	int dup, round, procs, chunk_mib, ran, reached;
 	double t90, tall, cpu, saved_gib, frac;
 	long sharing;
 	struct hold hold[2]; /* upm, ksmd */
@@ -301,7 +311,8 @@ static double cpg(const struct result *r)
 static const struct result *ref_of(const struct result *all, int n, const struct result *r)
 {
 	for (int i = 0; i < n; i++)
-		if (all[i].ran && all[i].dup == r->dup && !strcmp(all[i].method, "ksmd-aggressive"))
+		if (all[i].ran && all[i].dup == r->dup && all[i].round == r->round &&
+		    !strcmp(all[i].method, "ksmd-aggressive"))
 			return &all[i];
 	return NULL;
 }
@@ -325,10 +336,159 @@ static void print_hold_json(const char *name, const struct hold *h, int last)
 		       h->holds, h->p50_us, h->p99_us, h->max_us, last ? "" : ", ");
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Median, min and max of a ratio over the rounds of (method, dup). */
+struct spread {
+	int n;
+	double med, min, max;
+};
+
+static struct spread spread_of(const struct result *r, int n, const char *method, int dup,
+			       double (*f)(const struct result *, const struct result *))
+{
+	double v[MAX_ROUNDS];
+	struct spread sp = { 0 };
+
+	for (int i = 0; i < n && sp.n < MAX_ROUNDS; i++)
+		if (r[i].ran && r[i].dup == dup && !strcmp(r[i].method, method))
+			v[sp.n++] = f(ref_of(r, n, &r[i]), &r[i]);
+	if (!sp.n)
+		return sp;
+	qsort(v, sp.n, sizeof(v[0]), cmp_double);
+	sp.med = sp.n % 2 ? v[sp.n / 2] : (v[sp.n / 2 - 1] + v[sp.n / 2]) / 2;
+	sp.min = v[0];
+	sp.max = v[sp.n - 1];
+	return sp;
+}
+
+static const char *const methods[NMETHODS] = { "upm-1", "upm-N", "upm-1-2m", "ksmd-aggressive" };
+
+/* One round of one duplicate fraction, the methods from rotation @round. */
+static int run_round(struct result *r, int dup, int round, int have_upm, size_t chunk)
+{
+	int n = 0;
+
+	for (int k = 0; k < NMETHODS; k++) {
+		const char *m = methods[(k + round) % NMETHODS];
+
+		if (!strncmp(m, "upm", 3) && !have_upm)
+			continue;
+		r[n] = (struct result){ .method = m, .dup = dup, .round = round };
+		if (!strcmp(m, "upm-1"))
+			run_method(&r[n++], 1, 1, 0, 100, 20);
+		else if (!strcmp(m, "upm-N"))
+			run_method(&r[n++], 1, nslices, 0, 100, 20);
+		else if (!strcmp(m, "upm-1-2m"))
+			run_method(&r[n++], 1, 1, chunk, 100, 20);
+		else
+			run_method(&r[n++], 0, nslices, 0, 10000, 0);
+	}
+	if (dup == 90 && round == 0) {
+		r[n] = (struct result){ .method = "ksmd-default", .dup = dup, .round = round };
+		run_method(&r[n++], 0, nslices, 0, 100, 20);
+	}
+	return n;
+}
+
+static void print_table(const struct result *r, int n, int rounds)
+{
+	printf("UPM-BENCH-TABLE-BEGIN\n");
+	printf("%d x %d MiB (%d MiB), upm-N = %d processes at once, upm-1-2m = 2 MiB calls, %d round(s);\n"
+	       "x_faster, x_cheaper = ksmd-aggressive / method (t90, cpu_s/GiB) at the same dup and round;\n"
+	       "hold = ksm_thread_mutex hold of the method's merger (upm passes, or ksmd), p50/p99/max\n",
+	       nslices, mib, nslices * mib, nslices, rounds);
+	printf("%-4s %-3s %-16s %7s %7s %7s %9s %9s %8s %9s %8s %8s %8s\n", "dup", "rnd", "method", "t90_s",
+	       "all_s", "cpu_s", "saved_MiB", "cpu_s/GiB", "x_faster", "x_cheaper", "p50_us", "p99_us", "max_us");
+	for (int i = 0; i < n; i++) {
+		const struct result *ref = ref_of(r, n, &r[i]);
+		const struct hold *h = &r[i].hold[strncmp(r[i].method, "upm", 3) ? 1 : 0];
+
+		printf("%3d%% %3d %-16s %6.2f%s %7.2f %7.2f %9.1f %9.2f %8.2f %9.2f %8.0f %8.0f %8.0f\n",
+		       r[i].dup, r[i].round + 1, r[i].method, r[i].t90, r[i].reached ? " " : ">", r[i].tall,
+		       r[i].cpu, r[i].saved_gib * 1024, cpg(&r[i]), x_faster(ref, &r[i]), x_cheaper(ref, &r[i]),
+		       h->p50_us, h->p99_us, h->max_us);
+	}
+}
+
+/* Per dup and upm method: the ratios' median [min-max] over the rounds. */
+static void print_summary(const struct result *r, int n, const int *dups, int ndup, int have_upm)
+{
+	if (!have_upm)
+		return;
+	printf("summary over the rounds: median [min-max] of x_cheaper and x_faster\n");
+	for (int d = 0; d < ndup; d++) {
+		for (int k = 0; k < 3; k++) {
+			struct spread c = spread_of(r, n, methods[k], dups[d], x_cheaper);
+			struct spread f = spread_of(r, n, methods[k], dups[d], x_faster);
+
+			if (c.n)
+				printf("%3d%% %-16s x_cheaper %5.2f [%5.2f-%5.2f]  x_faster %5.2f [%5.2f-%5.2f]\n",
+				       dups[d], methods[k], c.med, c.min, c.max, f.med, f.min, f.max);
+		}
+		for (int i = 0; i < n; i++)
+			for (int j = 0; j < n; j++)
+				if (r[i].dup == dups[d] && r[j].dup == dups[d] && r[i].round == r[j].round &&
+				    !strcmp(r[i].method, "upm-1") && !strcmp(r[j].method, "upm-N") && r[i].tall > 0)
+					printf("dup %d%% round %d: %d concurrent advisers took %.2fx the time of one "
+					       "doing all the work\n", dups[d], r[i].round + 1, nslices,
+					       r[j].tall / r[i].tall);
+	}
+}
+
+static void print_json(const struct result *r, int n, const int *dups, int ndup, int rounds, int have_upm,
+		       size_t chunk)
+{
+	printf("UPM-BENCH-JSON-BEGIN\n{\n  \"workload\": {\"slices\": %d, \"mib_per_slice\": %d, \"total_mib\": %d, "
+	       "\"chunk_mib\": %d, \"limit_seconds\": %d, \"rounds\": %d, \"dups_pct\": [",
+	       nslices, mib, nslices * mib, (int)(chunk / MiB), limit_s, rounds);
+	for (int d = 0; d < ndup; d++)
+		printf("%s%d", d ? ", " : "", dups[d]);
+	printf("]},\n  \"upm_available\": %s,\n  \"reference\": \"ksmd-aggressive\",\n  \"summary\": [",
+	       have_upm ? "true" : "false");
+	for (int d = 0, first = 1; d < ndup && have_upm; d++)
+		for (int k = 0; k < 3; k++) {
+			struct spread c = spread_of(r, n, methods[k], dups[d], x_cheaper);
+			struct spread f = spread_of(r, n, methods[k], dups[d], x_faster);
+
+			if (!c.n)
+				continue;
+			printf("%s\n    {\"method\": \"%s\", \"dup_pct\": %d, \"rounds\": %d, "
+			       "\"x_cheaper\": {\"median\": %.3f, \"min\": %.3f, \"max\": %.3f}, "
+			       "\"x_faster\": {\"median\": %.3f, \"min\": %.3f, \"max\": %.3f}}",
+			       first ? "" : ",", methods[k], dups[d], c.n, c.med, c.min, c.max, f.med, f.min, f.max);
+			first = 0;
+		}
+	printf("\n  ],\n  \"results\": [");
+	for (int i = 0; i < n; i++) {
+		const struct result *ref = ref_of(r, n, &r[i]);
+
+		printf("%s\n    {\"method\": \"%s\", \"dup_pct\": %d, \"round\": %d, \"processes\": %d, \"chunk_mib\": %d, "
+		       "\"reached_90pct\": %s, \"time_to_90pct_s\": %.3f, \"time_all_returned_s\": %.3f, "
+		       "\"cpu_s\": %.3f, \"saved_gib\": %.4f, \"fraction_of_best\": %.4f, \"cpu_s_per_gib\": %.3f, "
+		       "\"x_faster\": %.3f, \"x_cheaper\": %.3f, \"mutex_hold\": {",
+		       i ? "," : "", r[i].method, r[i].dup, r[i].round + 1, r[i].procs, r[i].chunk_mib,
+		       r[i].reached ? "true" : "false", r[i].t90, r[i].tall, r[i].cpu, r[i].saved_gib, r[i].frac,
+		       cpg(&r[i]), x_faster(ref, &r[i]), x_cheaper(ref, &r[i]));
+		print_hold_json("upm", &r[i].hold[0], 0);
+		print_hold_json("ksmd", &r[i].hold[1], 1);
+		printf("}, \"pass_ms\": {");
+		for (int k = 0; k < r[i].nphases; k++)
+			printf("%s\"%s\": %.1f", k ? ", " : "", r[i].phase[k], r[i].phase_ms[k]);
+		printf("}}");
+	}
+	printf("\n  ]\n}\nUPM-BENCH-JSON-END\n");
+}
+
 int main(int argc, char **argv)
 {
-	static struct result r[MAX_DUPS * 5];
-	int dups[MAX_DUPS], ndup = 0, n = 0, have_upm;
+	static struct result r[MAX_DUPS * (NMETHODS + 1) * MAX_ROUNDS];
+	int dups[MAX_DUPS], ndup = 0, n = 0, have_upm, rounds;
 	const char *why = "";
 	char dupstr[64] = "90,50,10", *tok, *save;
 	size_t chunk = 2 * MiB;
@@ -340,10 +500,12 @@ int main(int argc, char **argv)
 	limit_s = argc > 3 ? atoi(argv[3]) : 300;
 	if (argc > 4)
 		snprintf(dupstr, sizeof(dupstr), "%s", argv[4]);
+	rounds = argc > 5 ? atoi(argv[5]) : 2;
 	for (tok = strtok_r(dupstr, ",", &save); tok && ndup < MAX_DUPS; tok = strtok_r(NULL, ",", &save))
 		dups[ndup++] = atoi(tok);
-	if (nslices < 2 || nslices > 64 || mib < 2 || !ndup)
-		ut_fail("usage: upm_bench [SLICES(2-64) [MiB(>=2) [LIMIT_SECONDS [DUPS]]]]");
+	if (nslices < 2 || nslices > 64 || mib < 2 || !ndup || rounds < 1 || rounds > MAX_ROUNDS)
+		ut_fail("usage: upm_bench [SLICES(2-64) [MiB(>=2) [LIMIT_SECONDS [DUPS [ROUNDS(1-%d)]]]]]",
+			MAX_ROUNDS);
 	for (int d = 0; d < ndup; d++)
 		if (dups[d] < 10 || dups[d] > 100 || dups[d] % 10)
 			ut_fail("DUPS: multiples of 10 from 10 to 100, got %d", dups[d]);
@@ -352,80 +514,16 @@ int main(int argc, char **argv)
 	if (!have_upm)
 		ut_note("%s: upm rows skipped", why);
 	ksm_quiesce();
-	for (int d = 0; d < ndup; d++) {
-		if (have_upm) {
-			r[n] = (struct result){ .method = "upm-1", .dup = dups[d] };
-			run_method(&r[n++], 1, 1, 0, 100, 20);
-			r[n] = (struct result){ .method = "upm-N", .dup = dups[d] };
-			run_method(&r[n++], 1, nslices, 0, 100, 20);
-			r[n] = (struct result){ .method = "upm-1-2m", .dup = dups[d] };
-			run_method(&r[n++], 1, 1, chunk, 100, 20);
-		}
-		r[n] = (struct result){ .method = "ksmd-aggressive", .dup = dups[d] };
-		run_method(&r[n++], 0, nslices, 0, 10000, 0);
-		if (dups[d] == 90) {
-			r[n] = (struct result){ .method = "ksmd-default", .dup = dups[d] };
-			run_method(&r[n++], 0, nslices, 0, 100, 20);
-		}
-	}
+	for (int k = 0; k < rounds; k++)
+		for (int d = 0; d < ndup; d++)
+			n += run_round(&r[n], dups[d], k, have_upm, chunk);
 	ksm_set("pages_to_scan", 100);
 	ksm_set("sleep_millisecs", 20);
 	ksm_set("run", 0);
 
-	printf("UPM-BENCH-TABLE-BEGIN\n");
-	printf("%d x %d MiB (%d MiB), upm-N = %d processes at once, upm-1-2m = 2 MiB calls; x_faster, x_cheaper =\n"
-	       "ksmd-aggressive / method (t90, cpu_s/GiB) at the same dup; hold = ksm_thread_mutex hold of the\n"
-	       "method's merger (upm passes, or ksmd), p50/p99/max\n",
-	       nslices, mib, nslices * mib, nslices);
-	printf("%-4s %-16s %7s %7s %7s %9s %9s %8s %9s %8s %8s %8s\n", "dup", "method", "t90_s", "all_s", "cpu_s",
-	       "saved_MiB", "cpu_s/GiB", "x_faster", "x_cheaper", "p50_us", "p99_us", "max_us");
-	for (int i = 0; i < n; i++) {
-		const struct result *ref = ref_of(r, n, &r[i]);
-		const struct hold *h = &r[i].hold[strncmp(r[i].method, "upm", 3) ? 1 : 0];
-
-		printf("%3d%% %-16s %6.2f%s %7.2f %7.2f %9.1f %9.2f %8.2f %9.2f %8.0f %8.0f %8.0f\n", r[i].dup,
-		       r[i].method, r[i].t90, r[i].reached ? " " : ">", r[i].tall, r[i].cpu, r[i].saved_gib * 1024,
-		       cpg(&r[i]), x_faster(ref, &r[i]), x_cheaper(ref, &r[i]), h->p50_us, h->p99_us, h->max_us);
-	}
-	for (int d = 0; d < ndup && have_upm; d++) {
-		const struct result *one = NULL, *many = NULL;
-
-		for (int i = 0; i < n; i++) {
-			if (r[i].dup == dups[d] && !strcmp(r[i].method, "upm-1"))
-				one = &r[i];
-			if (r[i].dup == dups[d] && !strcmp(r[i].method, "upm-N"))
-				many = &r[i];
-		}
-		if (one && many && one->tall > 0)
-			printf("dup %d%%: %d concurrent advisers took %.2fx the time of one doing all the work\n",
-			       dups[d], nslices, many->tall / one->tall);
-	}
+	print_table(r, n, rounds);
+	print_summary(r, n, dups, ndup, have_upm);
 	printf("UPM-BENCH-TABLE-END\n");
-
-	printf("UPM-BENCH-JSON-BEGIN\n{\n  \"workload\": {\"slices\": %d, \"mib_per_slice\": %d, \"total_mib\": %d, "
-	       "\"chunk_mib\": %d, \"limit_seconds\": %d, \"dups_pct\": [",
-	       nslices, mib, nslices * mib, (int)(chunk / MiB), limit_s);
-	for (int d = 0; d < ndup; d++)
-		printf("%s%d", d ? ", " : "", dups[d]);
-	printf("]},\n  \"upm_available\": %s,\n  \"reference\": \"ksmd-aggressive\",\n  \"results\": [",
-	       have_upm ? "true" : "false");
-	for (int i = 0; i < n; i++) {
-		const struct result *ref = ref_of(r, n, &r[i]);
-
-		printf("%s\n    {\"method\": \"%s\", \"dup_pct\": %d, \"processes\": %d, \"chunk_mib\": %d, "
-		       "\"reached_90pct\": %s, \"time_to_90pct_s\": %.3f, \"time_all_returned_s\": %.3f, "
-		       "\"cpu_s\": %.3f, \"saved_gib\": %.4f, \"fraction_of_best\": %.4f, \"cpu_s_per_gib\": %.3f, "
-		       "\"x_faster\": %.3f, \"x_cheaper\": %.3f, \"mutex_hold\": {",
-		       i ? "," : "", r[i].method, r[i].dup, r[i].procs, r[i].chunk_mib,
-		       r[i].reached ? "true" : "false", r[i].t90, r[i].tall, r[i].cpu, r[i].saved_gib, r[i].frac,
-		       cpg(&r[i]), x_faster(ref, &r[i]), x_cheaper(ref, &r[i]));
-		print_hold_json("upm", &r[i].hold[0], 0);
-		print_hold_json("ksmd", &r[i].hold[1], 1);
-		printf("}, \"pass_ms\": {");
-		for (int k = 0; k < r[i].nphases; k++)
-			printf("%s\"%s\": %.1f", k ? ", " : "", r[i].phase[k], r[i].phase_ms[k]);
-		printf("}}");
-	}
-	printf("\n  ]\n}\nUPM-BENCH-JSON-END\n");
+	print_json(r, n, dups, ndup, rounds, have_upm, chunk);
 	return UT_PASS;
 }
