@@ -50,7 +50,7 @@ Boot the upm test kernel under QEMU and run the in-guest tests.
   --bench-args A:B   arguments for upm_bench, ':'-separated (e.g. 4:32 =
                      4 processes x 32 MiB)
   --timeout SECONDS  overall QEMU timeout (default: check 1100, stress
-                     SECONDS+1500, bench 2700; doubled with --debug)
+                     SECONDS+1500, bench 4800; doubled with --debug)
   --kvm              use KVM instead of TCG (faster; not the reference setup)
   TEST...            run only these tests (names from test/kernel/tests/SUITE)
 
@@ -104,7 +104,7 @@ if [[ -z $TIMEOUT ]]; then
 	check) TIMEOUT=1100 ;;
 	stress) TIMEOUT=$((STRESS + 1500)) ;;
 	extra) TIMEOUT=$((2 * STRESS + 2400)) ;;
-	bench) TIMEOUT=2700 ;;
+	bench) TIMEOUT=4800 ;;
 	esac
 	((DEBUG)) && TIMEOUT=$((TIMEOUT * 2))
 fi

@@ -13,19 +13,8 @@
  * gives the time of such a call without it (printed).
  */
 #include "upmtest.h"
-#include <sched.h>
 
 #define RT_RUNTIME "/proc/sys/kernel/sched_rt_runtime_us"
-
-static void pin(int cpu)
-{
-	cpu_set_t s;
-
-	CPU_ZERO(&s);
-	CPU_SET(cpu, &s);
-	if (sched_setaffinity(0, sizeof(s), &s))
-		ut_fail("sched_setaffinity(%d): %s", cpu, strerror(errno));
-}
 
 int main(void)
 {
@@ -45,7 +34,7 @@ int main(void)
 		ut_skip("needs 2 CPUs");
 	UT_CHECK(ut_read_str(RT_RUNTIME, old_rt, sizeof(old_rt)) == 0, "read " RT_RUNTIME);
 	ksm_quiesce();
-	pin(0);
+	ut_pin_cpu(0);
 	ut_sharer_start(&a, n, 0xd4a);
 	ut_sharer_start(&b, n, 0xd4a);
 	ut_sharer_start(&c, n, 0xd4a);
@@ -62,7 +51,7 @@ int main(void)
 		char *p;
 		double end;
 
-		pin(1);
+		ut_pin_cpu(1);
 		if (sched_setscheduler(0, SCHED_FIFO, &sp))
 			_exit(2);
 		p = ut_map_anon(8 * PG);

@@ -21,6 +21,15 @@
  *    re-read gets them back with their data, and after a reconcile the
  *    counter matches the ksm pages again (0: sharing is lost on swap-out).
  * Data are checked page by page after every step.
+ *
+ * The test runs on CPU 0 only.  Reclaim isolates a page from the LRU, and a
+ * page sitting in a per-CPU LRU batch is not on it: the pages whose write
+ * failed in step 1 go back through folio_putback_lru() -> folio_add_lru(),
+ * 15 to a batch, and MADV_PAGEOUT drains only the batches of its own CPU.
+ * Unpinned, a process that moved to the other CPU after step 1 left the
+ * last 512 mod 15 = 2 pages in the first CPU's batch, which looked like an
+ * rmap failure.  A page left mapped is
+ * reported with its LRU flag, so the two causes are told apart.
  */
 #include "upmtest.h"
 
@@ -75,6 +84,38 @@ static size_t count_present(const char *p, size_t n, size_t *ksm)
 	return present;
 }
 
+#define KPF_LRU 5
+#define KPF_ACTIVE 6
+
+/*
+ * Why did the ksm pages still mapped in [p, p+n) escape reclaim?  Prints
+ * the first few.  Return: how many are off the LRU (in an LRU batch or
+ * isolated), which reclaim never sees.
+ */
+static size_t report_left(const char *p, size_t n)
+{
+	int fd = open("/proc/kpagecount", O_RDONLY);
+	size_t shown = 0, off_lru = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		uint64_t pfn = ut_pfn(p + i * PG), cnt = 0;
+
+		if (!pfn || ut_kpageflag(pfn, KPF_KSM) != 1)
+			continue;
+		off_lru += ut_kpageflag(pfn, KPF_LRU) == 0;
+		if (shown++ >= 8)
+			continue;
+		if (fd >= 0 && pread(fd, &cnt, 8, pfn * 8) != 8)
+			cnt = 0;
+		ut_note("left mapped: page %zu pfn %#llx lru=%d active=%d mapcount=%llu", i,
+			(unsigned long long)pfn, ut_kpageflag(pfn, KPF_LRU),
+			ut_kpageflag(pfn, KPF_ACTIVE), (unsigned long long)cnt);
+	}
+	if (fd >= 0)
+		close(fd);
+	return off_lru;
+}
+
 /* Read every page (swap-in), fail unless each still has its pattern. */
 static void touch_verify(const char *p, size_t n, uint64_t seed, const char *what)
 {
@@ -85,12 +126,13 @@ static void touch_verify(const char *p, size_t n, uint64_t seed, const char *wha
 
 int main(void)
 {
-	size_t n = NPAGES, present, ksm, ksm1;
+	size_t n = NPAGES, present, ksm, ksm1, off_lru = 0;
 	char *r1, *r2, *r3;
 	long m, m1;
 
 	ut_name = "upm_swap";
 	ut_require_upm();
+	ut_pin_cpu(0);
 	ksm_quiesce();
 	if (ut_pfn(&n) == 0)
 		ut_skip("pagemap shows no PFNs (not root?)");
@@ -146,6 +188,10 @@ int main(void)
 		usleep(100000);
 	}
 	ut_note("second MADV_PAGEOUT: %zu pages still mapped, %zu of them ksm pages", present, ksm);
+	if (ksm)
+		off_lru = report_left(r1, n);
+	UT_CHECK(off_lru == 0, "%zu of the %zu merged pages left mapped were not on the LRU (a per-CPU LRU "
+		 "batch of another CPU, or isolated): reclaim could not try them", off_lru, ksm);
 	UT_CHECK(ksm == 0 && m1 == (long)ksm1,
 		 "after the swap-cache round trip %zu pages were ksm pages but ksm_merging_pages=%ld, and %zu "
 		 "merged pages could not be swapped out again: their rmap_items left the stable tree while "

@@ -23,6 +23,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -373,6 +374,17 @@ static inline int ut_kpageflag(uint64_t pfn, int bit)
 }
 
 /* ---- processes ------------------------------------------------------------ */
+
+/* Run the calling thread on @cpu only. */
+static inline void ut_pin_cpu(int cpu)
+{
+	cpu_set_t s;
+
+	CPU_ZERO(&s);
+	CPU_SET(cpu, &s);
+	if (sched_setaffinity(0, sizeof(s), &s))
+		ut_fail("sched_setaffinity(%d): %s", cpu, strerror(errno));
+}
 
 /*
  * A rendezvous channel: ut_pipe_wait() blocks until the peer called
