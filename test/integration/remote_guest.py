@@ -4,7 +4,8 @@
 upmd with a node configuration whose policy `remote` says `"advice":
 "remote"`, two instances of remote_twin built static and two built
 dynamic (no preload in any), registered with upmd; upmd advises them on
-its own (the policy's start trigger, then its delay).  Writes
+its own (the policy's start trigger, then its delay).  The instances and
+their policies come from WORK/args.json.  Writes
 WORK/result.json: every instance's ksm_merging_pages once upmd's jobs are
 done, the copy-on-write check, upmd's status and log."""
 
@@ -62,17 +63,19 @@ def main() -> int:
     try:
         wait(lambda: os.path.exists(sock) and call(sock, {"op": "ping"}).get("ok"), 30)
         result["status_before"] = call(sock, {"op": "status"})["remote"]
-        for kind, exe, seed in (("static", args["static"], 1), ("static", args["static"], 1),
-                                ("dynamic", args["dynamic"], 2), ("dynamic", args["dynamic"], 2)):
-            p = subprocess.Popen([exe, str(args["mib"]), str(seed)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 text=True)
+        for inst in args["instances"]:
+            p = subprocess.Popen([*inst["argv"], str(args["mib"]), str(inst["seed"])], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True,
+                                 env=dict(os.environ, UPM_POLICY_PATH=str(work / "policies")))
             info = json.loads(p.stdout.readline())
-            cid = f"{kind}-{len(procs)}"
-            reg = call(sock, {"op": "register", "id": cid, "pid": p.pid, "policy": "remote"})
+            cid, ok = f"run-{p.pid}", True           # `upm run` registers itself as run-PID
+            if inst["register"]:
+                cid = f"{inst['kind']}-{len(procs)}"
+                ok = call(sock, {"op": "register", "id": cid, "pid": p.pid, "policy": inst["register"]}).get("ok")
             procs.append((p, cid))
-            result["instances"].append({"id": cid, "kind": kind, "pid": p.pid, "pages": info["pages"],
-                                        "registered": reg.get("ok", False)})
-        # the start trigger at registration, the delay 3 s later: 8 jobs
+            result["instances"].append({**inst, "id": cid, "pid": p.pid, "pages": info["pages"],
+                                        "registered": bool(ok)})
+        # the start trigger at registration, the delay 3 s later: two jobs each
         st = wait(lambda: (lambda r: r if r.get("jobs_done", 0) >= 2 * len(procs) and r.get("queued", 1) == 0
                            else None)(call(sock, {"op": "status"})["remote"]), 120)
         result["status"] = st or call(sock, {"op": "status"})["remote"]

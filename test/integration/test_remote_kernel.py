@@ -4,14 +4,18 @@ docs/remote-advice.md): the test kernel (test/kernel/build.sh, CONFIG_UPM,
 cached) booted under QEMU in the hostroot mode (the host's / read-only over
 virtio-9p, the guest runs the build tree's upmd), one boot.
 
-In the guest (remote_guest.py): a policy with `"advice": "remote"` (start
-trigger and one delay, no periodic), two instances of remote_twin.c built
-static (no preload can reach it) and two built dynamic, none with the
-preload, registered with upmd.  upmd advises them from outside through the
-adviser thread; the oracle is the guest kernel's /proc/PID/ksm_merging_pages
-of every instance once upmd's jobs are done (>= 99% of its pages; each pair
-shares its data, the pairs differ), then a write to every 16th page
-(copy-on-write of merged pages) and a check of every page of every instance.
+In the guest (remote_guest.py): policies `remote` (`"advice": "remote"`)
+and `auto` (`"advice": "auto"`), each with the start trigger and delays,
+no periodic; instances of remote_twin.c: two built static and two built
+dynamic, without the preload, registered with policy `remote`; two static
+ones registered with `auto`; two dynamic ones started by `upm run --policy
+auto` (the preload; upm run registers them itself).  upmd advises the first
+six from outside through the adviser thread and skips the last two, which
+map the preload.  The oracle is the guest kernel's
+/proc/PID/ksm_merging_pages of every instance once upmd's jobs are done
+(>= 99% of its pages; each pair shares its data, the pairs differ), then a
+write to every 16th page (copy-on-write of merged pages) and a check of
+every page of every instance.
 Needs root, qemu-system-x86_64 and the cached test kernel (never built
 here: the test skips, saying how to build it).
 """
@@ -78,13 +82,19 @@ def test_upmd_advises_static_and_dynamic_twins_in_the_guest(build_dir: Path, tmp
     build(compiler, HERE / "remote_twin.c", work / "twin-static", "-static")
     build(compiler, HERE / "remote_twin.c", work / "twin-dynamic")
     (work / "policies").mkdir()
-    (work / "policies" / "remote.json").write_text(json.dumps({
-        "version": 1, "advice": "remote", "classes": ["heap", "anonymous"],
-        "triggers": {"start": True, "delays_ms": [3000], "periodic": None}}))
+    for name, advice, delays in (("remote", "remote", [3000]), ("auto", "auto", [1000, 3000])):
+        (work / "policies" / f"{name}.json").write_text(json.dumps({
+            "version": 1, "advice": advice, "classes": ["heap", "anonymous"],
+            "triggers": {"start": True, "delays_ms": delays, "periodic": None}}))
     (work / "node-config.json").write_text(json.dumps({"policy_dir": str(work / "policies")}))
+    static, dynamic = str(work / "twin-static"), str(work / "twin-dynamic")
+    upm_run = [str(build_dir / "bin" / "upm"), "run", "--policy", "auto", "--"]
+    instances = [{"kind": "static", "argv": [static], "seed": 1, "register": "remote"}] * 2 + \
+                [{"kind": "dynamic", "argv": [dynamic], "seed": 2, "register": "remote"}] * 2 + \
+                [{"kind": "static-auto", "argv": [static], "seed": 3, "register": "auto"}] * 2 + \
+                [{"kind": "preloaded-auto", "argv": upm_run + [dynamic], "seed": 4, "register": None}] * 2
     (work / "args.json").write_text(json.dumps({"upmd": str(build_dir / "bin" / "upmd"), "mib": MIB,
-                                                "static": str(work / "twin-static"),
-                                                "dynamic": str(work / "twin-dynamic")}))
+                                                "instances": instances}))
     (work / "guest.sh").write_text(f"#!/bin/sh\nexec /usr/bin/python3 -u {HERE / 'remote_guest.py'} {work}\n")
     (work / "guest.sh").chmod(0o755)
     t0 = time.monotonic()
@@ -98,17 +108,23 @@ def test_upmd_advises_static_and_dynamic_twins_in_the_guest(build_dir: Path, tmp
     doc = json.loads((work / "result.json").read_text())
     st = doc["status"]
     assert st["available"] is True, f"remote advice unavailable in the guest: {st}"
-    assert st["containers_scheduled"] == 4 and st["jobs_done"] >= 8 and st["failures"] == 0, st
+    assert st["containers_scheduled"] == 8 and st["jobs_done"] >= 16 and st["failures"] == 0, st
     assert "upmd advises every process from outside" in upmd_log, upmd_log[-3000:]
+    # auto: upmd leaves the processes that map the preload to it (the
+    # preload's MADV_UPM merges them), and advises the static ones
+    assert st["skipped_preloaded"] >= 2, st
     for inst in doc["instances"]:
         assert inst["registered"], inst
+        skipped = f"pid {inst['pid']}: the preload advises it, skipped" in upmd_log
+        assert skipped == (inst["kind"] == "preloaded-auto"), (inst, upmd_log[-3000:])
         assert inst["merging_pages"] >= 0.99 * inst["pages"], (inst, upmd_log[-3000:])
         assert inst["check"] == "ok", inst
         # (ksm_merging_pages after the writes is reported, not asserted: the
         # counter follows copy-on-write breaks only when the rmap items are
         # next looked at, so it may still count the pages just written)
     gib = st["bytes_advised"] / (1 << 30)
-    report(f"guest: upmd advised 2 static + 2 dynamic twins ({MIB} MiB each) on its own: merged "
+    report(f"guest: upmd advised 2 static + 2 dynamic twins (remote) and 2 static (auto) on its own, 2 left to the "
+           f"preload (auto), {MIB} MiB each: merged "
            f"{[i['merging_pages'] for i in doc['instances']]} of {doc['instances'][0]['pages']} pages, "
            f"after the COW writes {[i['merging_after_cow'] for i in doc['instances']]}, {st['jobs_done']} jobs, {st['bytes_advised'] >> 20} MiB advised, agent CPU {st['cpu_seconds']:.3f} s "
            f"({st['cpu_seconds_per_gib'] or 0:.2f} s/GiB, {gib:.3f} GiB), guest boot+run {took:.0f} s")
