@@ -77,6 +77,7 @@ def main() -> int:
                                         "registered": bool(ok)})
         # the start trigger at registration, the delay 3 s later: two jobs each
         st = wait(lambda: (lambda r: r if r.get("jobs_done", 0) >= 2 * len(procs) and r.get("queued", 1) == 0
+                           and not r.get("busy", True)
                            else None)(call(sock, {"op": "status"})["remote"]), 120)
         result["status"] = st or call(sock, {"op": "status"})["remote"]
         for (p, _), inst in zip(procs, result["instances"]):

@@ -68,7 +68,7 @@ TEST_CASE("advice: remote and both fall back to the preload and say why", "[advi
         CHECK(n.preload);
         CHECK(!n.remote);
         CHECK(n.fell_back);
-        CHECK(n.why.find("does not register with upmd") != std::string::npos);
+        CHECK(n.why.find("upmd would not learn of the container") != std::string::npos);
     }
 }
 

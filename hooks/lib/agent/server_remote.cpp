@@ -142,6 +142,7 @@ json Server::remote_json() {
     if (!adviser_) return j;
     const remote::AdviserTotals t = adviser_->totals();
     j["queued"] = t.queued;
+    j["busy"] = t.busy;
     j["jobs_done"] = t.jobs_done;
     j["targets_exited"] = t.targets_exited;
     j["failures"] = t.failures;

@@ -317,12 +317,15 @@ void Preparer::find_hook() {
 }
 
 // Who advises (policy key `advice`, upm/advice_route.hpp): `remote` leaves
-// the preload out when upmd can advise from outside; elsewhere `remote` and
-// `both` fall back to the preload, and the log says why (fail open).
+// the preload out when upmd can advise from outside (a upm kernel, the
+// poststart hook to register the container, upmd's socket present);
+// elsewhere `remote` and `both` fall back to the preload, and the log says
+// why (fail open).
 void Preparer::choose_route() {
     const AdviceMode mode = have_policy_ ? policy_.advice : AdviceMode::automatic;
     if (mode == AdviceMode::preload || mode == AdviceMode::automatic) return;
-    const remote::AdviceRoute route = remote::route_advice(mode, remote::availability(), !edit_.hook.empty());
+    const bool registers = !edit_.hook.empty() && agent::agent_socket_present();
+    const remote::AdviceRoute route = remote::route_advice(mode, remote::availability(), registers);
     edit_.preload = route.preload;
     notes_.add(route.fell_back ? Level::warn : Level::info, "policy `" + policy_name_ + "`: " + route.why);
 }

@@ -69,7 +69,9 @@ std::vector<AdviceResult> Adviser::take_results() {
 
 AdviserTotals Adviser::totals() {
     std::lock_guard lock(mu_);
-    return totals_;
+    AdviserTotals t = totals_;
+    t.busy = busy_;
+    return t;
 }
 
 bool Adviser::wait_idle(double seconds) {

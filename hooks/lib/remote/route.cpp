@@ -16,8 +16,8 @@ AdviceRoute route_advice(AdviceMode mode, const Availability& avail, bool regist
     const bool possible = avail.available && registers;
     const std::string unavailable =
         !avail.available ? "remote advice unavailable: " + avail.why
-                         : "the container does not register with upmd (no upm-hook: set `hook` in the node "
-                           "configuration)";
+                         : "upmd would not learn of the container (no upm-hook to register it: set `hook` in the "
+                           "node configuration; or upmd is not running: start it)";
     if (mode == AdviceMode::automatic) {
         r.remote = possible;
         r.only_unreached = possible;

@@ -13,7 +13,8 @@
 //             without the preload mapped
 //
 // "Registers" is false when the container gets no poststart hook (no
-// upm-hook): upmd would never learn of it, so `remote` falls back too.
+// upm-hook) or upmd's socket is missing: upmd would never learn of it, so
+// `remote` falls back too.
 #pragma once
 
 #include <cstdint>

@@ -58,6 +58,7 @@ struct AdviserTotals {
     std::uint64_t bytes_advised = 0, calls = 0;
     double advise_seconds = 0;   // in process_madvise()
     double cpu_seconds = 0;      // the worker thread's CPU time
+    bool busy = false;           // a job is running now
 };
 
 class Adviser {
