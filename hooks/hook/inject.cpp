@@ -71,7 +71,8 @@ int run_create_runtime(const std::string& stage, const upm::NodeConfigLoad& load
         log_notes(log, p);
         if (p.verdict == upm::Verdict::refused)
             return refuse(log, who + "refused by the policy's `\"on_error\": \"closed\"` (see the log line before)");
-        if (p.verdict != upm::Verdict::edited) return 0;
+        // No preload for policy `advice` `remote` where upmd advises (the notes said so).
+        if (p.verdict != upm::Verdict::edited || !p.edit.preload) return 0;
         auto fail = [&](const std::string& why) {
             if (p.closed)
                 return refuse(log, who + "refused: " + why + " (policy `" + p.policy + "` says `\"on_error\": \"closed\"`)");

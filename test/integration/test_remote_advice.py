@@ -6,6 +6,10 @@ tested without a upm kernel.
   private anonymous region, a shared one, a private read-only file
   mapping): the regions, classes and decisions, checked against
   /proc/PID/maps; `--remote` adds the plan remote advice would use.
+- a policy with `"advice": "remote"` on a kernel without MADV_UPM: real
+  runc containers through upm-runtime and upm-hook get the preload anyway
+  (fail open), the node log and upmd say why, and the preload's advice
+  merges them (ksmd, ksm_fast);
 - on a kernel without MADV_UPM, `upm advise PID` and upmd's `advise` say
   "remote advice unavailable: WHY", exit 2 / error reply, and change
   nothing: the target's regions stay unmergeable (smaps `mg`) and
@@ -26,7 +30,10 @@ from pathlib import Path
 import pytest
 
 from upmtest.agent import Agent
+from upmtest.containers import PRELOAD_IN_CONTAINER, Node
+from upmtest.merge import wait_merged
 from upmtest.procfs import ksm_merging_pages, smaps, smaps_region
+from upmtest.process import wait_until
 
 HERE = Path(__file__).parent
 
@@ -138,3 +145,50 @@ def test_agent_advise_unavailable(procs, upmd_bin, upm_bin, tmp_path, target):
         assert "remote advice unavailable:" in agent.proc.stderr
     finally:
         assert agent.stop() == 0
+
+
+@pytest.mark.skipif(upm_kernel(), reason="this kernel has MADV_UPM: the fallback to the preload cannot be shown")
+def test_remote_policy_falls_back_to_the_preload(ksm_fast, procs, upmd_bin, tmp_path, hook_bin, runtime_bin,
+                                                 preload_lib, policies_dir, memhog, base_spec, report):
+    """Stock kernel, policy `"advice": "remote"`: upm-runtime injects the
+    preload and logs why at warn (remote advice unavailable), upmd says the
+    same when upm-hook registers the containers and schedules nothing, and
+    the two containers' identical memory is merged by the preload's advice."""
+    n = Node("runc", tmp_path, runtime_bin, preload_lib, policies_dir, memhog, base_spec, procs)
+    agent = Agent(procs, upmd_bin, tmp_path)
+    try:
+        (n.policy_dir / "remote-only.json").write_text('{"version": 1, "advice": "remote"}\n')
+        n.use_hook(hook_bin, agent.socket)
+        agent.start(env={"UPM_CONFIG": str(n.config)})
+        argv = ["/opt/upm-memhog", "--mib", "16", "--seed", "7", "--hold-until-signal"]
+        hogs = [n.start_memhog(n.bundle(argv, {"upm.enabled": "true", "upm.policy": "remote-only"}))
+                for _ in range(2)]
+        ids = n.ids[-2:]
+        for h in hogs:
+            maps = Path(f"/proc/{h.pid}/maps").read_text()
+            assert "libupm-preload.so" in maps, f"pid {h.pid}: the preload is not mapped"
+        log = n.our_log()
+        for cid in ids:
+            want = (f"container `{cid}`: policy `remote-only`: policy `advice` is `remote`, but remote advice "
+                    "unavailable: ")
+            line = next((ln for ln in log.splitlines() if want in ln), None)
+            assert line is not None and "falling back to the preload" in line, log
+            assert " warn: " in line, line
+            assert f"container `{cid}`: injected `{PRELOAD_IN_CONTAINER}`" in log, log
+        wait_until(lambda: all(f"container `{cid}`: policy `advice` is `remote`, but remote advice unavailable"
+                               in agent.proc.stderr for cid in ids), 10,
+                   what="upmd's fallback line for both containers", describe=lambda: agent.proc.stderr[-2000:])
+        st = agent.call({"op": "status"})["remote"]
+        assert st["available"] is False and "containers_scheduled" not in st, st
+        took = wait_merged(hogs, timeout=60)
+        merged = [ksm_merging_pages(h.pid) for h in hogs]
+        assert all(m >= 0.9 * h.pages for m, h in zip(merged, hogs)), merged
+        report(f"advice remote on a stock kernel: preload injected, fallback logged, 2 x 16 MiB merged "
+               f"by the preload in {took:.1f} s ({merged} pages)")
+        for h in hogs:
+            h.stop()
+    finally:
+        procs.cleanup()
+        n.cleanup()
+        if agent.proc is not None and agent.proc.popen.poll() is None:
+            assert agent.stop() == 0

@@ -4,6 +4,7 @@
 // This host's kernel may lack MADV_UPM: the jobs here use MADV_COLD, an
 // advice every kernel >= 5.10 accepts through process_madvise(), to drive
 // the same machinery; availability() is checked for what it says.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -196,4 +197,40 @@ TEST_CASE("remote: the adviser thread advises at a bounded rate and reports exit
     tiny.max_queued = 1;
     remote::Adviser small(tiny);
     CHECK_FALSE(small.submit({{live.pid, "", default_policy()}, {live.pid, "", default_policy()}}));
+}
+
+TEST_CASE("remote: the adviser skips a process that maps the preload, and a pid waiting twice", "[remote][advice]") {
+    remote::AdviserOptions o;
+    o.advice = MADV_COLD;
+    remote::Adviser adviser(o);
+    // A file named like the preload, mapped before the fork: the child maps it.
+    char dir[] = "/tmp/upm-route-XXXXXX";
+    REQUIRE(::mkdtemp(dir) != nullptr);
+    const std::string lib = std::string(dir) + "/libupm-preload.so";
+    int fd = ::open(lib.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+    REQUIRE(fd >= 0);
+    REQUIRE(::ftruncate(fd, 4096) == 0);
+    void* m = ::mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE, fd, 0);
+    ::close(fd);
+    REQUIRE(m != MAP_FAILED);
+    Child preloaded;
+    ::munmap(m, 4096);
+    Child plain;
+    REQUIRE(adviser.submit({{preloaded.pid, "c1", default_policy(), true},
+                            {plain.pid, "c2", default_policy(), true},
+                            {plain.pid, "c2", default_policy(), true}}));   // the same pid, still waiting
+    REQUIRE(adviser.wait_idle(30));
+    auto results = adviser.take_results();
+    REQUIRE(results.size() == 2);
+    CHECK(results[0].pid == preloaded.pid);
+    CHECK(results[0].preloaded);
+    CHECK(results[0].outcome.bytes_advised == 0);
+    CHECK(results[1].pid == plain.pid);
+    CHECK_FALSE(results[1].preloaded);
+    CHECK(results[1].outcome.bytes_advised >= kAnon);
+    auto totals = adviser.totals();
+    CHECK(totals.skipped_preloaded == 1);
+    CHECK(totals.already_queued == 1);
+    ::unlink(lib.c_str());
+    ::rmdir(dir);
 }

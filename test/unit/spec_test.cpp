@@ -184,6 +184,24 @@ TEST_CASE("spec: the edit keeps every other field and is idempotent", "[spec]") 
     CHECK(again->text == out->text);
 }
 
+TEST_CASE("spec: the edit without the preload (policy `advice` `remote`) keeps the hooks", "[spec][advice]") {
+    std::string text = test::read_text(test::fixture("bundles/annotated/config.json"));
+    SpecEdit edit{"/usr/lib/upm/libupm-preload.so", "/etc/upm/policies/python-ml.json", "tenant-a", "/usr/bin/upm-hook", 10};
+    edit.preload = false;
+    auto out = edit_spec(text, edit);
+    REQUIRE(out.ok());
+    auto before = ojson::parse(text);
+    auto after = ojson::parse(out->text);
+    auto env = env_of(after);
+    CHECK(env_of(before) != env);   // UPM_DOMAIN is set: the domain is the container's
+    CHECK(std::count(env.begin(), env.end(), "LD_PRELOAD=/usr/lib/libvendor.so") == 1);
+    CHECK(std::count(env.begin(), env.end(), "UPM_DOMAIN=tenant-a") == 1);
+    for (const auto& e : env) CHECK_FALSE(e.starts_with("UPM_POLICY=/dev/upm"));
+    CHECK(after["mounts"] == before["mounts"]);
+    REQUIRE(after["hooks"]["poststart"].size() == 2);
+    CHECK(after["hooks"]["poststart"][1]["path"] == "/usr/bin/upm-hook");
+}
+
 TEST_CASE("spec: the edit without policy, domain or hook", "[spec]") {
     std::string text = test::read_text(test::fixture("bundles/containerd/config.json"));
     auto out = edit_spec(text, SpecEdit{"/p/libupm-preload.so", "", "", "", 10});

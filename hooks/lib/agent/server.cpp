@@ -118,9 +118,9 @@ bool Server::start() {
         cleanup();
         return false;
     }
+    start_remote();   // before the registry: its containers' remote advice resumes
     load_state();
     start_tuner();
-    start_remote();
     open_epoll();
     save_if_dirty();
     announce_ready();
@@ -198,6 +198,7 @@ void Server::run_timers(Clock::time_point now) {
         log_remote_results();
         next_prune_ = now + o_.poll_interval;
     }
+    if (!schedules_.empty() && now >= next_remote_) run_remote_schedules(now);
     if (tuner_ && now >= next_tune_) next_tune_ = now + std::max(milliseconds(10), tuner_->tick());
     if (!o_.textfile_dir.empty() && now >= next_textfile_) {
         write_textfile();
@@ -212,6 +213,7 @@ void Server::run_timers(Clock::time_point now) {
 Clock::time_point Server::next_timer() const {
     Clock::time_point next = next_prune_;
     if (tuner_) next = std::min(next, next_tune_);
+    if (!schedules_.empty()) next = std::min(next, next_remote_);
     if (!o_.textfile_dir.empty()) next = std::min(next, next_textfile_);
     if (listen_paused_until_ != Clock::time_point{}) next = std::min(next, listen_paused_until_);
     return next;

@@ -30,6 +30,7 @@
 #include <utility>
 #include <vector>
 
+#include "upm/advice_route.hpp"
 #include "upm/agent_proto.hpp"
 #include "upm/agent_server.hpp"
 #include "upm/io.hpp"
@@ -132,6 +133,9 @@ private:
     void start_remote();
     Result<Policy> remote_policy(const std::string& name);
     std::optional<json> remote_advise(Conn& c, const AgentRequest& req);
+    Result<std::size_t> queue_remote(const Container* ct, pid_t pid, const Policy& policy, bool unless_preloaded);
+    void route_container(const Container& ct, Clock::time_point started);
+    void run_remote_schedules(Clock::time_point now);
     void log_remote_results();
     json remote_json();
     json ksm_namespace_json();
@@ -157,6 +161,17 @@ private:
     std::optional<KsmTuner> tuner_;
     remote::Availability remote_;
     std::optional<remote::Adviser> adviser_;  // only where remote advice is available
+    // Containers upmd advises on its own (policy `advice`): the policy's
+    // triggers seen from outside, from the container's start.
+    struct RemoteSchedule {
+        Policy policy;
+        Clock::time_point start;
+        remote::OutsideTriggers triggers;
+        bool unless_preloaded = false;
+    };
+    std::map<std::string, RemoteSchedule> schedules_;
+    Clock::time_point next_remote_ = Clock::time_point::max();
+    std::uint64_t remote_full_ = 0;           // scheduled advice dropped: the queue was full
     std::string tuner_note_;
     GrowthWatch growth_;                      // advice seen from outside: containers' anonymous memory grows
     std::uint64_t growth_kicks_ = 0;

@@ -28,6 +28,11 @@ void Server::load_state() {
     logger()->info("registry: {} container{} from `{}`", registry_.size(), registry_.size() == 1 ? "" : "s",
                    state_file_);
     if (!notes.empty()) changed();
+    // Remote advice goes on where it was (the schedule from the registration time).
+    for (const auto& [id, ct] : registry_.containers()) {
+        const double age = std::max(0.0, unix_now() - ct.registered_at);
+        route_container(ct, Clock::now() - std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(age)));
+    }
 }
 
 void Server::start_tuner() {
@@ -120,6 +125,7 @@ void Server::on_exit_fd(int fd) {
 void Server::prune() {
     for (const auto& c : registry_.prune_dead()) {
         unwatch(c.id);
+        schedules_.erase(c.id);
         changed();
         logger()->info("container `{}`: process {} exited, dropped from the registry", log_id(c.id), c.pid);
     }

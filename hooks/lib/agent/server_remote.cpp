@@ -39,6 +39,23 @@ Result<Policy> Server::remote_policy(const std::string& name) {
     return *check.policy;
 }
 
+// Queues the processes of a container (its cgroup, as for its counters),
+// or `pid` alone, for the adviser thread; the number queued.
+Result<std::size_t> Server::queue_remote(const Container* ct, pid_t pid, const Policy& policy, bool unless_preloaded) {
+    std::vector<pid_t> pids{pid};
+    if (ct) {
+        const Snapshot& snap = snapshot();
+        auto it = snap.usage.find(ct->id);
+        pids = it != snap.usage.end() ? it->second.pids : std::vector<pid_t>{static_cast<pid_t>(ct->pid)};
+    }
+    std::vector<remote::Request> work;
+    for (pid_t p : pids) work.push_back({p, ct ? ct->id : std::string(), policy, unless_preloaded});
+    if (!adviser_->submit(std::move(work)))
+        return Error::msg("the queue is full (" + std::to_string(adviser_->totals().queued) +
+                          " processes waiting); try again later");
+    return pids.size();
+}
+
 std::optional<json> Server::remote_advise(Conn& c, const AgentRequest& req) {
     auto refuse = [&](const std::string& why) -> std::optional<json> {
         queue(c, agent_error_reply(why));
@@ -49,20 +66,55 @@ std::optional<json> Server::remote_advise(Conn& c, const AgentRequest& req) {
     if (!req.id.empty() && !ct) return refuse("container `" + log_id(req.id) + "` is not registered");
     auto policy = remote_policy(!req.policy.empty() ? req.policy : ct ? ct->policy : std::string());
     if (!policy) return refuse("remote advice: " + policy.error().message);
-    std::vector<pid_t> pids{static_cast<pid_t>(req.pid)};
-    if (ct) {
-        const Snapshot& snap = snapshot();
-        auto it = snap.usage.find(ct->id);
-        pids = it != snap.usage.end() ? it->second.pids : std::vector<pid_t>{static_cast<pid_t>(ct->pid)};
-    }
-    std::vector<remote::Request> work;
-    for (pid_t pid : pids) work.push_back({pid, ct ? ct->id : std::string(), *policy});
-    if (!adviser_->submit(std::move(work)))
-        return refuse("remote advice: the queue is full (" + std::to_string(adviser_->totals().queued) +
-                      " processes waiting); try again later");
-    logger()->info("remote advice: {} process{} of {} queued", pids.size(), pids.size() == 1 ? "" : "es",
+    auto queued = queue_remote(ct, static_cast<pid_t>(req.pid), *policy, false);
+    if (!queued) return refuse("remote advice: " + queued.error().message);
+    logger()->info("remote advice: {} process{} of {} queued", *queued, *queued == 1 ? "" : "es",
                    ct ? "container `" + log_id(ct->id) + "`" : "pid " + std::to_string(req.pid));
-    return json{{"ok", true}, {"queued", pids.size()}, {"container", ct ? json(ct->id) : json(nullptr)}};
+    return json{{"ok", true}, {"queued", *queued}, {"container", ct ? json(ct->id) : json(nullptr)}};
+}
+
+// At registration: who advises the container (policy `advice`,
+// upm/advice_route.hpp).  When upmd does, its schedule starts at
+// `started`; on a stock kernel `remote`/`both` say that the preload advises.
+void Server::route_container(const Container& ct, Clock::time_point started) {
+    schedules_.erase(ct.id);
+    auto policy = remote_policy(ct.policy);
+    if (!policy) {
+        if (adviser_) logger()->warn("container `{}`: no remote advice: {}", log_id(ct.id), policy.error().message);
+        return;
+    }
+    const remote::AdviceRoute route = remote::route_advice(policy->advice, remote_, true);
+    if (route.fell_back)
+        logger()->warn("container `{}`: {}", log_id(ct.id), route.why);
+    else if (route.remote)
+        logger()->info("container `{}`: {}", log_id(ct.id), route.why);
+    if (!route.remote || !adviser_) return;
+    remote::OutsideTriggers triggers(policy->triggers);
+    schedules_.insert_or_assign(ct.id, RemoteSchedule{std::move(*policy), started, triggers, route.only_unreached});
+    next_remote_ = Clock::now();
+}
+
+// The containers whose triggers are due: their processes queued (those
+// waiting already are not queued twice); the next due time.
+void Server::run_remote_schedules(Clock::time_point now) {
+    next_remote_ = Clock::time_point::max();
+    for (auto it = schedules_.begin(); it != schedules_.end();) {
+        const Container* ct = registry_.find(it->first);
+        if (!ct || !adviser_) {
+            it = schedules_.erase(it);
+            continue;
+        }
+        RemoteSchedule& s = it->second;
+        const auto elapsed = std::chrono::duration_cast<milliseconds>(now - s.start).count();
+        if (s.triggers.fire(elapsed)) {
+            auto queued = queue_remote(ct, static_cast<pid_t>(ct->pid), s.policy, s.unless_preloaded);
+            if (!queued) ++remote_full_;
+            if (!queued) logger()->debug("container `{}`: remote advice skipped: {}", log_id(ct->id), queued.error().message);
+        }
+        const std::int64_t next = s.triggers.next_ms();
+        if (next != INT64_MAX) next_remote_ = std::min(next_remote_, s.start + milliseconds(next));
+        ++it;
+    }
 }
 
 // The adviser's results since the last poll, one log line each.
@@ -71,7 +123,9 @@ void Server::log_remote_results() {
     for (const auto& r : adviser_->take_results()) {
         const std::string who = (r.container.empty() ? "" : "container `" + log_id(r.container) + "`, ") + "pid " +
                                 std::to_string(r.pid);
-        if (!r.error.empty())
+        if (r.preloaded)
+            logger()->debug("remote advice: {}: the preload advises it, skipped", who);
+        else if (!r.error.empty())
             logger()->warn("remote advice: {}: {}", who, r.error);
         else if (r.outcome.target_exited)
             logger()->info("remote advice: {}: exited during the advice after {} bytes", who, r.outcome.bytes_advised);
@@ -88,6 +142,7 @@ json Server::remote_json() {
     if (!adviser_) return j;
     const remote::AdviserTotals t = adviser_->totals();
     j["queued"] = t.queued;
+    j["busy"] = t.busy;
     j["jobs_done"] = t.jobs_done;
     j["targets_exited"] = t.targets_exited;
     j["failures"] = t.failures;
@@ -95,6 +150,10 @@ json Server::remote_json() {
     j["calls"] = t.calls;
     j["advise_seconds"] = t.advise_seconds;
     j["cpu_seconds"] = t.cpu_seconds;
+    j["containers_scheduled"] = schedules_.size();
+    j["skipped_preloaded"] = t.skipped_preloaded;
+    j["already_queued"] = t.already_queued;
+    j["dropped_queue_full"] = remote_full_;
     j["cpu_seconds_per_gib"] =
         t.bytes_advised ? json(t.cpu_seconds / (static_cast<double>(t.bytes_advised) / (1 << 30))) : json(nullptr);
     return j;

@@ -184,12 +184,14 @@ std::optional<json> Server::register_container(Conn& c, const AgentRequest& req)
                    req.cgroup.empty() ? std::string("process tree") : "cgroup `" + printable(req.cgroup) + "`",
                    ns.empty() ? std::string() : ", KSM namespace `" + ns + "`");
     if (tuner_) tuner_->kick("register " + printable(req.id));
+    if (auto* added_c = registry_.find(req.id)) route_container(*added_c, Clock::now());
     return json{{"ok", true}, {"id", req.id}, {"new", *added}, {"containers", registry_.size()}};
 }
 
 json Server::unregister_container(const AgentRequest& req) {
     bool removed = registry_.remove(req.id);
     unwatch(req.id);
+    schedules_.erase(req.id);
     if (removed) {
         changed();
         logger()->info("container `{}`: unregistered", log_id(req.id));

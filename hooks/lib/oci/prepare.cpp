@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "upm/advice_route.hpp"
 #include "upm/agent_client.hpp"
 #include "upm/backend.hpp"
 #include "upm/policy.hpp"
@@ -77,6 +78,7 @@ public:
         plan_the_hardening();
         if (!find_preload()) return;
         find_hook();
+        choose_route();
         if (!edit_and_write(write)) return;
         accept(write);
     }
@@ -93,6 +95,7 @@ private:
     void plan_the_hardening();
     bool find_preload();
     void find_hook();
+    void choose_route();
     bool check_run_dir();
     bool edit_and_write(bool write);
     void accept(bool write);
@@ -313,6 +316,20 @@ void Preparer::find_hook() {
         notes_.add(Level::info, "no poststart/poststop hooks: `" + config_.hook + "` is not an executable file");
 }
 
+// Who advises (policy key `advice`, upm/advice_route.hpp): `remote` leaves
+// the preload out when upmd can advise from outside (a upm kernel, the
+// poststart hook to register the container, upmd's socket present);
+// elsewhere `remote` and `both` fall back to the preload, and the log says
+// why (fail open).
+void Preparer::choose_route() {
+    const AdviceMode mode = have_policy_ ? policy_.advice : AdviceMode::automatic;
+    if (mode == AdviceMode::preload || mode == AdviceMode::automatic) return;
+    const bool registers = !edit_.hook.empty() && agent::agent_socket_present();
+    const remote::AdviceRoute route = remote::route_advice(mode, remote::availability(), registers);
+    edit_.preload = route.preload;
+    notes_.add(route.fell_back ? Level::warn : Level::info, "policy `" + policy_name_ + "`: " + route.why);
+}
+
 // The /run/upm fallback needs a place inside the rootfs (only with a bundle).
 bool Preparer::check_run_dir() {
     if (edited_->dir != kContainerDirRun || edited_->root.empty() || bundle_dir_.empty()) return true;
@@ -347,7 +364,9 @@ void Preparer::accept(bool write) {
     p_.edited = *edited_;
     if (!write) return;
     notes_.add(Level::info,
-               "injected `" + edited_->preload + "` (from `" + edit_.preload_source + "`), policy " +
+               (edit_.preload ? "injected `" + edited_->preload + "` (from `" + edit_.preload_source + "`)"
+                              : std::string("no preload (upmd advises from outside)")) +
+                   ", policy " +
                    (edit_.policy_source.empty() ? std::string("built-in default")
                                                 : "`" + policy_name_ + "` (`" + edit_.policy_source + "`)") +
                    (domain_.empty() ? "" : ", domain `" + domain_ + "`") +

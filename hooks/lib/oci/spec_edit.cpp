@@ -107,6 +107,19 @@ std::string seccomp_denies_madvise(const json& doc) {
     return "its seccomp profile's default action is `" + printable(d, 40) + "` and no rule allows `madvise`";
 }
 
+// LD_PRELOAD gets `preload` appended to each entry (a new entry when there
+// is none; never twice).
+void add_preload_env(json& env, const std::string& preload) {
+    bool had_preload = false;
+    for (auto& e : env) {
+        if (!starts_with_var(e, "LD_PRELOAD")) continue;
+        had_preload = true;
+        const auto& s = e.get_ref<const std::string&>();
+        e = "LD_PRELOAD=" + append_preload_entry(std::string_view(s).substr(11), preload);
+    }
+    if (!had_preload) env.push_back("LD_PRELOAD=" + preload);
+}
+
 }  // namespace
 
 std::string append_preload_entry(std::string_view existing, std::string_view entry) {
@@ -148,25 +161,18 @@ Result<EditedSpec> edit_spec(std::string_view config_text, const SpecEdit& edit)
             doc["root"]["path"].is_string())
             out.root = doc["root"]["path"].get<std::string>();
         out.preload = dir + "/" + kPreloadFile;
-        if (!edit.policy_source.empty()) out.policy = dir + "/" + kPolicyFile;
+        if (!edit.policy_source.empty() && edit.preload) out.policy = dir + "/" + kPolicyFile;
 
         auto env = member(*process, "env", json::value_t::array, "process.env");
         if (!env) return env.error();
-        bool had_preload = false;
-        for (auto& e : **env) {
-            if (!starts_with_var(e, "LD_PRELOAD")) continue;
-            had_preload = true;
-            const auto& s = e.get_ref<const std::string&>();
-            e = "LD_PRELOAD=" + append_preload_entry(std::string_view(s).substr(11), out.preload);
-        }
-        if (!had_preload) (*env)->push_back("LD_PRELOAD=" + out.preload);
+        if (edit.preload) add_preload_env(**env, out.preload);
         if (!out.policy.empty()) set_env(**env, kEnvPolicy, out.policy);
         if (!edit.domain.empty()) set_env(**env, kEnvDomain, edit.domain);
 
         json kept = json::array();
         for (auto& m : **mounts)
             if (!our_mount(m)) kept.push_back(std::move(m));
-        kept.push_back(bind_mount(edit.preload_source, out.preload));
+        if (edit.preload) kept.push_back(bind_mount(edit.preload_source, out.preload));
         if (!out.policy.empty()) kept.push_back(bind_mount(edit.policy_source, out.policy));
         **mounts = std::move(kept);
 

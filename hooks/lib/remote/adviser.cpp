@@ -1,6 +1,8 @@
 // upmd's remote adviser: the worker thread (upm/remote_adviser.hpp).
 #include "upm/remote_adviser.hpp"
 
+#include "upm/advice_route.hpp"
+
 #include <pthread.h>
 #include <signal.h>
 #include <time.h>
@@ -45,7 +47,13 @@ bool Adviser::submit(std::vector<Request> requests) {
     {
         std::lock_guard lock(mu_);
         if (stop_ || queue_.size() + requests.size() > o_.max_queued) return false;
-        for (auto& r : requests) queue_.push_back(std::move(r));
+        for (auto& r : requests) {
+            if (std::any_of(queue_.begin(), queue_.end(), [&](const Request& q) { return q.pid == r.pid; })) {
+                totals_.already_queued++;
+                continue;
+            }
+            queue_.push_back(std::move(r));
+        }
         totals_.queued = queue_.size();
     }
     cv_.notify_all();
@@ -61,7 +69,9 @@ std::vector<AdviceResult> Adviser::take_results() {
 
 AdviserTotals Adviser::totals() {
     std::lock_guard lock(mu_);
-    return totals_;
+    AdviserTotals t = totals_;
+    t.busy = busy_;
+    return t;
 }
 
 bool Adviser::wait_idle(double seconds) {
@@ -86,6 +96,11 @@ AdviceResult Adviser::advise_one(Request& r) {
     if (!target) {
         res.error = target.error().message;
         res.outcome.target_exited = target.error().err == ESRCH;
+        return res;
+    }
+    if (r.unless_preloaded && maps_preload(target->regions)) {
+        res.preloaded = true;
+        res.outcome.done = true;
         return res;
     }
     Plan p = plan(r.policy, target->regions, r.pid);
@@ -125,6 +140,7 @@ void Adviser::run() {
         totals_.bytes_advised += res.outcome.bytes_advised;
         totals_.calls += res.outcome.calls;
         totals_.advise_seconds += res.outcome.seconds;
+        if (res.preloaded) totals_.skipped_preloaded++;
         if (res.outcome.target_exited) totals_.targets_exited++;
         else if (!res.error.empty() || res.outcome.error) totals_.failures++;
         if (results_.size() >= o_.results_kept) results_.erase(results_.begin());

@@ -41,10 +41,11 @@ namespace {
 
 // ---- vocabulary -----------------------------------------------------------
 
-constexpr std::array<std::string_view, 15> kRootKeys{
+constexpr std::array<std::string_view, 16> kRootKeys{
     "$comment", "version", "description", "classes", "include_paths", "exclude_paths",
     "min_region_kib", "triggers", "backend", "domain", "on_error", "log_level",
-    "trim", "layout", "hash_seed"};
+    "trim", "layout", "hash_seed", "advice"};
+constexpr std::array<std::string_view, 4> kAdviceModes{"auto", "preload", "remote", "both"};
 constexpr std::array<std::string_view, 3> kLayouts{"randomized", "shared-per-domain", "fixed"};
 constexpr std::array<std::string_view, 2> kHashSeeds{"random", "per-domain"};
 constexpr std::array<std::string_view, 6> kTriggerKeys{"$comment", "start", "dlopen", "delays_ms", "periodic",
@@ -540,6 +541,8 @@ void check_root_key(Validator& val, const std::string& key, const json& value, P
         check_layout(val, where, value, p);
     } else if (key == "hash_seed") {
         check_hash_seed(val, where, value, p);
+    } else if (key == "advice") {
+        if (auto s = val.one_of(where, value, kAdviceModes, "advice mode")) parse_advice_mode(*s, p.advice);
     }
 }
 
@@ -836,6 +839,25 @@ bool parse_backend_choice(std::string_view name, BackendChoice& out) {
 
 std::string_view to_string(FailMode m) { return m == FailMode::closed ? "closed" : "open"; }
 
+std::string_view to_string(AdviceMode a) {
+    switch (a) {
+        case AdviceMode::automatic: return "auto";
+        case AdviceMode::preload: return "preload";
+        case AdviceMode::remote: return "remote";
+        case AdviceMode::both: return "both";
+    }
+    return "auto";
+}
+
+bool parse_advice_mode(std::string_view name, AdviceMode& out) {
+    if (name == "auto") out = AdviceMode::automatic;
+    else if (name == "preload") out = AdviceMode::preload;
+    else if (name == "remote") out = AdviceMode::remote;
+    else if (name == "both") out = AdviceMode::both;
+    else return false;
+    return true;
+}
+
 std::string_view to_string(Layout l) {
     switch (l) {
         case Layout::randomized: return "randomized";
@@ -906,6 +928,7 @@ std::string policy_to_json(const Policy& p) {
         doc["trim"] = p.trim;
         doc["layout"] = to_string(p.layout);
         doc["hash_seed"] = to_string(p.hash_seed);
+        doc["advice"] = to_string(p.advice);
         return doc.dump(2) + "\n";
     } catch (const std::exception&) {
         return "{}\n";

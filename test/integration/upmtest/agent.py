@@ -90,8 +90,10 @@ class Agent:
             return argv + [a for a in self.extra if a != "--tune"]
         return argv + ["--no-tune"] + self.extra
 
-    def start(self) -> "Agent":
-        self.proc = self.procs.start(self.argv())
+    def start(self, env: dict[str, str] | None = None) -> "Agent":
+        """Starts upmd (`env`: more variables, e.g. $UPM_CONFIG for the
+        node configuration it resolves policies with)."""
+        self.proc = self.procs.start(self.argv(), env=env)
         wait_until(lambda: self._pings() or self.proc.popen.poll() is not None, 15,
                    what="upmd to answer ping", describe=lambda: self.proc.stderr[-2000:])
         assert self.proc.popen.poll() is None, f"upmd exited {self.proc.popen.poll()}: {self.proc.stderr}"

@@ -39,6 +39,7 @@ struct Request {
     pid_t pid = 0;
     std::string container;       // "" = a bare pid
     Policy policy;
+    bool unless_preloaded = false;   // skip a process that maps the preload (policy `advice` `auto`)
 };
 
 struct AdviceResult {
@@ -47,13 +48,17 @@ struct AdviceResult {
     std::size_t ranges = 0;
     Outcome outcome;
     std::string error;           // the target could not be opened ("" = it was)
+    bool preloaded = false;      // skipped: the preload advises it (Request::unless_preloaded)
 };
 
 struct AdviserTotals {
     std::size_t queued = 0, jobs_done = 0, targets_exited = 0, failures = 0;
+    std::size_t skipped_preloaded = 0;   // processes left to their preload
+    std::size_t already_queued = 0;      // requests for a pid that was waiting already (dropped)
     std::uint64_t bytes_advised = 0, calls = 0;
     double advise_seconds = 0;   // in process_madvise()
     double cpu_seconds = 0;      // the worker thread's CPU time
+    bool busy = false;           // a job is running now
 };
 
 class Adviser {
@@ -63,7 +68,8 @@ public:
     Adviser(const Adviser&) = delete;
     Adviser& operator=(const Adviser&) = delete;
 
-    // Queues the requests; false (nothing queued) when the queue is full.
+    // Queues the requests (a pid already waiting is not queued twice);
+    // false (nothing queued) when the queue is full.
     bool submit(std::vector<Request> requests);
     // The results since the last call (the caller logs them).
     std::vector<AdviceResult> take_results();

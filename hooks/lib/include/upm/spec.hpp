@@ -148,6 +148,7 @@ struct SpecEdit {
     int hook_timeout_s = 10;
     HardeningPlan hardening;     // layout and hash seeds (docs/hardening.md); empty = none
     std::string exec_source;     // host path of upm-exec for a layout; "" = no launcher
+    bool preload = true;         // false: no preload, no policy (policy `advice` `remote`: upmd advises)
 };
 
 struct EditedSpec {

@@ -22,6 +22,11 @@ namespace upm {
 
 enum class BackendChoice { automatic, upm, ksm };
 enum class FailMode { open, closed };
+// Who advises a container's processes (docs/remote-advice.md): the preload
+// inside them, the node agent from outside (process_madvise, upm kernels
+// only), or both; `automatic` = the preload, plus remote advice of the
+// processes it does not reach where the kernel accepts it.
+enum class AdviceMode { automatic, preload, remote, both };
 // Hardening settings that trade security for mergeable memory; see
 // docs/hardening.md.  The defaults keep every hardening.
 enum class Layout { randomized, shared_per_domain, fixed };   // address-space layout of the program
@@ -60,6 +65,7 @@ struct Policy {
     bool trim = false;                          // return the allocator's free memory before advising
     Layout layout = Layout::randomized;         // weakened only when asked for (docs/hardening.md)
     HashSeed hash_seed = HashSeed::random;
+    AdviceMode advice = AdviceMode::automatic;  // preload, remote (upmd) or both
 
     bool operator==(const Policy&) const = default;
 };
@@ -121,6 +127,8 @@ bool valid_domain(std::string_view domain);
 std::string_view to_string(BackendChoice b);       // "auto", "upm", "ksm"
 bool parse_backend_choice(std::string_view name, BackendChoice& out);
 std::string_view to_string(FailMode m);            // "open", "closed"
+std::string_view to_string(AdviceMode a);          // "auto", "preload", "remote", "both"
+bool parse_advice_mode(std::string_view name, AdviceMode& out);
 std::string_view to_string(Layout l);              // "randomized", "shared-per-domain", "fixed"
 std::string_view to_string(HashSeed h);            // "random", "per-domain"
 
