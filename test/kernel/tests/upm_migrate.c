@@ -62,21 +62,9 @@ static size_t move_all_retry(int node)
 	return off;
 }
 
-static size_t count_ksm(const char *p, size_t np)
-{
-	size_t ksm = 0;
-
-	for (size_t i = 0; i < np; i++) {
-		uint64_t pfn = ut_pfn(p + i * PG);
-
-		ksm += pfn && ut_kpageflag(pfn, KPF_KSM) == 1;
-	}
-	return ksm;
-}
-
 static void check_consistent(const char *what)
 {
-	size_t ksm = count_ksm(r1, n) + count_ksm(r2, n);
+	size_t ksm = ut_ksm_pages(r1, n) + ut_ksm_pages(r2, n);
 	long m = ut_merging_pages(0);
 
 	UT_CHECK(m == (long)ksm,
@@ -168,7 +156,7 @@ int main(void)
 		}
 		stop = 1;
 		pthread_join(t, NULL);
-		ksm = count_ksm(r1, n) + count_ksm(r2, n);
+		ksm = ut_ksm_pages(r1, n) + ut_ksm_pages(r2, n);
 		m = ut_merging_pages(0);
 		/* to both nodes: a page already on the first is moved by the second */
 		off = move_all_retry(c & 1);

@@ -45,18 +45,6 @@ static size_t pages_on_node(char *p, size_t n, int node)
 	return on;
 }
 
-static size_t ksm_pages_in(const char *p, size_t n)
-{
-	size_t k = 0;
-
-	for (size_t i = 0; i < n; i++) {
-		uint64_t pfn = ut_pfn(p + i * PG);
-
-		k += pfn && ut_kpageflag(pfn, KPF_KSM) == 1;
-	}
-	return k;
-}
-
 static void restore_across(void)
 {
 	ksm_unmerge_all();
@@ -83,8 +71,8 @@ static long round_trip(int across, char **a, char **b, char **c)
 	UT_CHECK(upm_advise(*c, n * PG) == 0, "advise C: %s", strerror(errno));
 	m = ut_merging_pages(0);
 	ut_note("merge_across_nodes=%d: ksm_merging_pages=%ld; ksm pages A %zu, B %zu, C %zu of %zu; "
-		"pages_shared=%ld", across, m, ksm_pages_in(*a, n), ksm_pages_in(*b, n),
-		ksm_pages_in(*c, n), n, ksm_get("pages_shared"));
+		"pages_shared=%ld", across, m, ut_ksm_pages(*a, n), ut_ksm_pages(*b, n),
+		ut_ksm_pages(*c, n), n, ksm_get("pages_shared"));
 	return m;
 }
 
@@ -120,14 +108,14 @@ int main(void)
 	/* merge_across_nodes=0: only A and C merge, on node 0 */
 	ut_must_write(KSM_DIR "merge_across_nodes", "0");
 	m = round_trip(0, &a, &b, &c);
-	UT_CHECK(ksm_pages_in(b, n) == 0, "merge_across_nodes=0: %zu pages of B (node 1) are ksm pages, "
-		 "merged across nodes", ksm_pages_in(b, n));
-	UT_CHECK(ksm_pages_in(a, n) * 100 >= n * 99 && ksm_pages_in(c, n) * 100 >= n * 99,
+	UT_CHECK(ut_ksm_pages(b, n) == 0, "merge_across_nodes=0: %zu pages of B (node 1) are ksm pages, "
+		 "merged across nodes", ut_ksm_pages(b, n));
+	UT_CHECK(ut_ksm_pages(a, n) * 100 >= n * 99 && ut_ksm_pages(c, n) * 100 >= n * 99,
 		 "merge_across_nodes=0: A and C (both node 0) did not merge: %zu and %zu of %zu",
-		 ksm_pages_in(a, n), ksm_pages_in(c, n), n);
-	UT_CHECK(m == (long)(ksm_pages_in(a, n) + ksm_pages_in(c, n)),
+		 ut_ksm_pages(a, n), ut_ksm_pages(c, n), n);
+	UT_CHECK(m == (long)(ut_ksm_pages(a, n) + ut_ksm_pages(c, n)),
 		 "merge_across_nodes=0: ksm_merging_pages=%ld, but A and C have %zu ksm pages", m,
-		 ksm_pages_in(a, n) + ksm_pages_in(c, n));
+		 ut_ksm_pages(a, n) + ut_ksm_pages(c, n));
 	UT_CHECK(pages_on_node(a, n, 0) == n && pages_on_node(c, n, 0) == n,
 		 "merge_across_nodes=0: merged pages of A/C left node 0 (%zu, %zu of %zu on it)",
 		 pages_on_node(a, n, 0), pages_on_node(c, n, 0), n);

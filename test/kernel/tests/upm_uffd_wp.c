@@ -74,18 +74,6 @@ static int uffd_wp_open(char *p, size_t len)
 	return uffd;
 }
 
-static size_t ksm_pages_in(const char *p, size_t n)
-{
-	size_t k = 0;
-
-	for (size_t i = 0; i < n; i++) {
-		uint64_t pfn = ut_pfn(p + i * PG);
-
-		k += pfn && ut_kpageflag(pfn, KPF_KSM) == 1;
-	}
-	return k;
-}
-
 int main(void)
 {
 	size_t n = NPAGES, bad;
@@ -110,8 +98,8 @@ int main(void)
 	UT_CHECK(upm_advise(a, n * PG) == 0, "advise A: %s", strerror(errno));
 	UT_CHECK(upm_advise(b, n * PG) == 0, "advise B: %s", strerror(errno));
 	ut_note("after advice: %zu of %zu pages of A are ksm pages, ksm_merging_pages=%ld",
-		ksm_pages_in(a, n), n, ut_merging_pages(0));
-	UT_CHECK(ksm_pages_in(a, n) > VICTIM, "A did not merge: the test checks nothing");
+		ut_ksm_pages(a, n), n, ut_merging_pages(0));
+	UT_CHECK(ut_ksm_pages(a, n) > VICTIM, "A did not merge: the test checks nothing");
 	{
 		uint64_t pfn = ut_pfn(a + VICTIM * PG);
 

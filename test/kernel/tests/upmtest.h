@@ -373,6 +373,19 @@ static inline int ut_kpageflag(uint64_t pfn, int bit)
 	return (f >> bit) & 1;
 }
 
+/* How many of the np pages at p are mapped ksm pages (pagemap + kpageflags). */
+static inline size_t ut_ksm_pages(const char *p, size_t np)
+{
+	size_t ksm = 0;
+
+	for (size_t i = 0; i < np; i++) {
+		uint64_t pfn = ut_pfn(p + i * PG);
+
+		ksm += pfn && ut_kpageflag(pfn, KPF_KSM) == 1;
+	}
+	return ksm;
+}
+
 /* ---- processes ------------------------------------------------------------ */
 
 /* Run the calling thread on @cpu only. */
