@@ -1349,19 +1349,28 @@ def guest_console_log(a) -> Path:
     return logdir / f"console-{time.strftime('%Y%m%d-%H%M%S')}-bench-{a.function}.log"
 
 
-def qemu_argv(qemu: str, a, kernel: str, initrd: str, work: Path, cache: Path, accel: str) -> list[str]:
-    mem = a.guest_mem
-    return [qemu, "-nographic", "-no-reboot", "-m", mem, "-smp", str(a.guest_cpus), "-cpu", "max", "-accel", accel,
+def hostroot_qemu_argv(qemu: str, mem: str, cpus: int, kernel: str, initrd: str, work: Path,
+                       cache: Path | None = None, accel: str = "tcg") -> list[str]:
+    """QEMU booting the test kernel in the initramfs's hostroot mode: the host's / read-only (tag
+    hostroot), `work` writable (upmout; the guest runs work/guest.sh), `cache` read-only (upmcache).
+    Also used by test/integration/test_remote_kernel.py."""
+    append = f"console=ttyS0 panic=-1 upm.mode=hostroot upm.out={work}" + (f" upm.cache={cache}" if cache else "")
+    argv = [qemu, "-nographic", "-no-reboot", "-m", mem, "-smp", str(cpus), "-cpu", "max", "-accel", accel,
             # merge=off: the guest's RAM stays out of the host's KSM
             "-object", f"memory-backend-ram,id=mem,size={mem},merge=off", "-machine", "pc,memory-backend=mem",
-            "-kernel", kernel, "-initrd", initrd,
-            "-append", f"console=ttyS0 panic=-1 upm.mode=hostroot upm.out={work} upm.cache={cache}",
+            "-kernel", kernel, "-initrd", initrd, "-append", append,
             "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
             "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
             "-fsdev", f"local,id=upmout,path={work},security_model=none,multidevs=remap",
-            "-device", "virtio-9p-pci,fsdev=upmout,mount_tag=upmout",
-            "-fsdev", f"local,id=upmcache,path={cache},security_model=none,readonly=on,multidevs=remap",
-            "-device", "virtio-9p-pci,fsdev=upmcache,mount_tag=upmcache"]
+            "-device", "virtio-9p-pci,fsdev=upmout,mount_tag=upmout"]
+    if cache:
+        argv += ["-fsdev", f"local,id=upmcache,path={cache},security_model=none,readonly=on,multidevs=remap",
+                 "-device", "virtio-9p-pci,fsdev=upmcache,mount_tag=upmcache"]
+    return argv
+
+
+def qemu_argv(qemu: str, a, kernel: str, initrd: str, work: Path, cache: Path, accel: str) -> list[str]:
+    return hostroot_qemu_argv(qemu, a.guest_mem, a.guest_cpus, kernel, initrd, work, cache, accel)
 
 
 def run_qemu(argv: list[str], console: Path, timeout: float, t0: float) -> tuple[int, int | None, int | None]:

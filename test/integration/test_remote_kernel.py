@@ -22,6 +22,7 @@ here: the test skips, saying how to build it).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -34,6 +35,7 @@ import pytest
 
 HERE = Path(__file__).parent
 KDIR = HERE.parent / "kernel"
+SOURCE_DIR = HERE.parent.parent
 MIB = 16
 
 
@@ -53,16 +55,12 @@ def build(compiler: str, src: Path, out: Path, *flags: str) -> None:
 
 
 def qemu_argv(kernel: str, initrd: str, work: Path) -> list[str]:
-    mem = "1G"
-    return ["qemu-system-x86_64", "-nographic", "-no-reboot", "-m", mem, "-smp", "2", "-cpu", "max",
-            "-accel", os.environ.get("UPM_QEMU_ACCEL", "tcg"),
-            "-object", f"memory-backend-ram,id=mem,size={mem},merge=off", "-machine", "pc,memory-backend=mem",
-            "-kernel", kernel, "-initrd", initrd,
-            "-append", f"console=ttyS0 panic=-1 upm.mode=hostroot upm.out={work}",
-            "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
-            "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
-            "-fsdev", f"local,id=upmout,path={work},security_model=none,multidevs=remap",
-            "-device", "virtio-9p-pci,fsdev=upmout,mount_tag=upmout"]
+    """The hostroot boot of `upm bench --modes ...,upm-kernel`, one implementation."""
+    spec = importlib.util.spec_from_file_location("upm_bench", SOURCE_DIR / "hooks" / "bench" / "upm_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench.hostroot_qemu_argv("qemu-system-x86_64", "1G", 2, kernel, initrd, work,
+                                    accel=os.environ.get("UPM_QEMU_ACCEL", "tcg"))
 
 
 def test_upmd_advises_static_and_dynamic_twins_in_the_guest(build_dir: Path, tmp_path, report):
